@@ -1,0 +1,1 @@
+//! Placeholder for the cli_decode tests while they are being written.

@@ -1,0 +1,1 @@
+//! Placeholder for the pace_vectors tests while they are being written.

@@ -1,0 +1,1 @@
+//! Placeholder for the sinowealth_vectors tests while they are being written.

@@ -1,0 +1,8 @@
+//! The one integration-test binary (ripgrep's layout): each topic is a module, sharing `util`.
+
+mod cli_decode;
+mod daly_modbus_vectors;
+mod daly_vectors;
+mod pace_vectors;
+mod sinowealth_vectors;
+mod util;
