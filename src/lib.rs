@@ -30,7 +30,6 @@
     // `daly::DalyCommand`-style names are kept where they read better at the use site.
     clippy::module_name_repetitions
 )]
-
 // Tests compare exact values on purpose (a sign flip or a decoded constant is exact).
 #![cfg_attr(test, allow(clippy::float_cmp))]
 

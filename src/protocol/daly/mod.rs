@@ -1,5 +1,7 @@
 //! Placeholder for the daly codec while it is being written; replaced before this lands.
 
+pub mod alarms;
+
 use super::{Capture, DecodeError, DecodeOptions};
 
 /// A decoded daly reply.
