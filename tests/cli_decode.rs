@@ -1,1 +1,60 @@
-//! Placeholder for the cli_decode tests while they are being written.
+//! `bms_exporter decode` as a user meets it: what it accepts, and how it says no. Protocol-specific decoding is
+//! covered next to each protocol's vectors.
+
+use assert_cmd::Command;
+
+fn decode() -> Command {
+    let mut cmd = Command::cargo_bin("bms_exporter").unwrap();
+    cmd.arg("decode");
+    cmd
+}
+
+fn stderr_of(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn an_unknown_protocol_is_a_usage_error_that_lists_the_valid_ones() {
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "modbus", "a5"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("daly, daly-modbus, sinowealth, pace"), "{stderr}");
+}
+
+#[test]
+fn missing_bytes_are_a_usage_error() {
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "daly"]));
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn text_that_is_not_hex_names_the_argument_and_the_offset() {
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "daly", "a501", "a5zz"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("argument 2"), "{stderr}");
+    assert!(stderr.contains("non-hex character 0x7a at offset 2"), "{stderr}");
+}
+
+#[test]
+fn an_odd_number_of_hex_digits_is_refused() {
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "daly", "a50"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not hex"), "{stderr}");
+}
+
+#[test]
+fn sinowealth_needs_the_request_because_its_replies_do_not_name_a_register() {
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "sinowealth", "340d0f"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--request"), "{stderr}");
+}
+
+#[test]
+fn bytes_with_no_frame_in_them_fail_without_printing_json() {
+    for protocol in ["daly", "daly-modbus", "pace"] {
+        let out = decode().args(["--protocol", protocol, "00112233445566778899"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{protocol}");
+        assert!(out.stdout.is_empty(), "{protocol}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "), "{protocol}");
+    }
+}
