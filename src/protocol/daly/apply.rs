@@ -30,7 +30,8 @@ pub fn apply(device: &mut DeviceSnapshot, replies: &[Reply], options: &DecodeOpt
             Message::Soc(soc) => {
                 pack.voltage_volts = Some(soc.total_voltage_v);
                 pack.current_amperes = Some(options.current_sign.to_model(soc.current_a, state));
-                pack.state_of_charge_ratio = Some(soc.soc_percent / 100.0);
+                // Via tenths of a percent, so 82.4 % becomes exactly 0.824 rather than 0.8240000000000001.
+                pack.state_of_charge_ratio = Some((soc.soc_percent * 10.0).round() / 1000.0);
             }
             Message::Mosfet(m) => {
                 pack.state = m.state.to_model();
