@@ -3,7 +3,8 @@
 //! all replies of the same board first. 0x91/0x92 are not applied: the model derives ranges from the cells.
 
 use super::alarms;
-use super::response::{Message, Reply, Status};
+use super::measurements::Status;
+use super::response::{Message, Reply};
 use crate::model::{DeviceSnapshot, DigitalPort, SensorId, Temperature};
 use crate::protocol::DecodeOptions;
 

@@ -136,9 +136,8 @@ mod tests {
 
     #[test]
     fn without_a_request_the_board_of_the_frame_is_the_pack() {
-        let reply = parse_hex("a5029008020300007724033819").unwrap();
-        let mut reply = reply;
-        reply[12] = super::super::checksum(&reply[..12]);
+        let mut reply = parse_hex("a5029008020300007724033819").unwrap();
+        reply[12] = super::super::checksum(&reply[..12]); // board 2 instead of 1: one more in the sum
         let capture = decode_capture(None, &reply, &DecodeOptions::default()).unwrap();
         assert_eq!(capture.device.packs[0].pack, 2);
         assert_eq!(capture.replies[0].board, 2);

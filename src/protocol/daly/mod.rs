@@ -6,18 +6,19 @@
 pub mod alarms;
 mod apply;
 mod capture;
+mod measurements;
 mod multiframe;
 mod request;
 mod response;
+mod settings;
 
 pub use apply::apply;
 pub use capture::{check_reply, decode_capture, decode_chunks};
+pub use measurements::{CellRange, DalyState, MosfetStatus, Soc, Status, TemperatureRange};
 pub use multiframe::{CellVoltages, Temperatures, Text};
 pub use request::{Request, SetSoc};
-pub use response::{
-    AlarmStatus, Balancing, BatteryMode, CellRange, DalyState, Message, MosfetEcho, MosfetStatus, Rated, Reply,
-    SetSocAck, Soc, Status, TemperatureRange,
-};
+pub use response::{Message, Reply};
+pub use settings::{AlarmStatus, Balancing, BatteryMode, MosfetEcho, Rated, SetSocAck};
 
 use super::DecodeError;
 use super::deframer::{Framing, Scan};
