@@ -1,0 +1,162 @@
+//! Decoding a captured A5 byte stream (daly.md §5): deframe it, check each frame against the request (board,
+//! command, echo), group multi-frame replies, decode, and apply to the model.
+
+use super::multiframe::{CellVoltages, Temperatures, Text};
+use super::response::{Message, Reply};
+use super::{A5Framing, Command, DecodeError, Frame, Request, apply};
+use crate::model::DeviceSnapshot;
+use crate::protocol::deframer::{Deframer, Event};
+use crate::protocol::{Capture, DecodeOptions, Protocol, Rejection};
+
+/// Decode the reply bytes `response` to `request` (if known). Without a request any board and command is
+/// accepted. `Err` only when nothing valid was decoded: then the first rejection (or `NoFrame`).
+pub fn decode_capture(
+    request: Option<&[u8]>,
+    response: &[u8],
+    options: &DecodeOptions,
+) -> Result<Capture<Reply>, DecodeError> {
+    decode_chunks(request, &[response], options)
+}
+
+/// [`decode_capture`] for a stream that arrived in `chunks` (serial reads, BLE notifications); the result does
+/// not depend on where the stream was cut.
+pub fn decode_chunks(
+    request: Option<&[u8]>,
+    chunks: &[&[u8]],
+    options: &DecodeOptions,
+) -> Result<Capture<Reply>, DecodeError> {
+    let request = request.map(Request::decode).transpose()?;
+    let mut deframer = Deframer::new(A5Framing);
+    let mut errors = Vec::new();
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        deframer.push(chunk);
+        while let Some(event) = deframer.poll() {
+            let accepted = match event {
+                Event::Frame(bytes) => {
+                    Frame::parse(&bytes).and_then(|f| check_reply(&f, request.as_ref()).map(|c| (f, c)))
+                }
+                Event::Echo(bytes) => Err(DecodeError::HostEcho { address: bytes.get(1).copied().unwrap_or_default() }),
+                Event::Rejected(error) => Err(error),
+            };
+            match accepted {
+                Ok((frame, command)) => frames.push((frame.address, command, frame.data)),
+                Err(error) => errors.push(error),
+            }
+        }
+    }
+    errors.extend(deframer.finish());
+    let replies = decode_frames(&frames, options, &mut errors);
+    if replies.is_empty() {
+        let len = chunks.iter().map(|c| c.len()).sum();
+        return Err(errors.first().copied().unwrap_or(DecodeError::NoFrame { len }));
+    }
+    let mut device = DeviceSnapshot::default();
+    apply(&mut device, &replies, options);
+    Ok(Capture {
+        protocol: Protocol::Daly,
+        replies,
+        rejected: errors.into_iter().map(Rejection::from).collect(),
+        skipped_bytes: deframer.skipped_bytes(),
+        device,
+    })
+}
+
+/// Whether a deframed reply frame answers `request`: right board (1 unless addressed), right command. Without a
+/// request only the command must be one this codec knows. Returns the command.
+pub fn check_reply(frame: &Frame, request: Option<&Request>) -> Result<Command, DecodeError> {
+    if super::is_host_address(frame.address) {
+        return Err(DecodeError::HostEcho { address: frame.address });
+    }
+    if let Some(request) = request {
+        let board = request.address.reply_board();
+        if frame.address != board {
+            return Err(DecodeError::UnexpectedAddress { expected: board, found: frame.address });
+        }
+        let expected = request.command.code();
+        if frame.command != expected {
+            return Err(DecodeError::UnexpectedCommand { expected, found: frame.command });
+        }
+    }
+    Command::from_code(frame.command).ok_or(DecodeError::UnknownCommand { command: frame.command })
+}
+
+/// Whether a command's reply spans several frames that decode together.
+fn is_multi_frame(command: Command) -> bool {
+    matches!(command, Command::CellVoltages | Command::Temperatures | Command::BatteryCode | Command::Identity)
+}
+
+/// Decode accepted frames `(board, command, data)`: single-frame replies one by one, multi-frame replies
+/// grouped per board and command at the position of their first frame. Decode failures go to `errors`.
+fn decode_frames(
+    frames: &[(u8, Command, [u8; 8])],
+    options: &DecodeOptions,
+    errors: &mut Vec<DecodeError>,
+) -> Vec<Reply> {
+    let mut groups: Vec<(u8, Command, Vec<[u8; 8]>)> = Vec::new();
+    for &(board, command, data) in frames {
+        let existing = groups.iter_mut().find(|(b, c, _)| is_multi_frame(command) && *b == board && *c == command);
+        match existing {
+            Some((_, _, group)) => group.push(data),
+            None => groups.push((board, command, vec![data])),
+        }
+    }
+    let status = |board: u8| {
+        frames.iter().find_map(|&(b, c, data)| match Message::decode_single(c, data) {
+            Some(Ok(Message::Status(s))) if b == board => Some(s),
+            _ => None,
+        })
+    };
+    let mut replies = Vec::new();
+    for (board, command, group) in groups {
+        // The board's own 0x94 in this capture is fresher than a count given from outside.
+        let cells = status(board).map(|s| u16::from(s.cell_count)).or(options.cell_count);
+        let sensors = status(board).map(|s| u16::from(s.temperature_sensor_count)).or(options.temperature_sensor_count);
+        let decoded = match (command, group.as_slice()) {
+            (Command::CellVoltages, _) => CellVoltages::decode(&group, cells).map(Message::CellVoltages),
+            (Command::Temperatures, _) => Temperatures::decode(&group, sensors).map(Message::Temperatures),
+            (Command::BatteryCode, _) => Text::decode(&group, command).map(Message::BatteryCode),
+            (Command::Identity, _) => Text::decode(&group, command).map(Message::Identity),
+            (_, [data]) => Message::decode_single(command, *data)
+                .unwrap_or(Err(DecodeError::UnknownCommand { command: command.code() })),
+            (_, _) => Err(DecodeError::UnknownCommand { command: command.code() }),
+        };
+        match decoded {
+            Ok(message) => replies.push(Reply { board, message }),
+            Err(error) => errors.push(error),
+        }
+    }
+    replies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parse_hex;
+
+    #[test]
+    fn without_a_request_the_board_of_the_frame_is_the_pack() {
+        let mut reply = parse_hex("a5029008020300007724033819").unwrap();
+        reply[12] = super::super::checksum(&reply[..12]); // board 2 instead of 1: one more in the sum
+        let capture = decode_capture(None, &reply, &DecodeOptions::default()).unwrap();
+        assert_eq!(capture.device.packs[0].pack, 2);
+        assert_eq!(capture.replies[0].board, 2);
+    }
+
+    #[test]
+    fn a_reply_from_another_board_is_rejected_when_the_request_names_one() {
+        let request = Request::read(Command::Soc, super::super::Address::Board(3), super::super::Filler::Zero).encode();
+        let reply = parse_hex("a5019008020300007724033819").unwrap();
+        let error = decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap_err();
+        assert_eq!(error, DecodeError::UnexpectedAddress { expected: 3, found: 1 });
+    }
+
+    #[test]
+    fn an_unknown_command_is_rejected_but_the_rest_is_kept() {
+        let stray = Frame { address: 1, command: 0xD8, data: [0, 0, 0, 0, 1, 0, 0, 0] }.encode();
+        let good = parse_hex("a5019008020300007724033819").unwrap();
+        let capture = decode_capture(None, &[stray.as_slice(), &good].concat(), &DecodeOptions::default()).unwrap();
+        assert_eq!(capture.replies.len(), 1);
+        assert_eq!(capture.rejected[0].kind, "unknown_command");
+    }
+}
