@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::frame::{Frame, Header, encode_frame};
-use crate::protocol::{DecodeError, to_hex};
 use crate::protocol::reader::Reader;
+use crate::protocol::{DecodeError, to_hex};
 
 /// Characters of one text field of 0xC1/0xC2.
 pub const TEXT_FIELD_LEN: usize = 20;

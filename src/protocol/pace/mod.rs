@@ -114,15 +114,20 @@ pub fn encode_error_reply(ver: u8, adr: u8, cid1: u8, rtn: u8) -> Result<Vec<u8>
 /// Decode one complete reply frame, as the answer to `request` when known (else the command is inferred from
 /// the INFO shape, see [`infer`]).
 pub fn decode_reply(bytes: &[u8], request: Option<&Request>) -> Result<Reply, DecodeError> {
+    decode_for(bytes, request.map(|r| r.command), request.map(|r| r.ver))
+}
+
+/// Decode a reply to `command` (inferred when `None`), in the variant `request_ver` selects (else the reply's).
+fn decode_for(bytes: &[u8], command: Option<Command>, request_ver: Option<u8>) -> Result<Reply, DecodeError> {
     let frame = parse_reply_frame(bytes)?;
-    let variant = Variant::from_ver(request.map_or(frame.header.ver, |r| r.ver));
+    let variant = Variant::from_ver(request_ver.unwrap_or(frame.header.ver));
     if variant == Variant::Pylon && frame.header.cid1 == CID1_EG4 {
         return Err(DecodeError::UnsupportedVersion {
             version: frame.header.ver,
             why: "EG4 layout (CID1 0x4A) is not the Pylon one",
         });
     }
-    match request.map(|r| r.command) {
+    match command {
         Some(command) => decode_as(&frame, command, variant),
         None => infer(&frame, variant),
     }
@@ -186,14 +191,23 @@ pub fn infer(frame: &Frame, variant: Variant) -> Result<Reply, DecodeError> {
 }
 
 /// Decode a captured stream: one frame or several, with garbage, echoes and cut frames in between. Each reply is
-/// decoded as the answer to `request` when given; errors of single frames are listed in `rejected`, and `Err` is
-/// returned only when nothing decoded (a frame's decode error first, then a framing error, then an echo).
+/// decoded as the answer to `request` when given (a request frame for a command this decoder does not read, such
+/// as a write, still selects the variant and is recognised as an echo; its replies are inferred). Errors of single
+/// frames are listed in `rejected`; `Err` is returned only when nothing decoded (a frame's decode error first,
+/// then a framing error, then an echo).
 pub fn decode_capture(
     request: Option<&[u8]>,
     response: &[u8],
     options: &DecodeOptions,
 ) -> Result<Capture<Reply>, DecodeError> {
-    let parsed_request = request.map(Request::decode).transpose()?;
+    let request_frame = request.map(parse_frame).transpose()?;
+    let request_ver = request_frame.as_ref().map(|f| f.header.ver);
+    let request_adr = request_frame.as_ref().map_or(0, |f| f.header.adr);
+    let command = match request.map(Request::decode) {
+        Some(Ok(r)) => Some(r.command),
+        Some(Err(DecodeError::UnknownCommand { .. })) | None => None,
+        Some(Err(error)) => return Err(error),
+    };
     let framing = request.map_or_else(PaceFraming::default, PaceFraming::with_request);
     let mut deframer = Deframer::new(framing);
     deframer.push(response);
@@ -203,7 +217,7 @@ pub fn decode_capture(
     let events: Vec<Event> = std::iter::from_fn(|| deframer.poll()).collect();
     for event in events {
         match event {
-            Event::Frame(bytes) => match decode_reply(&bytes, parsed_request.as_ref()) {
+            Event::Frame(bytes) => match decode_for(&bytes, command, request_ver) {
                 Ok(reply) => replies.push(reply),
                 Err(error) => {
                     decode_error.get_or_insert(error);
@@ -211,7 +225,7 @@ pub fn decode_capture(
                 }
             },
             Event::Echo(_) => {
-                let error = DecodeError::HostEcho { address: parsed_request.map_or(0, |r| r.adr) };
+                let error = DecodeError::HostEcho { address: request_adr };
                 echo.get_or_insert(error);
                 rejected.push(error.into());
             }
