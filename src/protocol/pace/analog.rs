@@ -178,17 +178,17 @@ fn read_block(bytes: &[u8]) -> Result<PackBlock, DecodeError> {
     })
 }
 
-/// Unit conversions of one variant.
+/// Unit conversions of one variant (divisors, so decimal values print exactly: −225 / 100 = −2.25).
 struct Units {
     temp_offset: f64,
-    amps_per_count: f64,
-    ah_per_count: f64,
+    counts_per_amp: f64,
+    counts_per_ah: f64,
 }
 
 fn units(variant: Variant) -> Units {
     match variant {
-        Variant::Pace => Units { temp_offset: 2730.0, amps_per_count: 0.01, ah_per_count: 0.01 },
-        Variant::Pylon => Units { temp_offset: 2731.0, amps_per_count: 0.1, ah_per_count: 0.001 },
+        Variant::Pace => Units { temp_offset: 2730.0, counts_per_amp: 100.0, counts_per_ah: 100.0 },
+        Variant::Pylon => Units { temp_offset: 2731.0, counts_per_amp: 10.0, counts_per_ah: 1000.0 },
     }
 }
 
@@ -202,7 +202,7 @@ impl AnalogPack {
     #[must_use]
     pub fn from_block(index: u8, block: PackBlock, variant: Variant) -> Self {
         let u = units(variant);
-        let ah = |raw: u32| f64::from(raw) * u.ah_per_count;
+        let ah = |raw: u32| f64::from(raw) / u.counts_per_ah;
         let scaled = |raw: f64, divisor: f64| raw / divisor;
         let tail = block.tail.as_slice();
         let field = |at, len| tail_value(tail, at, len);
@@ -246,7 +246,7 @@ impl AnalogPack {
                 .iter()
                 .map(|&raw| (raw != TEMP_NOT_FITTED).then(|| (f64::from(raw) - u.temp_offset) / 10.0))
                 .collect(),
-            current_a: f64::from(block.current_raw) * u.amps_per_count,
+            current_a: f64::from(block.current_raw) / u.counts_per_amp,
             voltage_v: f64::from(block.voltage_mv) / 1000.0,
             remaining_ah,
             user_defined_count: block.user_defined_count,
@@ -299,4 +299,62 @@ pub fn encode_analog(
 /// A count as its one-byte wire field, or `OutOfRange`.
 pub(crate) fn count_u8(field: &'static str, len: usize) -> Result<u8, DecodeError> {
     u8::try_from(len).map_err(|_| DecodeError::OutOfRange { field, value: u32::try_from(len).unwrap_or(u32::MAX) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::pace::frame::parse_frame;
+
+    #[test]
+    fn the_worked_example_of_the_pace_document_decodes_field_by_field() {
+        let frame = parse_frame(
+            b"~25004600F07A0001100D420D140D130D130D130D130D130D130D110D120D130D110D110D120D100D13060BB70BB70BB80BB60BB30BBD0000D155128E03138800001388E3AC\r",
+        )
+        .unwrap();
+        let reply = decode_analog(&frame, true, Variant::Pace).unwrap();
+        let p = &reply.packs[0];
+        assert_eq!((reply.info_flag, reply.count_or_command), (0x00, 0x01)); // INFOFLAG, one pack
+        assert_eq!(p.cells_mv[..2], [3394, 3348]); // 0D42, 0D14
+        assert_eq!(p.temps_c[4], Some(26.5)); // 0BB3, MOSFET
+        assert_eq!(p.temps_c[5], Some(27.5)); // 0BBD, ambient
+        assert_eq!((p.current_a, p.voltage_v, p.remaining_ah), (0.0, 53.589, 47.5)); // 0000 D155 128E
+        assert_eq!((p.user_defined_count, p.full_ah, p.cycles, p.design_ah), (3, 50.0, 0, Some(50.0)));
+        assert_eq!((p.tail_bytes, p.reported), (6, None));
+        assert_eq!((p.soc_pct, p.soh_pct, p.cell_diff_mv), (Some(95.0), Some(100.0), Some(50)));
+    }
+
+    #[test]
+    fn negative_currents_use_a_true_twos_complement() {
+        let block = PackBlock { current_raw: 0xFF1Fu16 as i16, ..zero_block(6) };
+        assert_eq!(AnalogPack::from_block(1, block, Variant::Pace).current_a, -2.25); // bmspace says -2.24
+    }
+
+    #[test]
+    fn the_pylon_layout_reads_three_byte_capacities_when_p_is_four() {
+        let tail = [0xFF, 0xFF, 0x00, 0x05, 0x01, 0x86, 0xA0, 0x01, 0xD4, 0xC0]; // full copy, cycles, 100000, 120000
+        let block = PackBlock { remaining_raw: 0xFFFF, user_defined_count: 4, tail: tail.to_vec(), ..zero_block(0) };
+        let pack = AnalogPack::from_block(1, block, Variant::Pylon);
+        assert_eq!((pack.remaining_ah, pack.full_ah, pack.cycles, pack.design_ah), (100.0, 120.0, 5, None));
+        assert_eq!(pack.soh_pct, None);
+    }
+
+    #[test]
+    fn a_block_of_zeros_is_offline_and_has_no_soc() {
+        let pack = AnalogPack::from_block(2, PackBlock { cells_mv: vec![0; 16], ..zero_block(6) }, Variant::Pace);
+        assert!(!pack.online);
+        assert_eq!(pack.soc_pct, None);
+    }
+
+    fn zero_block(tail: usize) -> PackBlock {
+        PackBlock {
+            cells_mv: vec![3300],
+            temps_raw: vec![],
+            current_raw: 0,
+            voltage_mv: 0,
+            remaining_raw: 0,
+            user_defined_count: 3,
+            tail: vec![0; tail],
+        }
+    }
 }

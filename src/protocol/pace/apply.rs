@@ -188,3 +188,23 @@ fn level_alarms(levels: &[u8]) -> Vec<LevelAlarm> {
         .filter_map(|(i, &level)| Some(LevelAlarm { index: (i + 1) as u8, kind: LevelAlarmKind::from_level(level)? }))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_pack_blocks_count_from_one_and_single_packs_follow_their_command() {
+        assert_eq!(pack_number(true, 3, 2), 2);
+        assert_eq!(pack_number(false, 7, 1), 7);
+        assert_eq!(pack_number(false, 0, 1), 1);
+        assert_eq!(pack_number(false, 0xFF, 1), 1);
+    }
+
+    #[test]
+    fn six_temperatures_end_with_mosfet_and_ambient() {
+        let sensors: Vec<SensorId> = (0..6).map(|i| sensor(i, 6)).collect();
+        assert_eq!(sensors[3..], [SensorId::Probe(4), SensorId::Mosfet, SensorId::Ambient]);
+        assert_eq!(sensor(4, 5), SensorId::Probe(5));
+    }
+}

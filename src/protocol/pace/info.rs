@@ -233,3 +233,35 @@ pub fn encode_date_time(header: Header, t: DateTime) -> Result<Vec<u8>, DecodeEr
     let year = t.year.saturating_sub(2000).min(255) as u8;
     encode_frame(header, &[year, t.month, t.day, t.hour, t.minute, t.second])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::pace::frame::parse_frame;
+
+    #[test]
+    fn the_date_time_example_reads_as_binary_fields() {
+        let frame = parse_frame(b"~25004600400C180815051D1FFB10\r").unwrap();
+        let t = decode_date_time(&frame).unwrap().date_time;
+        assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.second), (2024, 8, 21, 5, 29, 31));
+        assert!(t.is_valid());
+    }
+
+    #[test]
+    fn a_version_with_a_bluetooth_name_is_split_and_nul_terminated_text_is_cut() {
+        let header = Header { ver: 0x25, adr: 1, cid1: 0x46, code: 0 };
+        let frame = parse_frame(&encode_version(header, "P16S100A-1812-1.00", Some("BT-01")).unwrap()).unwrap();
+        let reply = decode_version(&frame);
+        assert_eq!((reply.lenid, reply.version.as_str()), (80, "P16S100A-1812-1.00"));
+        assert_eq!(reply.bluetooth_name.as_deref(), Some("BT-01"));
+        assert_eq!(text(b"V1.0 \0junk", false), "V1.0");
+    }
+
+    #[test]
+    fn a_blank_pack_serial_is_empty() {
+        let header = Header { ver: 0x25, adr: 1, cid1: 0x46, code: 0 };
+        let frame = parse_frame(&encode_product_info(header, "03", Some("")).unwrap()).unwrap();
+        let reply = decode_product_info(&frame);
+        assert_eq!((reply.bms_serial.as_str(), reply.pack_serial.as_str()), ("03", ""));
+    }
+}

@@ -298,3 +298,27 @@ pub fn encode_status(
     }
     encode_frame(header, &info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balancing_state_one_is_cells_one_to_eight_and_state_two_is_nine_to_sixteen() {
+        let block = StatusBlock {
+            cell_warn: vec![0; 16],
+            balance1: 0b1000_0001,
+            balance2: 0b0000_0010,
+            ..StatusBlock::default()
+        };
+        assert_eq!(StatusPack::from_block(1, block).balancing_cells, [1, 8, 10]);
+    }
+
+    #[test]
+    fn flags_and_levels_use_the_spec_names() {
+        assert_eq!(flags(0b1010_0101, &SYSTEM), ["current_limit_active", "discharge_mosfet_on", "ac_in", "heart"]);
+        let block = StatusBlock { cell_warn: vec![0, 0x85, 0xF0, 0x03], ..StatusBlock::default() };
+        let levels = StatusPack::from_block(1, block).cell_warn_levels;
+        assert_eq!(levels.into_iter().collect::<Vec<_>>(), [(2, "user_defined"), (3, "other_fault"), (4, "unknown")]);
+    }
+}
