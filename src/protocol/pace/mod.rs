@@ -2,7 +2,7 @@
 //! 0x42/0x44/0xC1/0xC2/0xA6/0x90/0xB1 replies (VER 0x25, and the Pylon 0x20 analog layout where it fits), their
 //! encoders, and the capture decoder used by `bms_exporter decode --protocol pace`.
 //!
-//! Layout: [`frame`] envelope and stream framing, [`request`] requests, [`layout`] block splitting, [`analog`]
+//! Layout: [`frame`] envelope and stream framing, [`request`] requests, `layout` block splitting, [`analog`]
 //! 0x42, [`status`] 0x44, [`info`] the small reads, [`apply`] replies → model. Pure code: no I/O, no clock.
 
 pub mod analog;
