@@ -136,5 +136,10 @@ fn capture_bytes(protocol: Protocol, text: &str) -> anyhow::Result<Vec<u8>> {
         }
         return Ok(bytes);
     }
-    protocol::parse_hex(trimmed).map_err(|e| anyhow::anyhow!("not hex: {e}"))
+    protocol::parse_hex(trimmed).map_err(|e| match e {
+        protocol::DecodeError::Truncated { have, .. } => {
+            anyhow::anyhow!("not hex: an odd number of hex digits ({have})")
+        }
+        e => anyhow::anyhow!("not hex: {e}"),
+    })
 }

@@ -122,8 +122,12 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, DecodeError> {
         let group = group.strip_prefix("0x").or_else(|| group.strip_prefix("0X")).unwrap_or(group);
         digits.extend(group.bytes());
     }
+    // Name a bad character before complaining about the count: `hello` is not hex, not "one digit short".
+    for (offset, &digit) in digits.iter().enumerate() {
+        hex_value(digit, offset)?;
+    }
     if digits.len() % 2 != 0 {
-        return Err(DecodeError::LengthMismatch { declared: digits.len() + 1, actual: digits.len() });
+        return Err(DecodeError::Truncated { have: digits.len(), need: digits.len() + 1 });
     }
     digits
         .chunks_exact(2)
@@ -171,7 +175,8 @@ mod tests {
     fn hex_accepts_separators_and_rejects_odd_or_bad_digits() {
         assert_eq!(parse_hex("a5 01:90-0x08"), Ok(vec![0xA5, 0x01, 0x90, 0x08]));
         assert_eq!(to_hex(&[0xA5, 0x0F]), "a50f");
-        assert!(matches!(parse_hex("a5f"), Err(DecodeError::LengthMismatch { .. })));
+        assert_eq!(parse_hex("a5f"), Err(DecodeError::Truncated { have: 3, need: 4 }));
+        assert_eq!(parse_hex("hello"), Err(DecodeError::NonHex { offset: 0, found: b'h' }));
         assert_eq!(parse_hex("a5zz"), Err(DecodeError::NonHex { offset: 2, found: b'z' }));
     }
 }
