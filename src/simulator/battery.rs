@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::model::PackState;
+use crate::model::{PackSnapshot, PackState, SensorId, Temperature};
 
 use super::rng::Rng;
 
@@ -319,6 +319,38 @@ impl Pack {
             soc_low: self.soc() < th.soc_low,
             cell_spread_high: hi - lo > th.spread_v,
         }
+    }
+}
+
+impl Pack {
+    /// The true state as the model holds it, for pack `number`; protocols fill in their own alarms.
+    #[must_use]
+    pub fn to_snapshot(&self, number: u8) -> PackSnapshot {
+        let mut pack = PackSnapshot::new(number);
+        let (charge, discharge) = self.mosfets();
+        let balancing = self.balancing_cells();
+        pack.voltage_volts = Some(self.voltage_v());
+        pack.current_amperes = Some(self.current_a);
+        pack.state_of_charge_ratio = Some(self.soc());
+        pack.state_of_health_ratio = Some(self.config.full_capacity_ah / self.config.design_capacity_ah);
+        pack.remaining_capacity_ampere_hours = Some(self.remaining_capacity_ah());
+        pack.full_capacity_ampere_hours = Some(self.config.full_capacity_ah);
+        pack.design_capacity_ampere_hours = Some(self.config.design_capacity_ah);
+        pack.cycle_count = Some(self.cycles);
+        pack.state = Some(self.state());
+        pack.charge_mosfet_enabled = Some(charge);
+        pack.discharge_mosfet_enabled = Some(discharge);
+        pack.cell_count = Some(u16::from(self.config.cells));
+        pack.temperature_sensor_count = Some(u16::from(self.config.temperatures));
+        pack.cell_volts = self.cell_voltages_v().into_iter().map(Some).collect();
+        pack.cell_balancing = (0..self.cell_soc.len()).map(|i| balancing.contains(&i)).collect();
+        pack.balancing_active = Some(!balancing.is_empty());
+        pack.temperatures = (1..=self.config.temperatures)
+            .zip(&self.temperatures_c)
+            .map(|(n, &celsius)| Temperature { sensor: SensorId::Probe(n), celsius })
+            .chain(std::iter::once(Temperature { sensor: SensorId::Mosfet, celsius: self.mosfet_temperature_c }))
+            .collect();
+        pack
     }
 }
 
