@@ -36,3 +36,4 @@
 pub mod cli;
 pub mod model;
 pub mod protocol;
+pub mod simulator;

@@ -1,0 +1,214 @@
+//! Serving a simulated bus over a pseudo-terminal or TCP, with wire timing: the one place in the simulator
+//! that does I/O and reads the clock. Requests are paced as an 8N1 line at `--baud` would carry them, the
+//! board waits `--latency-ms` before answering, replies leave byte by byte at line speed, and the fault plan
+//! decides what goes wrong.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_serial::SerialPort as _;
+
+use super::Responder;
+use super::fault::FaultPlan;
+
+/// Line and board timing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Line speed in baud (8N1: ten bit times per byte); 0 sends at full speed.
+    pub baud: u32,
+    /// The board's turnaround between the last request byte and the first reply byte.
+    pub latency: Duration,
+}
+
+impl Timing {
+    /// Wire time of `bytes` bytes at this line speed.
+    #[must_use]
+    pub fn wire_time(&self, bytes: usize) -> Duration {
+        if self.baud == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(bytes as f64 * 10.0 / f64::from(self.baud))
+    }
+}
+
+/// Where the simulator listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A pseudo-terminal whose slave side is symlinked at this path.
+    Pty(PathBuf),
+    /// A TCP listener, like a transparent serial server.
+    Tcp(String),
+}
+
+/// Everything the serving loop needs besides the device.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// Line timing.
+    pub timing: Timing,
+    /// Faults to inject.
+    pub faults: FaultPlan,
+    /// Where to keep the true state as JSON, rewritten after every answered request.
+    pub truth: Option<PathBuf>,
+    /// Simulated seconds per wall second (0 freezes the battery, for exact comparisons in tests).
+    pub time_scale: f64,
+}
+
+/// What happened on the line, for the log and the tests' expectations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineStats {
+    /// Requests recognised.
+    pub requests: u64,
+    /// Replies sent (including faulty ones).
+    pub replies: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
+/// Serve `device` at `endpoint` until the process is stopped. Over TCP, clients are served one at a time and
+/// may reconnect; on a PTY the link stays up for the program's life.
+pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options: ServeOptions) -> anyhow::Result<()> {
+    write_truth(device, options.truth.as_deref())?;
+    match endpoint {
+        Endpoint::Pty(link) => {
+            let (master, slave) = tokio_serial::SerialStream::pair().context("creating a pseudo-terminal pair")?;
+            let slave_path = slave.name().context("the pseudo-terminal has no name")?;
+            replace_symlink(Path::new(&slave_path), link)?;
+            eprintln!("simulator: {} → {slave_path}", link.display());
+            // Keep the slave open: without an opener the master reads EIO whenever a client closes.
+            let _slave = slave;
+            let mut master = master;
+            let result = run_link(device, &mut master, &mut options).await;
+            let _ = std::fs::remove_file(link);
+            result.map(|_| ())
+        }
+        Endpoint::Tcp(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+            eprintln!("simulator: listening on {}", listener.local_addr().context("local address")?);
+            loop {
+                let (mut stream, peer) = listener.accept().await.context("accepting a connection")?;
+                eprintln!("simulator: client {peer} connected");
+                let stats = run_link(device, &mut stream, &mut options).await;
+                eprintln!("simulator: client {peer} gone ({stats:?})");
+            }
+        }
+    }
+}
+
+/// Answer requests on one link until the peer goes away or a `close` fault strikes.
+async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
+    device: &mut dyn Responder,
+    link: &mut L,
+    options: &mut ServeOptions,
+) -> anyhow::Result<LineStats> {
+    let mut stats = LineStats::default();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 512];
+    let mut last_step = Instant::now();
+    let mut silent_until: Option<Instant> = None;
+    loop {
+        let n = match link.read(&mut chunk).await {
+            Ok(0) => return Ok(stats),
+            Ok(n) => n,
+            // A PTY master reads EIO while no client has the slave open; wait for the next one.
+            Err(e) if e.raw_os_error() == Some(5) => {
+                sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(e) => return Err(e).context("reading from the link"),
+        };
+        let arrived = Instant::now();
+        pending.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        while let Some(request) = device.next_request(&mut pending) {
+            stats.requests += 1;
+            let now = Instant::now();
+            device.step(now.duration_since(last_step).as_secs_f64() * options.time_scale);
+            last_step = now;
+            if silent_until.is_some_and(|until| now < until) {
+                continue;
+            }
+            let Some(response) = device.respond(&request) else { continue };
+            let outcome = options.faults.apply(&request, response.reply, || response.other);
+            if outcome.silence_s > 0.0 {
+                silent_until = Some(now + Duration::from_secs_f64(outcome.silence_s));
+                continue;
+            }
+            if outcome.close {
+                return Ok(stats);
+            }
+            // The board sees the request's last byte only after its wire time, then turns around.
+            let start = arrived + options.timing.wire_time(request.len()) + options.timing.latency;
+            sleep_until(start + Duration::from_secs_f64(outcome.delay_s)).await;
+            write_paced(link, &outcome.bytes, options.timing).await?;
+            stats.replies += 1;
+            stats.bytes_out += outcome.bytes.len() as u64;
+            write_truth(device, options.truth.as_deref())?;
+        }
+    }
+}
+
+/// Write `bytes` at line speed: each chunk leaves when the line would have finished the bytes before it.
+async fn write_paced<L: AsyncWrite + Unpin>(link: &mut L, bytes: &[u8], timing: Timing) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // About 2 ms of wire time per write keeps pacing accurate without a syscall per byte.
+    let per_chunk = if timing.baud == 0 { bytes.len().max(1) } else { (timing.baud as usize / 5000).max(1) };
+    let mut sent = 0;
+    for piece in bytes.chunks(per_chunk) {
+        link.write_all(piece).await.context("writing to the link")?;
+        sent += piece.len();
+        sleep_until(start + timing.wire_time(sent)).await;
+    }
+    link.flush().await.context("flushing the link")?;
+    Ok(())
+}
+
+/// Rewrite the truth file atomically (write a sibling, then rename), so readers never see half a document.
+fn write_truth(device: &dyn Responder, path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let json = serde_json::to_vec_pretty(&device.truth()).context("encoding the truth file")?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Point `link` at `target`, replacing an old symlink but never a regular file.
+fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(link) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::remove_file(link).with_context(|| format!("removing the old link {}", link.display()))?;
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a symlink; refusing to replace it", link.display()),
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(target, link).with_context(|| format!("creating {}", link.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_time_is_ten_bit_times_per_byte() {
+        let t = Timing { baud: 9600, latency: Duration::ZERO };
+        assert_eq!(t.wire_time(96).as_micros(), 100_000);
+        assert_eq!(Timing { baud: 0, ..t }.wire_time(1000), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_regular_file_is_never_replaced_by_the_pty_link() {
+        let dir = std::env::temp_dir().join(format!("bms-sim-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, "keep").unwrap();
+        let err = replace_symlink(Path::new("/dev/null"), &file).unwrap_err();
+        assert!(err.to_string().contains("not a symlink"), "{err}");
+        let link = dir.join("link");
+        replace_symlink(Path::new("/dev/null"), &link).unwrap();
+        replace_symlink(Path::new("/dev/zero"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/zero"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
