@@ -5,9 +5,13 @@
 //! argument, randomness is seeded.
 
 pub mod battery;
+pub mod daly;
+pub mod daly_modbus;
 pub mod fault;
+pub mod pace;
 pub mod rng;
 pub mod serve;
+pub mod sinowealth;
 
 use crate::model::DeviceSnapshot;
 

@@ -1,0 +1,1 @@
+//! Placeholder for the simulated daly bus while it is being written.

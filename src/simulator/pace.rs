@@ -1,0 +1,1 @@
+//! Placeholder for the simulated pace bus while it is being written.

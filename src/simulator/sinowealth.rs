@@ -1,0 +1,1 @@
+//! Placeholder for the simulated sinowealth bus while it is being written.
