@@ -5,6 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
+echo "== python peers"
+# The independent client the simulator must satisfy (issue #4): daly-bms-cli from PyPI, in a venv under target/.
+venv=target/py
+if ! "$venv/bin/python" -c "import dalybms, serial" 2>/dev/null; then
+  rm -rf "$venv"
+  mkdir -p target
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check dalybms==0.5.0 pyserial==3.5
+fi
+export BMS_DALY_BMS_CLI="$PWD/$venv/bin/daly-bms-cli"
+
 echo "== formatting"
 cargo fmt --check
 echo "== clippy"

@@ -2,7 +2,9 @@
 //! to stderr; exit code 0 on success, 1 on a failure the command reports, 2 on a usage error (clap's).
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -10,6 +12,9 @@ use serde::Serialize;
 
 use crate::model::CurrentSign;
 use crate::protocol::{self, DecodeOptions, Protocol};
+use crate::simulator::fault::{Fault, FaultPlan};
+use crate::simulator::serve::{self, Endpoint, ServeOptions, Timing};
+use crate::simulator::{Responder, daly::DalyBus};
 
 /// Reads battery management systems (Daly, Daly Modbus-style, Sinowealth, Pace) and publishes what they know.
 #[derive(Debug, Parser)]
@@ -25,6 +30,54 @@ pub struct Cli {
 pub enum Command {
     /// Decode captured bytes (from a bug report, a logic analyser or `--verbose` output) and print them as JSON.
     Decode(DecodeArgs),
+    /// Run a simulated BMS bus on a pseudo-terminal or a TCP port, for trying clients and the exporter
+    /// without hardware.
+    Simulate(SimulateArgs),
+}
+
+/// Arguments of `simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Protocol the simulated devices speak.
+    #[arg(long, value_parser = parse_protocol)]
+    pub protocol: Protocol,
+    /// Create a pseudo-terminal and a symlink to it at this path (e.g. /tmp/ttyDALY).
+    #[arg(long, value_name = "LINK", conflicts_with = "tcp", required_unless_present = "tcp")]
+    pub pty: Option<PathBuf>,
+    /// Listen on this address like a TCP serial server (e.g. 127.0.0.1:8899); clients may reconnect.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Series cells per pack (Daly 1–48, Daly Modbus-style 1–32, Sinowealth 3–10, Pace 1–16).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub cells: u8,
+    /// Temperature probes per pack (0–16; Daly Modbus-style at most 8, Sinowealth 2).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub temperatures: u8,
+    /// Packs behind the Pace master at address 1 (1–16).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub packs: u8,
+    /// Daly boards on the bus, numbered 1…N (1–16).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub boards: u8,
+    /// Line speed: bytes leave as an 8N1 line at this rate would carry them (0 = no pacing).
+    #[arg(long, default_value_t = 9600, value_name = "N")]
+    pub baud: u32,
+    /// The board's turnaround between a request and its reply, in milliseconds.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub latency_ms: u64,
+    /// Inject a fault at a rate (0–1) per request: drop, corrupt, truncate, delay[:SECONDS], garbage, echo,
+    /// wrong_command, silent[:SECONDS], close. Repeatable.
+    #[arg(long = "fault", value_name = "KIND=RATE")]
+    pub faults: Vec<Fault>,
+    /// Seed for drift, noise and fault dice: the same seed gives the same run.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+    /// Keep the current true state in this file as JSON (the model's units), rewritten after each reply.
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+    /// Simulated seconds per wall-clock second; 0 freezes the batteries (exact comparisons in tests).
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub time_scale: f64,
 }
 
 /// Arguments of `decode`.
@@ -82,6 +135,7 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Decode(args) => decode(&args),
+        Command::Simulate(args) => simulate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,4 +196,54 @@ fn capture_bytes(protocol: Protocol, text: &str) -> anyhow::Result<Vec<u8>> {
         }
         e => anyhow::anyhow!("not hex: {e}"),
     })
+}
+
+/// Simulated seconds the batteries run before the first request is answered.
+const WARM_UP_SECONDS: f64 = 420.0;
+
+fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
+    let mut bus = simulated_bus(args)?;
+    // Start mid-cycle, so even a frozen run (--time-scale 0) shows current, spread and warm probes.
+    bus.step(WARM_UP_SECONDS);
+    let endpoint = match (&args.pty, &args.tcp) {
+        (Some(link), _) => Endpoint::Pty(link.clone()),
+        (None, Some(addr)) => Endpoint::Tcp(addr.clone()),
+        (None, None) => bail!("give --pty LINK or --tcp ADDR"),
+    };
+    if !(args.time_scale.is_finite() && args.time_scale >= 0.0) {
+        bail!("--time-scale must be a number of 0 or more, got {}", args.time_scale);
+    }
+    let options = ServeOptions {
+        timing: Timing { baud: args.baud, latency: Duration::from_millis(args.latency_ms) },
+        faults: FaultPlan::new(args.faults.clone(), args.seed),
+        truth: args.truth.clone(),
+        time_scale: args.time_scale,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve::serve(bus.as_mut(), &endpoint, options))
+}
+
+/// The simulated bus for `args`, after checking the sizes the protocol can carry.
+fn simulated_bus(args: &SimulateArgs) -> anyhow::Result<Box<dyn Responder>> {
+    let check = |what: &str, value: u8, range: std::ops::RangeInclusive<u8>| {
+        if range.contains(&value) {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "--{what} {value} is outside {}..={} for {}",
+                range.start(),
+                range.end(),
+                args.protocol
+            ))
+        }
+    };
+    check("temperatures", args.temperatures, 0..=16)?;
+    match args.protocol {
+        Protocol::Daly => {
+            check("cells", args.cells, 1..=48)?;
+            check("boards", args.boards, 1..=16)?;
+            Ok(Box::new(DalyBus::new(args.boards, args.cells, args.temperatures, args.seed)))
+        }
+        other => bail!("the {other} simulator is not built yet"),
+    }
 }

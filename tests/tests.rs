@@ -4,5 +4,6 @@ mod cli_decode;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod pace_vectors;
+mod simulator;
 mod sinowealth_vectors;
 mod util;

@@ -81,20 +81,41 @@ pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options:
             // Keep the slave open: without an opener the master reads EIO whenever a client closes.
             let _slave = slave;
             let mut master = master;
-            let result = run_link(device, &mut master, &mut options).await;
+            let result = tokio::select! {
+                result = run_link(device, &mut master, &mut options) => result.map(|_| ()),
+                signal = shutdown_signal() => signal,
+            };
+            // Leave no dangling link behind for the next run or a confused user.
             let _ = std::fs::remove_file(link);
-            result.map(|_| ())
+            result
         }
         Endpoint::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
             eprintln!("simulator: listening on {}", listener.local_addr().context("local address")?);
             loop {
-                let (mut stream, peer) = listener.accept().await.context("accepting a connection")?;
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    signal = shutdown_signal() => return signal,
+                };
+                let (mut stream, peer) = accepted.context("accepting a connection")?;
                 eprintln!("simulator: client {peer} connected");
-                let stats = run_link(device, &mut stream, &mut options).await;
+                let stats = tokio::select! {
+                    stats = run_link(device, &mut stream, &mut options) => stats,
+                    signal = shutdown_signal() => return signal,
+                };
                 eprintln!("simulator: client {peer} gone ({stats:?})");
             }
         }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT"),
+        _ = term.recv() => Ok(()),
     }
 }
 

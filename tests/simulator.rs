@@ -1,0 +1,341 @@
+//! The simulator as its users meet it: the `simulate` binary on a real pseudo-terminal and on TCP, read by an
+//! independent client (`daly-bms-cli` from PyPI) and by our own decoders, with every fault kind.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use bms_exporter::model::{DeviceSnapshot, PackSnapshot};
+use bms_exporter::protocol::DecodeOptions;
+use bms_exporter::protocol::daly::{self, Address, Command, Filler, Request};
+use serde_json::Value;
+
+/// A running `bms_exporter simulate`, killed when dropped so no test leaves a process behind.
+struct Simulator {
+    child: Child,
+    /// `127.0.0.1:PORT` for TCP runs.
+    addr: Option<String>,
+    dir: PathBuf,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bms-sim-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Simulator {
+    /// Start on TCP at a free loopback port the simulator picks, and wait until it listens.
+    fn tcp(name: &str, args: &[&str]) -> Self {
+        let dir = scratch(name);
+        let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+            .args(["simulate", "--tcp", "127.0.0.1:0", "--truth"])
+            .arg(dir.join("truth.json"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+        assert!(line.contains("listening on 127.0.0.1:"), "{line}");
+        // Keep draining stderr so the simulator never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self { child, addr: Some(addr), dir }
+    }
+
+    /// Start on a pseudo-terminal linked at `<scratch>/tty` and wait for the link.
+    fn pty(name: &str, args: &[&str]) -> (Self, PathBuf) {
+        let dir = scratch(name);
+        let link = dir.join("tty");
+        let child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+            .args(["simulate", "--pty"])
+            .arg(&link)
+            .arg("--truth")
+            .arg(dir.join("truth.json"))
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !link.exists() {
+            assert!(Instant::now() < deadline, "the PTY link never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (Self { child, addr: None, dir }, link)
+    }
+
+    fn truth(&self) -> DeviceSnapshot {
+        let text = std::fs::read_to_string(self.dir.join("truth.json")).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        snapshot_from_json(&value)
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr.as_deref().unwrap()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        stream
+    }
+}
+
+/// The truth file is the model serialised; read back the fields the tests compare.
+fn snapshot_from_json(value: &Value) -> DeviceSnapshot {
+    let packs = value["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut pack = PackSnapshot::new(p["pack"].as_u64().unwrap() as u8);
+            pack.voltage_volts = p["voltage_volts"].as_f64();
+            pack.current_amperes = p["current_amperes"].as_f64();
+            pack.state_of_charge_ratio = p["state_of_charge_ratio"].as_f64();
+            pack.remaining_capacity_ampere_hours = p["remaining_capacity_ampere_hours"].as_f64();
+            pack.cycle_count = p["cycle_count"].as_u64().map(|c| c as u32);
+            pack.charge_mosfet_enabled = p["charge_mosfet_enabled"].as_bool();
+            pack.discharge_mosfet_enabled = p["discharge_mosfet_enabled"].as_bool();
+            pack.cell_volts = p["cell_volts"].as_array().unwrap().iter().map(Value::as_f64).collect();
+            pack
+        })
+        .collect();
+    DeviceSnapshot { packs }
+}
+
+fn probe_temperatures(truth: &Value) -> Vec<f64> {
+    truth["packs"][0]["temperatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["sensor"].get("probe").is_some())
+        .map(|t| t["celsius"].as_f64().unwrap())
+        .collect()
+}
+
+fn close(what: &str, got: f64, want: f64, tolerance: f64) {
+    assert!((got - want).abs() <= tolerance + 1e-9, "{what}: got {got}, truth {want} (±{tolerance})");
+}
+
+/// Path of `daly-bms-cli` from the venv the test command builds; the test fails loudly without it.
+fn daly_bms_cli() -> PathBuf {
+    let path = std::env::var_os("BMS_DALY_BMS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/daly-bms-cli"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the test command (bash scripts/test.sh), which installs dalybms in a venv",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn daly_bms_cli_from_pypi_reads_the_simulator_over_a_pty_and_agrees_with_the_truth() {
+    let (sim, link) = Simulator::pty("dalycli", &["--protocol", "daly", "--cells", "16", "--time-scale", "0"]);
+    let out = Process::new(daly_bms_cli()).arg("-d").arg(&link).arg("--all").output().unwrap();
+    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let truth_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(sim.dir.join("truth.json")).unwrap()).unwrap();
+    let truth = &sim.truth().packs[0];
+
+    close("total_voltage", got["soc"]["total_voltage"].as_f64().unwrap(), truth.voltage_volts.unwrap(), 0.05);
+    close("current", got["soc"]["current"].as_f64().unwrap(), truth.current_amperes.unwrap(), 0.05);
+    close(
+        "soc_percent",
+        got["soc"]["soc_percent"].as_f64().unwrap(),
+        truth.state_of_charge_ratio.unwrap() * 100.0,
+        0.05,
+    );
+    close(
+        "capacity_ah",
+        got["mosfet_status"]["capacity_ah"].as_f64().unwrap(),
+        truth.remaining_capacity_ampere_hours.unwrap(),
+        0.0005,
+    );
+    assert_eq!(got["status"]["cells"], 16);
+    assert_eq!(got["status"]["cycles"].as_u64().map(|c| c as u32), truth.cycle_count);
+    assert_eq!(got["mosfet_status"]["charging_mosfet"].as_bool(), truth.charge_mosfet_enabled);
+    assert_eq!(got["mosfet_status"]["discharging_mosfet"].as_bool(), truth.discharge_mosfet_enabled);
+    let cells = got["cell_voltages"].as_object().unwrap();
+    assert_eq!(cells.len(), 16);
+    for (i, want) in truth.cell_volts.iter().enumerate() {
+        close(&format!("cell {}", i + 1), cells[&(i + 1).to_string()].as_f64().unwrap(), want.unwrap(), 0.0005);
+    }
+    let temps = got["temperatures"].as_object().unwrap();
+    for (i, want) in probe_temperatures(&truth_json).iter().enumerate() {
+        close(&format!("sensor {}", i + 1), temps[&(i + 1).to_string()].as_f64().unwrap(), *want, 0.5);
+    }
+    assert_eq!(got["errors"], serde_json::json!([]));
+}
+
+/// Send one request and collect bytes until `quiet` passes without any.
+fn exchange(stream: &mut TcpStream, request: &[u8], quiet: Duration) -> Vec<u8> {
+    stream.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while last.elapsed() < quiet && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                last = Instant::now();
+            }
+            Err(_) => {}
+        }
+    }
+    reply
+}
+
+fn soc_request() -> Vec<u8> {
+    Request::read(Command::Soc, Address::Rs485, Filler::Aa).encode().to_vec()
+}
+
+#[test]
+fn our_decoder_reads_two_daly_boards_over_tcp_with_line_timing() {
+    let sim =
+        Simulator::tcp("twoboards", &["--protocol", "daly", "--boards", "2", "--cells", "8", "--time-scale", "0"]);
+    let mut stream = sim.connect();
+    for board in [1u8, 2] {
+        let request = Request::read(Command::CellVoltages, Address::Board(board), Filler::Aa).encode();
+        let started = Instant::now();
+        let reply = exchange(&mut stream, &request, Duration::from_millis(150));
+        // 3 frames × 13 bytes + the 13-byte request at 9600 8N1 take at least 54 ms on a real line.
+        assert!(started.elapsed() >= Duration::from_millis(54), "{:?}", started.elapsed());
+        let capture = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+        let got = &capture.device.packs[0];
+        assert_eq!(got.pack, board);
+        let truth = sim.truth();
+        let want = &truth.packs[usize::from(board) - 1];
+        for (g, t) in got.cell_volts.iter().zip(&want.cell_volts) {
+            close("cell", g.unwrap(), t.unwrap(), 0.0005);
+        }
+    }
+}
+
+/// Run `kind` at rate 0.5 and check that it really strikes, that a struck reply never decodes into a value,
+/// and that the next clean reply decodes right again.
+fn fault_strikes_and_the_line_recovers(kind: &str, quiet_ms: u64) {
+    let fault = format!("{kind}=0.5");
+    let sim = Simulator::tcp(
+        kind,
+        &["--protocol", "daly", "--baud", "0", "--time-scale", "0", "--fault", &fault, "--seed", "3"],
+    );
+    let request = soc_request();
+    let mut stream = sim.connect();
+    let (mut faulty, mut recovered) = (0, 0);
+    let mut after_fault = false;
+    for _ in 0..24 {
+        let reply = exchange(&mut stream, &request, Duration::from_millis(quiet_ms));
+        if reply.is_empty() && kind == "close" {
+            // The simulator closed the connection: a real adapter drops out; reconnect like a client would.
+            stream = sim.connect();
+        }
+        let clean = reply.len() == 13
+            && daly::decode_capture(Some(&request), &reply, &DecodeOptions::default())
+                .is_ok_and(|c| c.rejected.is_empty());
+        if clean {
+            let capture = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+            close(
+                "voltage",
+                capture.device.packs[0].voltage_volts.unwrap(),
+                sim.truth().packs[0].voltage_volts.unwrap(),
+                0.05,
+            );
+            recovered += usize::from(after_fault);
+            after_fault = false;
+        } else {
+            faulty += 1;
+            after_fault = true;
+            if let Ok(capture) = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()) {
+                // What survives a fault must still be a true value (echo and garbage are skipped, not decoded).
+                let v = capture.device.packs[0].voltage_volts;
+                if kind == "wrong_command" {
+                    assert_eq!(v, None, "a reply to another command must not become a voltage");
+                } else if let Some(v) = v {
+                    close("voltage after fault", v, sim.truth().packs[0].voltage_volts.unwrap(), 0.05);
+                }
+            }
+        }
+    }
+    assert!(faulty > 0, "{kind}: the fault never struck");
+    assert!(recovered > 0, "{kind}: no clean reply ever followed a fault");
+}
+
+#[test]
+fn fault_drop() {
+    fault_strikes_and_the_line_recovers("drop", 120);
+}
+
+#[test]
+fn fault_corrupt() {
+    fault_strikes_and_the_line_recovers("corrupt", 120);
+}
+
+#[test]
+fn fault_truncate() {
+    fault_strikes_and_the_line_recovers("truncate", 120);
+}
+
+#[test]
+fn fault_delay() {
+    fault_strikes_and_the_line_recovers("delay:0.4", 120);
+}
+
+#[test]
+fn fault_garbage() {
+    fault_strikes_and_the_line_recovers("garbage", 120);
+}
+
+#[test]
+fn fault_echo() {
+    fault_strikes_and_the_line_recovers("echo", 120);
+}
+
+#[test]
+fn fault_wrong_command() {
+    fault_strikes_and_the_line_recovers("wrong_command", 120);
+}
+
+#[test]
+fn fault_silent() {
+    fault_strikes_and_the_line_recovers("silent:0.3", 120);
+}
+
+#[test]
+fn fault_close() {
+    fault_strikes_and_the_line_recovers("close", 120);
+}
+
+#[test]
+fn a_bad_fault_spec_and_an_impossible_size_are_refused_before_anything_starts() {
+    let run = |args: &[&str]| {
+        let out = Process::new(env!("CARGO_BIN_EXE_bms_exporter")).arg("simulate").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--protocol", "daly", "--tcp", "127.0.0.1:0", "--fault", "melt=0.1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown fault kind"), "{err}");
+    let (code, err) = run(&["--protocol", "daly", "--tcp", "127.0.0.1:0", "--cells", "60"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--cells 60 is outside 1..=48"), "{err}");
+    let dir = scratch("plainfile");
+    let file = dir.join("not-a-link");
+    std::fs::write(&file, "x").unwrap();
+    let (code, err) = run(&["--protocol", "daly", "--pty", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not a symlink"), "{err}");
+    assert!(Path::new(&file).exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
