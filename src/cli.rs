@@ -14,7 +14,9 @@ use crate::model::CurrentSign;
 use crate::protocol::{self, DecodeOptions, Protocol};
 use crate::simulator::fault::{Fault, FaultPlan};
 use crate::simulator::serve::{self, Endpoint, ServeOptions, Timing};
-use crate::simulator::{Responder, daly::DalyBus};
+use crate::simulator::{
+    Responder, daly::DalyBus, daly_modbus::DalyModbusBus, pace::PaceBus, sinowealth::SinowealthBus,
+};
 
 /// Reads battery management systems (Daly, Daly Modbus-style, Sinowealth, Pace) and publishes what they know.
 #[derive(Debug, Parser)]
@@ -244,6 +246,19 @@ fn simulated_bus(args: &SimulateArgs) -> anyhow::Result<Box<dyn Responder>> {
             check("boards", args.boards, 1..=16)?;
             Ok(Box::new(DalyBus::new(args.boards, args.cells, args.temperatures, args.seed)))
         }
-        other => bail!("the {other} simulator is not built yet"),
+        Protocol::DalyModbus => {
+            check("cells", args.cells, 1..=32)?;
+            check("temperatures", args.temperatures, 0..=8)?;
+            Ok(Box::new(DalyModbusBus::new(args.cells, args.temperatures, args.seed)))
+        }
+        Protocol::Sinowealth => {
+            check("cells", args.cells, 3..=10)?;
+            Ok(Box::new(SinowealthBus::new(args.cells, args.seed)))
+        }
+        Protocol::Pace => {
+            check("cells", args.cells, 1..=16)?;
+            check("packs", args.packs, 1..=16)?;
+            Ok(Box::new(PaceBus::new(args.packs, args.cells, args.temperatures, args.seed)))
+        }
     }
 }

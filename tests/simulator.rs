@@ -339,3 +339,89 @@ fn a_bad_fault_spec_and_an_impossible_size_are_refused_before_anything_starts() 
     assert!(Path::new(&file).exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn daly_bms_cli_sinowealth_mode_reads_the_sinowealth_simulator_over_a_pty() {
+    let args = ["--protocol", "sinowealth", "--cells", "8", "--time-scale", "0", "--latency-ms", "2"];
+    let (sim, link) = Simulator::pty("sinowealth", &args);
+    let out = Process::new(daly_bms_cli()).arg("-d").arg(&link).args(["--sinowealth", "--all"]).output().unwrap();
+    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let truth = &sim.truth().packs[0];
+    close("total_voltage", got["soc"]["total_voltage"].as_f64().unwrap(), truth.voltage_volts.unwrap(), 0.001);
+    close("current", got["soc"]["current"].as_f64().unwrap(), truth.current_amperes.unwrap(), 0.001);
+    // RSOC is an integer percentage on this chip.
+    close(
+        "soc_percent",
+        got["soc"]["soc_percent"].as_f64().unwrap(),
+        truth.state_of_charge_ratio.unwrap() * 100.0,
+        0.5,
+    );
+    close(
+        "remaining_capacity_ah",
+        got["mosfet_status"]["remaining_capacity_ah"].as_f64().unwrap(),
+        truth.remaining_capacity_ampere_hours.unwrap(),
+        0.005,
+    );
+    assert_eq!(got["status"]["cycles"].as_u64().map(|c| c as u32), truth.cycle_count);
+    let cells = got["cell_voltages"].as_object().unwrap();
+    assert_eq!(cells.len(), 8, "the client stops at the first register the board leaves unanswered");
+    for (i, want) in truth.cell_volts.iter().enumerate() {
+        close(&format!("cell {}", i + 1), cells[&(i + 1).to_string()].as_f64().unwrap(), want.unwrap(), 0.0005);
+    }
+    let state = got["mosfet_status"]["pack_state"].as_array().unwrap();
+    let has = |flag: &str| state.iter().any(|s| s.as_str().is_some_and(|s| s.contains(flag)));
+    assert_eq!(has("CHGMOS"), truth.charge_mosfet_enabled.unwrap());
+    assert_eq!(has("DSGMOS"), truth.discharge_mosfet_enabled.unwrap());
+}
+
+#[test]
+fn our_decoder_reads_the_daly_modbus_simulator_over_tcp_and_a_mosfet_write_takes_effect() {
+    use bms_exporter::protocol::daly_modbus::{self, Map, d2, encode_request};
+    let sim = Simulator::tcp("d2", &["--protocol", "daly-modbus", "--cells", "16", "--time-scale", "0"]);
+    let mut stream = sim.connect();
+    let read = encode_request(Map::D2, d2::REALTIME);
+    let reply = exchange(&mut stream, &read, Duration::from_millis(200));
+    let capture = daly_modbus::decode_capture(Some(&read), &reply, &DecodeOptions::default()).unwrap();
+    let (got, truth) = (&capture.device.packs[0], &sim.truth().packs[0]);
+    close("voltage", got.voltage_volts.unwrap(), truth.voltage_volts.unwrap(), 0.05);
+    close("current", got.current_amperes.unwrap(), truth.current_amperes.unwrap(), 0.05);
+    assert_eq!(got.cell_volts.len(), 16);
+    for (g, t) in got.cell_volts.iter().zip(&truth.cell_volts) {
+        close("cell", g.unwrap(), t.unwrap(), 0.0005);
+    }
+    let write = encode_request(Map::D2, d2::set_charge_mosfet(false));
+    assert_eq!(exchange(&mut stream, &write, Duration::from_millis(200)), write, "a D2 write is echoed");
+    let reply = exchange(&mut stream, &read, Duration::from_millis(200));
+    let capture = daly_modbus::decode_capture(Some(&read), &reply, &DecodeOptions::default()).unwrap();
+    assert_eq!(capture.device.packs[0].charge_mosfet_enabled, Some(false));
+    assert_eq!(sim.truth().packs[0].charge_mosfet_enabled, Some(false));
+}
+
+#[test]
+fn our_decoder_reads_a_four_pack_pace_master_over_tcp_with_one_all_packs_request() {
+    use bms_exporter::protocol::pace::{self, ALL_PACKS, Command as PaceCommand, Request as PaceRequest};
+    let args = ["--protocol", "pace", "--packs", "4", "--cells", "16", "--temperatures", "6", "--time-scale", "0"];
+    let sim = Simulator::tcp("pace4", &args);
+    let mut stream = sim.connect();
+    let request = PaceRequest::new(1, PaceCommand::Analog(ALL_PACKS)).encode();
+    let reply = exchange(&mut stream, &request, Duration::from_millis(300));
+    let capture = pace::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+    let truth = sim.truth();
+    assert_eq!(capture.device.packs.len(), 4);
+    for (got, want) in capture.device.packs.iter().zip(&truth.packs) {
+        assert_eq!(got.pack, want.pack);
+        close("voltage", got.voltage_volts.unwrap(), want.voltage_volts.unwrap(), 0.001);
+        close("current", got.current_amperes.unwrap(), want.current_amperes.unwrap(), 0.01);
+        assert_eq!(got.cycle_count, want.cycle_count);
+        for (g, t) in got.cell_volts.iter().zip(&want.cell_volts) {
+            close("cell", g.unwrap(), t.unwrap(), 0.0005);
+        }
+    }
+    // The status read of the same master reports every pack too.
+    let status = PaceRequest::new(1, PaceCommand::Status(ALL_PACKS)).encode();
+    let reply = exchange(&mut stream, &status, Duration::from_millis(300));
+    let capture = pace::decode_capture(Some(&status), &reply, &DecodeOptions::default()).unwrap();
+    assert_eq!(capture.device.packs.len(), 4);
+    assert!(capture.device.packs.iter().all(|p| p.charge_mosfet_enabled == Some(true)));
+}
