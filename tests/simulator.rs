@@ -224,47 +224,83 @@ fn our_decoder_reads_two_daly_boards_over_tcp_with_line_timing() {
     }
 }
 
-/// Run `kind` at rate 0.5 and check that it really strikes, that a struck reply never decodes into a value,
-/// and that the next clean reply decodes right again.
-fn fault_strikes_and_the_line_recovers(kind: &str, quiet_ms: u64) {
+/// `(voltage, clean)` of a decoded reply to a request — clean when nothing was rejected or skipped — or `None`
+/// when nothing decoded.
+type Decode = fn(&[u8], &[u8]) -> Option<(Option<f64>, bool)>;
+
+/// How a fault test asks one protocol for a value and reads it back.
+struct Probe {
+    args: &'static [&'static str],
+    request: Vec<u8>,
+    decode: Decode,
+}
+
+fn daly_probe() -> Probe {
+    Probe {
+        args: &["--protocol", "daly"],
+        request: soc_request(),
+        decode: |req, reply| {
+            let c = daly::decode_capture(Some(req), reply, &DecodeOptions::default()).ok()?;
+            Some((c.device.packs.first().and_then(|p| p.voltage_volts), c.rejected.is_empty() && c.skipped_bytes == 0))
+        },
+    }
+}
+
+fn d2_probe() -> Probe {
+    use bms_exporter::protocol::daly_modbus::{self, Map, d2, encode_request};
+    Probe {
+        args: &["--protocol", "daly-modbus"],
+        request: encode_request(Map::D2, d2::REALTIME).to_vec(),
+        decode: |req, reply| {
+            let c = daly_modbus::decode_capture(Some(req), reply, &DecodeOptions::default()).ok()?;
+            Some((c.device.packs.first().and_then(|p| p.voltage_volts), c.rejected.is_empty() && c.skipped_bytes == 0))
+        },
+    }
+}
+
+fn pace_probe() -> Probe {
+    use bms_exporter::protocol::pace::{self, Command as PaceCommand, Request as PaceRequest};
+    Probe {
+        args: &["--protocol", "pace", "--packs", "2"],
+        request: PaceRequest::new(1, PaceCommand::Analog(1)).encode(),
+        decode: |req, reply| {
+            let c = pace::decode_capture(Some(req), reply, &DecodeOptions::default()).ok()?;
+            Some((c.device.packs.first().and_then(|p| p.voltage_volts), c.rejected.is_empty() && c.skipped_bytes == 0))
+        },
+    }
+}
+
+/// Run `kind` at rate 0.5 and check that it really strikes, that a struck reply never decodes into a wrong
+/// value, and that a clean reply follows and decodes right again.
+fn fault_strikes_and_the_line_recovers(probe: &Probe, kind: &str) {
     let fault = format!("{kind}=0.5");
-    let sim = Simulator::tcp(
-        kind,
-        &["--protocol", "daly", "--baud", "0", "--time-scale", "0", "--fault", &fault, "--seed", "3"],
-    );
-    let request = soc_request();
+    let mut args = probe.args.to_vec();
+    args.extend(["--baud", "0", "--time-scale", "0", "--fault", &fault, "--seed", "3"]);
+    let sim = Simulator::tcp(&format!("{}-{kind}", probe.args[1]), &args);
+    let truth_voltage = sim.truth().packs[0].voltage_volts.unwrap();
     let mut stream = sim.connect();
     let (mut faulty, mut recovered) = (0, 0);
     let mut after_fault = false;
     for _ in 0..24 {
-        let reply = exchange(&mut stream, &request, Duration::from_millis(quiet_ms));
+        let reply = exchange(&mut stream, &probe.request, Duration::from_millis(120));
         if reply.is_empty() && kind == "close" {
             // The simulator closed the connection: a real adapter drops out; reconnect like a client would.
             stream = sim.connect();
         }
-        let clean = reply.len() == 13
-            && daly::decode_capture(Some(&request), &reply, &DecodeOptions::default())
-                .is_ok_and(|c| c.rejected.is_empty());
-        if clean {
-            let capture = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
-            close(
-                "voltage",
-                capture.device.packs[0].voltage_volts.unwrap(),
-                sim.truth().packs[0].voltage_volts.unwrap(),
-                0.05,
-            );
-            recovered += usize::from(after_fault);
-            after_fault = false;
-        } else {
-            faulty += 1;
-            after_fault = true;
-            if let Ok(capture) = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()) {
-                // What survives a fault must still be a true value (echo and garbage are skipped, not decoded).
-                let v = capture.device.packs[0].voltage_volts;
-                if kind == "wrong_command" {
-                    assert_eq!(v, None, "a reply to another command must not become a voltage");
-                } else if let Some(v) = v {
-                    close("voltage after fault", v, sim.truth().packs[0].voltage_volts.unwrap(), 0.05);
+        match (probe.decode)(&probe.request, &reply) {
+            Some((Some(v), true)) => {
+                close("voltage", v, truth_voltage, 0.05);
+                recovered += usize::from(after_fault);
+                after_fault = false;
+            }
+            struck => {
+                faulty += 1;
+                after_fault = true;
+                // What survives a fault must still be a true value: echo and garbage are skipped, not decoded,
+                // and a reply to another command never becomes a voltage.
+                if let Some((Some(v), _)) = struck {
+                    assert_ne!(kind, "wrong_command", "a reply to another command became a voltage");
+                    close("voltage after fault", v, truth_voltage, 0.05);
                 }
             }
         }
@@ -273,49 +309,28 @@ fn fault_strikes_and_the_line_recovers(kind: &str, quiet_ms: u64) {
     assert!(recovered > 0, "{kind}: no clean reply ever followed a fault");
 }
 
+const FAULT_KINDS: [&str; 9] =
+    ["drop", "corrupt", "truncate", "delay:0.4", "garbage", "echo", "wrong_command", "silent:0.3", "close"];
+
 #[test]
-fn fault_drop() {
-    fault_strikes_and_the_line_recovers("drop", 120);
+fn every_fault_kind_strikes_and_the_daly_line_recovers() {
+    for kind in FAULT_KINDS {
+        fault_strikes_and_the_line_recovers(&daly_probe(), kind);
+    }
 }
 
 #[test]
-fn fault_corrupt() {
-    fault_strikes_and_the_line_recovers("corrupt", 120);
+fn every_fault_kind_strikes_and_the_daly_modbus_line_recovers() {
+    for kind in FAULT_KINDS {
+        fault_strikes_and_the_line_recovers(&d2_probe(), kind);
+    }
 }
 
 #[test]
-fn fault_truncate() {
-    fault_strikes_and_the_line_recovers("truncate", 120);
-}
-
-#[test]
-fn fault_delay() {
-    fault_strikes_and_the_line_recovers("delay:0.4", 120);
-}
-
-#[test]
-fn fault_garbage() {
-    fault_strikes_and_the_line_recovers("garbage", 120);
-}
-
-#[test]
-fn fault_echo() {
-    fault_strikes_and_the_line_recovers("echo", 120);
-}
-
-#[test]
-fn fault_wrong_command() {
-    fault_strikes_and_the_line_recovers("wrong_command", 120);
-}
-
-#[test]
-fn fault_silent() {
-    fault_strikes_and_the_line_recovers("silent:0.3", 120);
-}
-
-#[test]
-fn fault_close() {
-    fault_strikes_and_the_line_recovers("close", 120);
+fn every_fault_kind_strikes_and_the_pace_line_recovers() {
+    for kind in FAULT_KINDS {
+        fault_strikes_and_the_line_recovers(&pace_probe(), kind);
+    }
 }
 
 #[test]
