@@ -5,8 +5,8 @@
 use crate::model::{DeviceSnapshot, PackState};
 use crate::protocol::daly::alarms;
 use crate::protocol::daly::{
-    Address, AlarmStatus, Balancing, CellRange, CellVoltages, Command, DalyState, Message, MosfetEcho, MosfetStatus,
-    Rated, Request, SetSocAck, Soc, Status, TemperatureRange, Temperatures, Text,
+    Address, AlarmStatus, Balancing, BatteryMode, CellRange, CellVoltages, Command, DalyState, Message, MosfetEcho,
+    MosfetStatus, Rated, Request, SetSocAck, Soc, Status, TemperatureRange, Temperatures, Text,
 };
 
 use super::battery::{Pack, PackConfig};
@@ -58,21 +58,19 @@ impl DalyBus {
 }
 
 impl Board {
-    /// The reply to `request` from this board, as wire bytes; `None` for commands this board ignores.
-    fn answer(&mut self, request: &Request, uart: bool) -> Option<Vec<u8>> {
+    /// The reply to `request` from this board, as wire bytes.
+    fn answer(&mut self, request: &Request, uart: bool) -> Vec<u8> {
         let address = if uart { Address::Uart } else { Address::Rs485 };
         let cells = self.pack.cell_voltages_v();
         let sensors = u16::from(self.pack.config().temperatures);
         let frames = request.command.reply_frame_count(cells.len() as u16, sensors, address);
         let message = match request.command {
             Command::CellVoltages => {
-                return Some(
-                    CellVoltages::new(cells.into_iter().map(Some).collect()).encode_frames(self.number, frames),
-                );
+                return CellVoltages::new(cells.into_iter().map(Some).collect()).encode_frames(self.number, frames);
             }
             Command::Temperatures => {
                 let temps = self.pack.temperatures_c().iter().map(|&t| Some(t.round() as i16)).collect();
-                return Some(Temperatures::new(temps).encode_frames(self.number, frames));
+                return Temperatures::new(temps).encode_frames(self.number, frames);
             }
             Command::Soc => {
                 Message::Soc(Soc::new(self.pack.voltage_v(), self.pack.current_a(), self.pack.soc() * 100.0))
@@ -113,14 +111,11 @@ impl Board {
             }),
             Command::BatteryCode => {
                 let code = format!("SIM-DALY-{:02}-{:04}", self.number, cells.len());
-                return Some(
-                    Text::new(Command::BatteryCode, &code).encode_frames(self.number, Command::BatteryCode.code()),
-                );
+                return Text::new(Command::BatteryCode, &code).encode_frames(self.number, Command::BatteryCode.code());
             }
             Command::Identity => {
-                return Some(
-                    Text::new(Command::Identity, "DL-BMS-SIM-01").encode_frames(self.number, Command::Identity.code()),
-                );
+                return Text::new(Command::Identity, "DL-BMS-SIM-01")
+                    .encode_frames(self.number, Command::Identity.code());
             }
             Command::DischargeMosfet => {
                 let on = request.data.first().is_some_and(|&b| b != 0);
@@ -140,11 +135,19 @@ impl Board {
                 }
                 Message::SetSoc(SetSocAck { accepted })
             }
-            // The battery-mode read (0x53) and restart are not simulated: a board that does not know a code stays
-            // silent (daly.md §8), which is what clients must cope with anyway.
-            Command::BatteryMode | Command::Restart => return None,
+            // Mode 0 and a fixed production date (2026-01-15): the layout is only of medium confidence (daly.md §8),
+            // so the simulator sends exactly what our decoder reads and nothing it would have to guess.
+            Command::BatteryMode => Message::BatteryMode(BatteryMode {
+                mode_raw: 0,
+                production_year: 2026,
+                production_month: 1,
+                production_day: 15,
+                raw: [0, 0, 26, 1, 15, 0, 0, 0],
+            }),
+            // A restart changes nothing a reader can see (a 2026 board kept its uptime, daly.md §7.3); acknowledge it.
+            Command::Restart => Message::Restart,
         };
-        Some(message.encode(self.number))
+        message.encode(self.number)
     }
 
     /// The 0x98 identifiers the pack's threshold conditions raise (level 1: the simulated BMS warns, it does not
@@ -208,9 +211,9 @@ impl Responder for DalyBus {
     fn respond(&mut self, request: &[u8]) -> Option<Response> {
         let request = Request::decode(request).ok()?;
         let (board, uart) = self.board_for(request.address)?;
-        let reply = board.answer(&request, uart)?;
+        let reply = board.answer(&request, uart);
         let other_command = if request.command == Command::Soc { Command::CellRange } else { Command::Soc };
-        let other = board.answer(&Request { command: other_command, ..request }, uart).unwrap_or_default();
+        let other = board.answer(&Request { command: other_command, ..request }, uart);
         Some(Response { reply, other })
     }
 
@@ -303,6 +306,17 @@ mod tests {
         };
         assert_eq!(frames(Address::Uart), 16);
         assert_eq!(frames(Address::Rs485), 3);
+    }
+
+    #[test]
+    fn every_read_the_codec_knows_is_answered_and_decodes() {
+        let mut bus = DalyBus::new(1, 16, 4, 5);
+        for command in Command::ALL.into_iter().filter(|c| !c.is_write()) {
+            let request = Request::read(command, Address::Rs485, Filler::Aa).encode();
+            let reply = bus.respond(&request).unwrap_or_else(|| panic!("{command:?} unanswered")).reply;
+            let capture = decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+            assert!(capture.rejected.is_empty() && !capture.replies.is_empty(), "{command:?}: {capture:?}");
+        }
     }
 
     #[test]
