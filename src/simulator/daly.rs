@@ -9,7 +9,7 @@ use crate::protocol::daly::{
     MosfetStatus, Rated, Request, SetSocAck, Soc, Status, TemperatureRange, Temperatures, Text,
 };
 
-use super::battery::{Pack, PackConfig};
+use super::battery::{Conditions, Pack, PackConfig};
 use super::{Responder, Response};
 
 /// Length of every A5 request.
@@ -150,22 +150,26 @@ impl Board {
         message.encode(self.number)
     }
 
-    /// The 0x98 identifiers the pack's threshold conditions raise (level 1: the simulated BMS warns, it does not
-    /// trip).
     fn alarm_names(&self) -> Vec<&'static str> {
-        let c = self.pack.conditions();
-        [
-            (c.cell_voltage_high, "cell_voltage_high_l1"),
-            (c.cell_voltage_low, "cell_voltage_low_l1"),
-            (c.temperature_high, "discharge_temperature_high_l1"),
-            (c.temperature_low, "charge_temperature_low_l1"),
-            (c.soc_low, "soc_low_l1"),
-            (c.cell_spread_high, "cell_voltage_difference_l1"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect()
+        alarm_names(self.pack.conditions())
     }
+}
+
+/// The Daly 0x98 identifiers a pack's threshold conditions raise (level 1: the simulated BMS warns, it does not
+/// trip). The Modbus-style D2 bus reports the same bits.
+#[must_use]
+pub fn alarm_names(c: Conditions) -> Vec<&'static str> {
+    [
+        (c.cell_voltage_high, "cell_voltage_high_l1"),
+        (c.cell_voltage_low, "cell_voltage_low_l1"),
+        (c.temperature_high, "discharge_temperature_high_l1"),
+        (c.temperature_low, "charge_temperature_low_l1"),
+        (c.soc_low, "soc_low_l1"),
+        (c.cell_spread_high, "cell_voltage_difference_l1"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
 }
 
 fn cell_range(cells: &[f64]) -> CellRange {

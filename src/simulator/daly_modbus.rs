@@ -3,6 +3,7 @@
 //! own encoders. Pure: no I/O, no clock.
 
 use crate::model::DeviceSnapshot;
+use crate::protocol::daly::alarms;
 use crate::protocol::daly_modbus::d2::{self, Realtime};
 use crate::protocol::daly_modbus::{
     Map, READ, Request, WRITE, decode_request, encode_exception_reply, encode_read_reply, encode_write_reply,
@@ -66,7 +67,7 @@ impl DalyModbusBus {
         let (charge, discharge) = pack.mosfets();
         let voltage = pack.voltage_v();
         let current = pack.current_a();
-        let flags = 0u64;
+        let flags = d2::d2_alarm_flags(&alarms::from_names(super::daly::alarm_names(pack.conditions())));
         Realtime {
             register_count: IMAGE_REGISTERS,
             cell_count: cells.len() as u16,
@@ -91,7 +92,7 @@ impl DalyModbusBus {
             power_w: (voltage * current).abs().round().min(f64::from(u16::MAX)) as u16,
             alarm_flags_raw: flags,
             alarm_flags_hex: to_hex(&flags.to_be_bytes()),
-            active_alarms: Vec::new(),
+            active_alarms: alarms::active_names(&d2::a5_alarm_bytes(flags)),
             balancing_bitmap: Some(bitmap),
             balance_current_a: Some(0.0),
             mosfet_temperature_c: Some(pack.mosfet_temperature_c()),
@@ -331,5 +332,19 @@ mod tests {
             assert_eq!(bus.next_request(&mut pending), Some(request.to_vec()));
             assert!(pending.is_empty());
         }
+    }
+
+    #[test]
+    fn an_empty_pack_raises_the_cell_undervoltage_alarm_in_the_d2_flags() {
+        let mut bus = bus();
+        let request = encode_request(Map::D2, d2::REALTIME);
+        let active = |bus: &mut DalyModbusBus| {
+            let reply = bus.respond(&request).unwrap().reply;
+            let capture = decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+            capture.device.packs[0].alarms.iter().filter(|a| a.active).map(|a| a.name).collect::<Vec<_>>()
+        };
+        assert!(!active(&mut bus).contains(&"cell_voltage_low_l1"));
+        bus.pack.set_soc(0.0);
+        assert!(active(&mut bus).contains(&"cell_voltage_low_l1"));
     }
 }

@@ -2,10 +2,10 @@
 //! the register's data bytes and check byte, built with the codec's own encoder. Pure: no I/O, no clock.
 
 use crate::model::{DeviceSnapshot, PackState};
-use crate::protocol::sinowealth::registers::{MAX_CELLS, flags_from_names};
+use crate::protocol::sinowealth::registers::{MAX_CELLS, active_flags, flags_from_names};
 use crate::protocol::sinowealth::{
-    BatteryStatus, KELVIN_OFFSET_C, PACK_STATUS_BITS, PackStatus, REQUEST_START, Register, Value, decode_request,
-    encode_reply,
+    BATTERY_STATUS_BITS, BatteryStatus, KELVIN_OFFSET_C, PACK_STATUS_BITS, PackStatus, REQUEST_START, Register, Value,
+    decode_request, encode_reply,
 };
 
 use super::battery::{Pack, PackConfig};
@@ -63,7 +63,19 @@ impl SinowealthBus {
             Register::CycleCount => Value::CycleCount { cycles: u16::try_from(pack.cycles()).unwrap_or(u16::MAX) },
             Register::PackStatus => Value::PackStatus(PackStatus::new(self.pack_status_raw())),
             Register::BatteryStatus => {
-                Value::BatteryStatus(BatteryStatus { battery_status_raw: 0, protections: Vec::new() })
+                let c = pack.conditions();
+                let names = [
+                    (c.cell_voltage_high, "cell_overvoltage"),
+                    (c.cell_voltage_low, "cell_undervoltage"),
+                    (c.temperature_high, "discharge_overtemperature"),
+                    (c.temperature_low, "charge_undertemperature"),
+                ];
+                let raw =
+                    flags_from_names(&BATTERY_STATUS_BITS, names.into_iter().filter(|(on, _)| *on).map(|(_, n)| n));
+                Value::BatteryStatus(BatteryStatus {
+                    battery_status_raw: raw,
+                    protections: active_flags(&BATTERY_STATUS_BITS, raw),
+                })
             }
             Register::PackConfig => {
                 let cells = u16::from(pack.config().cells);
@@ -268,5 +280,19 @@ mod tests {
             assert_eq!(bus.next_request(&mut pending), Some(request.to_vec()));
             assert!(pending.is_empty());
         }
+    }
+
+    #[test]
+    fn an_empty_pack_raises_the_cell_undervoltage_protection() {
+        let mut bus = bus(4);
+        let request = encode_request(Register::BatteryStatus);
+        let active = |bus: &mut SinowealthBus| {
+            let reply = bus.respond(&request).unwrap().reply;
+            let capture = decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+            capture.device.packs[0].alarms.iter().filter(|a| a.active).map(|a| a.name).collect::<Vec<_>>()
+        };
+        assert!(active(&mut bus).is_empty());
+        bus.pack.set_soc(0.0);
+        assert_eq!(active(&mut bus), ["cell_undervoltage"]);
     }
 }
