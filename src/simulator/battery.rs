@@ -116,6 +116,9 @@ pub struct Pack {
     elapsed_s: f64,
     /// Per-cell state of charge (0–1); cells differ slightly so spread and balancing are real.
     cell_soc: Vec<f64>,
+    /// Per-cell voltage offsets (volts): on the flat LFP plateau SOC differences alone hide in the last digit, so
+    /// cells also differ a little in resistance and calibration, as real ones do.
+    cell_offset_v: Vec<f64>,
     current_a: f64,
     temperatures_c: Vec<f64>,
     mosfet_temperature_c: f64,
@@ -134,6 +137,7 @@ impl Pack {
         let mut rng = Rng::new(seed);
         let cells = usize::from(config.cells.clamp(1, 48));
         let cell_soc = (0..cells).map(|_| (config.initial_soc + rng.uniform(-0.004, 0.004)).clamp(0.0, 1.0)).collect();
+        let cell_offset_v = (0..cells).map(|_| rng.uniform(-0.004, 0.004)).collect();
         let temperatures_c = (0..config.temperatures).map(|_| config.ambient_c + rng.uniform(0.0, 2.0)).collect();
         let phase = rng.uniform(0.0, 1.0);
         Self {
@@ -143,6 +147,7 @@ impl Pack {
             rng,
             elapsed_s: 0.0,
             cell_soc,
+            cell_offset_v,
             current_a: 0.0,
             temperatures_c,
             charge_mosfet: true,
@@ -244,7 +249,11 @@ impl Pack {
     /// Cell voltages (volts), index 0 = cell 1.
     #[must_use]
     pub fn cell_voltages_v(&self) -> Vec<f64> {
-        self.cell_soc.iter().map(|&soc| ocv(soc) + self.current_a * CELL_RESISTANCE_OHMS).collect()
+        self.cell_soc
+            .iter()
+            .zip(&self.cell_offset_v)
+            .map(|(&soc, &offset)| ocv(soc) + offset + self.current_a * CELL_RESISTANCE_OHMS)
+            .collect()
     }
 
     /// Pack voltage: the sum of the cells.
