@@ -440,3 +440,45 @@ fn our_decoder_reads_a_four_pack_pace_master_over_tcp_with_one_all_packs_request
     assert_eq!(capture.device.packs.len(), 4);
     assert!(capture.device.packs.iter().all(|p| p.charge_mosfet_enabled == Some(true)));
 }
+
+/// Open a simulator's PTY as a client opens a serial port (9600 8N1, read timeout), send `request`, and collect
+/// the reply until the line is quiet.
+fn pty_exchange(link: &Path, request: &[u8]) -> Vec<u8> {
+    let mut port = tokio_serial::new(link.to_string_lossy(), 9600).timeout(Duration::from_millis(150)).open().unwrap();
+    port.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match port.read(&mut buf) {
+            Ok(n) if n > 0 => reply.extend_from_slice(&buf[..n]),
+            _ if !reply.is_empty() => break,
+            _ => {}
+        }
+    }
+    reply
+}
+
+#[test]
+fn the_pace_and_daly_modbus_simulators_answer_over_a_pty_too() {
+    use bms_exporter::protocol::daly_modbus::{self, Map, d2, encode_request};
+    use bms_exporter::protocol::pace::{self, ALL_PACKS, Command as PaceCommand, Request as PaceRequest};
+
+    let (sim, link) = Simulator::pty("pacepty", &["--protocol", "pace", "--packs", "2", "--time-scale", "0"]);
+    let request = PaceRequest::new(1, PaceCommand::Analog(ALL_PACKS)).encode();
+    let capture =
+        pace::decode_capture(Some(&request), &pty_exchange(&link, &request), &DecodeOptions::default()).unwrap();
+    let truth = sim.truth();
+    assert_eq!(capture.device.packs.len(), 2);
+    for (got, want) in capture.device.packs.iter().zip(&truth.packs) {
+        close("pace voltage", got.voltage_volts.unwrap(), want.voltage_volts.unwrap(), 0.001);
+    }
+    drop(sim);
+
+    let (sim, link) = Simulator::pty("d2pty", &["--protocol", "daly-modbus", "--time-scale", "0"]);
+    let request = encode_request(Map::D2, d2::REALTIME);
+    let reply = pty_exchange(&link, &request);
+    let capture = daly_modbus::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+    let want = sim.truth().packs[0].voltage_volts.unwrap();
+    close("d2 voltage", capture.device.packs[0].voltage_volts.unwrap(), want, 0.05);
+}
