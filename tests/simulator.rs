@@ -138,12 +138,17 @@ fn daly_bms_cli() -> PathBuf {
     path
 }
 
+/// Run `daly-bms-cli -d LINK ARGS…` and parse the JSON it prints.
+fn daly_bms_cli_json(link: &Path, args: &[&str]) -> Value {
+    let out = Process::new(daly_bms_cli()).arg("-d").arg(link).args(args).output().unwrap();
+    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn daly_bms_cli_from_pypi_reads_the_simulator_over_a_pty_and_agrees_with_the_truth() {
     let (sim, link) = Simulator::pty("dalycli", &["--protocol", "daly", "--cells", "16", "--time-scale", "0"]);
-    let out = Process::new(daly_bms_cli()).arg("-d").arg(&link).arg("--all").output().unwrap();
-    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = daly_bms_cli_json(&link, &["--all"]);
     let truth_json: Value =
         serde_json::from_str(&std::fs::read_to_string(sim.dir.join("truth.json")).unwrap()).unwrap();
     let truth = &sim.truth().packs[0];
@@ -359,9 +364,7 @@ fn a_bad_fault_spec_and_an_impossible_size_are_refused_before_anything_starts() 
 fn daly_bms_cli_sinowealth_mode_reads_the_sinowealth_simulator_over_a_pty() {
     let args = ["--protocol", "sinowealth", "--cells", "8", "--time-scale", "0", "--latency-ms", "2"];
     let (sim, link) = Simulator::pty("sinowealth", &args);
-    let out = Process::new(daly_bms_cli()).arg("-d").arg(&link).args(["--sinowealth", "--all"]).output().unwrap();
-    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = daly_bms_cli_json(&link, &["--sinowealth", "--all"]);
     let truth = &sim.truth().packs[0];
     close("total_voltage", got["soc"]["total_voltage"].as_f64().unwrap(), truth.voltage_volts.unwrap(), 0.001);
     close("current", got["soc"]["current"].as_f64().unwrap(), truth.current_amperes.unwrap(), 0.001);
