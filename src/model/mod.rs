@@ -6,8 +6,10 @@
 //! `None` until a reply has provided it, so a partial poll never invents a value.
 
 mod alarm;
+mod section;
 
 pub use alarm::{Alarm, AlarmSeverity, LevelAlarm, LevelAlarmKind};
+pub use section::{Section, Sections, UnknownSection};
 
 use serde::Serialize;
 
