@@ -35,5 +35,9 @@
 
 pub mod cli;
 pub mod model;
+pub mod output;
+pub mod poller;
 pub mod protocol;
+pub mod session;
 pub mod simulator;
+pub mod transport;

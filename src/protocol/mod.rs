@@ -10,6 +10,7 @@ pub mod daly;
 pub mod daly_modbus;
 pub mod deframer;
 mod error;
+pub mod exchange;
 pub mod pace;
 pub mod reader;
 pub mod sinowealth;
@@ -20,6 +21,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 pub use error::{DecodeError, rtn_name};
+pub use exchange::{Exchange, Outgoing, Progress};
 
 use crate::model::{CurrentSign, DeviceSnapshot};
 

@@ -6,6 +6,7 @@
 pub mod alarms;
 mod apply;
 mod capture;
+pub mod exchange;
 mod measurements;
 mod multiframe;
 mod request;

@@ -6,6 +6,7 @@
 
 pub mod crc;
 pub mod d2;
+pub mod exchange;
 mod framing;
 pub mod p81;
 

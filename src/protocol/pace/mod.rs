@@ -7,6 +7,7 @@
 
 pub mod analog;
 pub mod apply;
+pub mod exchange;
 pub mod frame;
 pub mod info;
 mod layout;

@@ -6,6 +6,7 @@
 //! reported and counted but the value is kept ([`CheckPolicy::Report`], as §3 recommends); [`CheckPolicy::Verify`]
 //! rejects instead, for when it is confirmed on hardware. Pure code: no I/O.
 
+pub mod exchange;
 pub mod registers;
 
 use serde::Serialize;

@@ -1,0 +1,1 @@
+//! daly side of a poll: the [`crate::protocol::Exchange`] implementation.

@@ -1,0 +1,1 @@
+//! daly_modbus side of a poll: the [`crate::protocol::Exchange`] implementation.

@@ -1,0 +1,1 @@
+//! pace side of a poll: the [`crate::protocol::Exchange`] implementation.

@@ -1,0 +1,1 @@
+//! sinowealth side of a poll: the [`crate::protocol::Exchange`] implementation.

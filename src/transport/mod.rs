@@ -1,0 +1,1 @@
+//! Transports as byte pipes: serial ports and TCP serial servers behind one `Link` type.
