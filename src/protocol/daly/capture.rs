@@ -82,13 +82,13 @@ pub fn check_reply(frame: &Frame, request: Option<&Request>) -> Result<Command, 
 }
 
 /// Whether a command's reply spans several frames that decode together.
-fn is_multi_frame(command: Command) -> bool {
+pub(crate) fn is_multi_frame(command: Command) -> bool {
     matches!(command, Command::CellVoltages | Command::Temperatures | Command::BatteryCode | Command::Identity)
 }
 
 /// Decode accepted frames `(board, command, data)`: single-frame replies one by one, multi-frame replies
 /// grouped per board and command at the position of their first frame. Decode failures go to `errors`.
-fn decode_frames(
+pub(crate) fn decode_frames(
     frames: &[(u8, Command, [u8; 8])],
     options: &DecodeOptions,
     errors: &mut Vec<DecodeError>,

@@ -1,1 +1,462 @@
-//! daly side of a poll: the [`crate::protocol::Exchange`] implementation.
+//! The Daly A5 side of a poll ([`Exchange`]): which commands to send for the sections asked, for one or more
+//! boards on one bus, and when a (possibly multi-frame) reply is complete.
+//!
+//! Poll economy (DESIGN.md §4): 0x91/0x92 are never sent (the model derives both ranges from 0x95/0x96); the
+//! 0x94 counts are cached and refreshed every [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50,
+//! 0x57, 0x63) are read once. A multi-frame reply is complete when the frame count that the cached counts and
+//! the host address predict has arrived (daly.md §6.6); with no count known, the reply settles when the line
+//! goes quiet.
+
+use std::collections::VecDeque;
+
+use super::capture::{check_reply, decode_frames, is_multi_frame};
+use super::response::{Message, Reply};
+use super::{A5Framing, Address, Command, Filler, Frame, Request, apply};
+use crate::model::{DeviceSnapshot, Section, Sections};
+use crate::protocol::deframer::{Deframer, Event};
+use crate::protocol::{DecodeError, DecodeOptions, Exchange, Outgoing, Progress, Protocol};
+
+/// 0x94 is asked again after this many polls, to follow cycles, charger and load state.
+pub const STATUS_REFRESH_POLLS: u32 = 10;
+
+/// What one board has told us that later polls reuse.
+#[derive(Debug, Clone, Default)]
+struct Memory {
+    /// The last 0x94 reply.
+    status: Option<Reply>,
+    /// Polls since 0x94 was last answered.
+    polls_since_status: u32,
+    /// Identity and capacity replies (0x50, 0x57, 0x63), read once.
+    info: Vec<Reply>,
+    /// Whether the info commands have all been tried with success.
+    info_done: bool,
+}
+
+impl Memory {
+    fn counts(&self) -> (Option<u16>, Option<u16>) {
+        match self.status.as_ref().map(|r| &r.message) {
+            Some(Message::Status(s)) => (Some(u16::from(s.cell_count)), Some(u16::from(s.temperature_sensor_count))),
+            _ => (None, None),
+        }
+    }
+}
+
+/// The request in flight and the frames collected for it.
+#[derive(Debug, Clone)]
+struct Current {
+    board: usize,
+    request: Request,
+    /// Accepted frames as `(board, command, data)`, one per frame number for multi-frame replies.
+    frames: Vec<(u8, Command, [u8; 8])>,
+    /// Frames that complete the reply, when known.
+    expected: Option<usize>,
+    /// The most telling rejection since the request was sent.
+    rejection: Option<DecodeError>,
+}
+
+/// Polls one or more Daly boards (each board is a pack) on one bus. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct DalyExchange {
+    addresses: Vec<Address>,
+    filler: Filler,
+    options: DecodeOptions,
+    memory: Vec<Memory>,
+    plan: VecDeque<(usize, Request)>,
+    current: Option<Current>,
+    replies: Vec<Reply>,
+    answered: Vec<bool>,
+    deframer: Deframer<A5Framing>,
+}
+
+impl DalyExchange {
+    /// An exchange for the boards at `addresses` (one per pack; `Address::Board(n)` is pack `n`), sending
+    /// `filler` in the data bytes of read requests, with `options.current_sign` deciding the current sign.
+    #[must_use]
+    pub fn new(addresses: Vec<Address>, filler: Filler, options: DecodeOptions) -> Self {
+        let boards = addresses.len();
+        Self {
+            addresses,
+            filler,
+            options,
+            memory: vec![Memory::default(); boards],
+            plan: VecDeque::new(),
+            current: None,
+            replies: Vec::new(),
+            answered: vec![false; boards],
+            deframer: Deframer::new(A5Framing),
+        }
+    }
+
+    /// Start a "poll" that sends only `request` (a write from the `set` command) and expects its
+    /// acknowledgement. The request's address must be one of this exchange's boards.
+    pub fn begin_write(&mut self, request: Request) {
+        self.start();
+        let board = self.addresses.iter().position(|a| *a == request.address).unwrap_or(0);
+        self.plan.push_back((board, request));
+    }
+
+    /// The replies of the current poll, in arrival order (the `set` command reads write acknowledgements here).
+    #[must_use]
+    pub fn replies(&self) -> &[Reply] {
+        &self.replies
+    }
+
+    fn start(&mut self) {
+        self.plan.clear();
+        self.current = None;
+        self.replies.clear();
+        self.answered.iter_mut().for_each(|a| *a = false);
+        self.deframer.clear();
+    }
+
+    fn commands(&self, board: usize, sections: Sections) -> Vec<Command> {
+        let memory = self.memory.get(board).cloned().unwrap_or_default();
+        let (cells, sensors) = memory.counts();
+        let needs_counts =
+            [Section::Cells, Section::Temperatures, Section::Balancing].iter().any(|s| sections.contains(*s));
+        let due = memory.polls_since_status >= STATUS_REFRESH_POLLS;
+        let mut commands = Vec::new();
+        if cells.is_none() && (needs_counts || sections.contains(Section::Status))
+            || due && sections.contains(Section::Status)
+        {
+            commands.push(Command::Status);
+        }
+        // The 0x93 state decides the current sign, so it travels with 0x90.
+        if sections.contains(Section::Soc) {
+            commands.push(Command::Soc);
+        }
+        if sections.contains(Section::Mosfet) || sections.contains(Section::Soc) {
+            commands.push(Command::Mosfet);
+        }
+        if sections.contains(Section::Cells) && cells != Some(0) {
+            commands.push(Command::CellVoltages);
+        }
+        if sections.contains(Section::Temperatures) && sensors != Some(0) {
+            commands.push(Command::Temperatures);
+        }
+        if sections.contains(Section::Balancing) {
+            commands.push(Command::Balancing);
+        }
+        if sections.contains(Section::Alarms) {
+            commands.push(Command::Alarms);
+        }
+        if sections.contains(Section::Info) && !memory.info_done {
+            commands.extend([Command::Rated, Command::BatteryCode, Command::Identity]);
+        }
+        commands
+    }
+
+    fn options_for(&self, board: usize) -> DecodeOptions {
+        let (cell_count, temperature_sensor_count) = self.memory.get(board).map(Memory::counts).unwrap_or_default();
+        DecodeOptions { cell_count, temperature_sensor_count, ..self.options }
+    }
+
+    /// Decode the collected frames into one reply and take it in.
+    fn take_reply(&mut self) -> Progress {
+        let Some(current) = self.current.as_mut() else { return Progress::Pending };
+        let options = {
+            let (cell_count, temperature_sensor_count) =
+                self.memory.get(current.board).map(Memory::counts).unwrap_or_default();
+            DecodeOptions { cell_count, temperature_sensor_count, ..self.options }
+        };
+        let mut errors = Vec::new();
+        let decoded = decode_frames(&current.frames, &options, &mut errors);
+        let Some(reply) = decoded.into_iter().next() else {
+            // Complete frames that do not decode (an implausible value): a bad reply, worth a retry.
+            current.rejection = errors.first().copied().or(current.rejection);
+            current.frames.clear();
+            return Progress::Pending;
+        };
+        let board = current.board;
+        if let Some(answered) = self.answered.get_mut(board) {
+            *answered = true;
+        }
+        if let Some(memory) = self.memory.get_mut(board) {
+            match reply.message {
+                Message::Status(_) => {
+                    memory.status = Some(reply.clone());
+                    memory.polls_since_status = 0;
+                }
+                Message::Rated(_) | Message::BatteryCode(_) | Message::Identity(_) => {
+                    memory.info.retain(|r| r.message.command() != reply.message.command());
+                    memory.info.push(reply.clone());
+                    memory.info_done = memory.info.len() == 3;
+                }
+                _ => {}
+            }
+        }
+        self.replies.push(reply);
+        self.current = None;
+        Progress::Complete
+    }
+
+    fn expected_frames(&self, board: usize, command: Command) -> Option<usize> {
+        let address = *self.addresses.get(board)?;
+        let (cells, sensors) = self.memory.get(board).map(Memory::counts).unwrap_or_default();
+        match command {
+            Command::CellVoltages => cells.map(|c| command.reply_frame_count(c, 0, address)),
+            Command::Temperatures => sensors.map(|s| command.reply_frame_count(0, s, address)),
+            // Identity strings may run longer than the two frames of the one capture: settle on quiet.
+            Command::Identity => None,
+            _ => Some(command.reply_frame_count(0, 0, address)),
+        }
+    }
+}
+
+impl Exchange for DalyExchange {
+    fn protocol(&self) -> Protocol {
+        Protocol::Daly
+    }
+
+    fn begin_poll(&mut self, sections: Sections) {
+        self.start();
+        for board in 0..self.addresses.len() {
+            if let Some(memory) = self.memory.get_mut(board) {
+                memory.polls_since_status = memory.polls_since_status.saturating_add(1);
+            }
+            let address = self.addresses.get(board).copied().unwrap_or(Address::Rs485);
+            for command in self.commands(board, sections) {
+                self.plan.push_back((board, Request::read(command, address, self.filler)));
+            }
+        }
+    }
+
+    fn next_request(&mut self) -> Option<Outgoing> {
+        let (board, request) = self.plan.pop_front()?;
+        let expected = self.expected_frames(board, request.command);
+        self.current = Some(Current { board, request, frames: Vec::new(), expected, rejection: None });
+        // Whatever is still buffered belongs to an earlier request.
+        self.deframer.clear();
+        let label = format!("0x{:02x} board {}", request.command.code(), request.address.reply_board());
+        Some(Outgoing { bytes: request.encode().to_vec(), label })
+    }
+
+    fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
+        let Some(current) = self.current.as_mut() else { return Progress::Pending };
+        self.deframer.push(bytes);
+        while let Some(event) = self.deframer.poll() {
+            let accepted = match event {
+                Event::Frame(bytes) => {
+                    Frame::parse(&bytes).and_then(|f| check_reply(&f, Some(&current.request)).map(|c| (f, c)))
+                }
+                Event::Echo(bytes) => {
+                    // Half-duplex adapters loop our request back: expected, and the least telling rejection.
+                    let address = bytes.get(1).copied().unwrap_or_default();
+                    current.rejection.get_or_insert(DecodeError::HostEcho { address });
+                    continue;
+                }
+                Event::Rejected(error) => Err(error),
+            };
+            match accepted {
+                Ok((frame, command)) => {
+                    let number = frame.data.first().copied();
+                    let duplicate =
+                        is_multi_frame(command) && current.frames.iter().any(|(_, _, d)| d.first().copied() == number);
+                    if !duplicate {
+                        current.frames.push((frame.address, command, frame.data));
+                    }
+                }
+                Err(error) => current.rejection = Some(error),
+            }
+        }
+        match current.expected {
+            Some(expected) if current.frames.len() >= expected => self.take_reply(),
+            None if !current.frames.is_empty() => Progress::Settling,
+            _ => Progress::Pending,
+        }
+    }
+
+    fn handle_quiet(&mut self) -> Progress {
+        match &self.current {
+            Some(current) if !current.frames.is_empty() => self.take_reply(),
+            _ => Progress::Pending,
+        }
+    }
+
+    fn clear_reply(&mut self) -> Option<DecodeError> {
+        self.deframer.clear();
+        let current = self.current.as_mut()?;
+        current.frames.clear();
+        current.rejection.take()
+    }
+
+    fn skipped_bytes(&self) -> u64 {
+        self.deframer.skipped_bytes()
+    }
+
+    fn snapshot(&self) -> DeviceSnapshot {
+        let mut device = DeviceSnapshot::default();
+        for (board, address) in self.addresses.iter().enumerate() {
+            let pack = address.reply_board();
+            let answered = self.answered.get(board).copied().unwrap_or(false);
+            if !answered {
+                device.pack_mut(pack).online = false;
+                continue;
+            }
+            let mut replies: Vec<Reply> = self.replies.iter().filter(|r| r.board == pack).cloned().collect();
+            if let Some(memory) = self.memory.get(board) {
+                // Cached replies stand in for the commands this poll did not send.
+                for cached in memory.status.iter().chain(&memory.info) {
+                    if !replies.iter().any(|r| r.message.command() == cached.message.command()) {
+                        replies.push(cached.clone());
+                    }
+                }
+            }
+            device.pack_mut(pack);
+            apply(&mut device, &replies, &self.options_for(board));
+        }
+        device
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CurrentSign;
+    use crate::simulator::Responder;
+    use crate::simulator::daly::DalyBus;
+
+    fn exchange(boards: &[Address]) -> DalyExchange {
+        DalyExchange::new(
+            boards.to_vec(),
+            Filler::Zero,
+            DecodeOptions { current_sign: CurrentSign::Auto, ..DecodeOptions::default() },
+        )
+    }
+
+    /// Run one poll against `bus`, answering every request at once; returns the requests sent.
+    fn poll(x: &mut DalyExchange, bus: &mut DalyBus, sections: Sections) -> Vec<Outgoing> {
+        x.begin_poll(sections);
+        let mut sent = Vec::new();
+        while let Some(request) = x.next_request() {
+            let reply = bus.respond(&request.bytes).map(|r| r.reply).unwrap_or_default();
+            let progress = x.handle_bytes(&reply);
+            let progress = if progress == Progress::Settling { x.handle_quiet() } else { progress };
+            assert_eq!(progress, Progress::Complete, "{}", request.label);
+            sent.push(request);
+        }
+        sent
+    }
+
+    fn commands(sent: &[Outgoing]) -> Vec<u8> {
+        sent.iter().map(|o| o.bytes[2]).collect()
+    }
+
+    #[test]
+    fn a_full_poll_matches_the_simulated_truth_without_asking_for_the_ranges() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485]);
+        let sent = poll(&mut x, &mut bus, Sections::all());
+        assert_eq!(commands(&sent), vec![0x94, 0x90, 0x93, 0x95, 0x96, 0x97, 0x98, 0x50, 0x57, 0x63]);
+        let got = &x.snapshot().packs[0];
+        let truth = &bus.truth().packs[0];
+        assert_eq!(got.cell_volts.len(), 16);
+        for (g, t) in got.cell_volts.iter().zip(&truth.cell_volts) {
+            assert!((g.unwrap() - t.unwrap()).abs() < 0.0011, "{g:?} vs {t:?}");
+        }
+        assert!((got.voltage_volts.unwrap() - truth.voltage_volts.unwrap()).abs() < 0.11);
+        assert!((got.current_amperes.unwrap() - truth.current_amperes.unwrap()).abs() < 0.11);
+        assert_eq!(got.temperatures.len(), 4);
+        assert_eq!(got.cycle_count, truth.cycle_count);
+        assert_eq!(got.alarms.iter().filter(|a| a.active).count(), truth.alarms.iter().filter(|a| a.active).count());
+        assert!(got.online);
+    }
+
+    #[test]
+    fn later_polls_reuse_counts_and_identity_and_refresh_the_status_rarely() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485]);
+        poll(&mut x, &mut bus, Sections::all());
+        let second = poll(&mut x, &mut bus, Sections::all());
+        assert_eq!(commands(&second), vec![0x90, 0x93, 0x95, 0x96, 0x97, 0x98]);
+        let snapshot = x.snapshot();
+        assert_eq!(snapshot.packs[0].cell_count, Some(16), "cached 0x94 still applies");
+        assert!(snapshot.packs[0].design_capacity_ampere_hours.is_some(), "cached 0x50 still applies");
+        let mut status_polls = 0;
+        for _ in 0..STATUS_REFRESH_POLLS * 2 {
+            status_polls += usize::from(commands(&poll(&mut x, &mut bus, Sections::all())).contains(&0x94));
+        }
+        assert_eq!(status_polls, 2);
+    }
+
+    #[test]
+    fn a_limited_poll_sends_only_what_its_sections_need() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485]);
+        let sent = poll(&mut x, &mut bus, Sections::none().with(Section::Cells));
+        assert_eq!(commands(&sent), vec![0x94, 0x95], "the cell count comes first");
+        let sent = poll(&mut x, &mut bus, Sections::none().with(Section::Alarms));
+        assert_eq!(commands(&sent), vec![0x98]);
+    }
+
+    #[test]
+    fn two_boards_on_one_bus_become_two_packs() {
+        let mut bus = DalyBus::new(2, 8, 2, 3);
+        let mut x = exchange(&[Address::Board(1), Address::Board(2)]);
+        poll(&mut x, &mut bus, Sections::all());
+        let snapshot = x.snapshot();
+        let truth = bus.truth();
+        assert_eq!(snapshot.packs.iter().map(|p| p.pack).collect::<Vec<_>>(), vec![1, 2]);
+        for (got, t) in snapshot.packs.iter().zip(&truth.packs) {
+            assert_eq!(got.cell_volts.len(), 8);
+            assert!((got.cell_volts[0].unwrap() - t.cell_volts[0].unwrap()).abs() < 0.0011);
+        }
+    }
+
+    #[test]
+    fn a_reply_split_anywhere_completes_the_same_way() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485]);
+        poll(&mut x, &mut bus, Sections::none().with(Section::Status));
+        x.begin_poll(Sections::none().with(Section::Cells));
+        let request = x.next_request().unwrap();
+        let reply = bus.respond(&request.bytes).unwrap().reply;
+        for cut in 1..reply.len() {
+            x.clear_reply();
+            assert_eq!(x.handle_bytes(&reply[..cut]), Progress::Pending);
+            if cut < reply.len() {
+                let mut y = x.clone();
+                assert_eq!(y.handle_bytes(&reply[cut..]), Progress::Complete, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_echoed_and_foreign_frames_never_become_values() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485]);
+        x.begin_poll(Sections::none().with(Section::Soc));
+        let request = x.next_request().unwrap();
+        let response = bus.respond(&request.bytes).unwrap();
+        let mut corrupt = response.reply.clone();
+        corrupt[6] ^= 0x10;
+        assert_eq!(x.handle_bytes(&request.bytes), Progress::Pending, "our own echo");
+        assert_eq!(x.handle_bytes(&corrupt), Progress::Pending);
+        assert_eq!(x.handle_bytes(&response.other), Progress::Pending, "a reply to another command");
+        assert!(matches!(x.clear_reply(), Some(DecodeError::UnexpectedCommand { .. })));
+        assert_eq!(x.handle_bytes(&corrupt), Progress::Pending);
+        assert!(matches!(x.clear_reply(), Some(DecodeError::Checksum { .. })));
+        assert_eq!(x.handle_bytes(&response.reply), Progress::Complete);
+        assert!(x.next_request().is_some(), "0x93 follows 0x90");
+        let snapshot = x.snapshot();
+        assert!(snapshot.packs[0].voltage_volts.is_some());
+    }
+
+    #[test]
+    fn unknown_cell_count_settles_on_quiet_and_a_silent_board_is_offline() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485, Address::Board(5)]);
+        x.begin_poll(Sections::none().with(Section::Cells));
+        // Skip the 0x94 of board 1 as if it timed out, then answer 0x95 without a known count.
+        let _status = x.next_request().unwrap();
+        assert_eq!(x.clear_reply(), None);
+        let cells = x.next_request().unwrap();
+        let reply = bus.respond(&cells.bytes).unwrap().reply;
+        assert_eq!(x.handle_bytes(&reply), Progress::Settling);
+        assert_eq!(x.handle_quiet(), Progress::Complete);
+        let snapshot = x.snapshot();
+        assert_eq!(snapshot.packs.len(), 2);
+        assert!(snapshot.packs[0].online && !snapshot.packs[1].online);
+        assert_eq!(snapshot.packs[0].cell_volts.iter().flatten().count(), 16);
+    }
+}
