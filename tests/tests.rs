@@ -4,6 +4,7 @@ mod cli_decode;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod pace_vectors;
+mod session;
 mod simulator;
 mod sinowealth_vectors;
 mod util;

@@ -22,7 +22,7 @@ pub struct Outgoing {
 }
 
 /// What the bytes received so far for the current request amount to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     /// No complete reply yet: keep reading until the reply timeout.
     Pending,
@@ -60,6 +60,11 @@ pub trait Exchange: Send + fmt::Debug {
     /// most telling rejection seen since the request was sent, if any — the reason a timeout is reported as a
     /// checksum or unexpected-reply failure rather than silence.
     fn clear_reply(&mut self) -> Option<DecodeError>;
+
+    /// The device the current request addresses has not answered it at all, even after retries: drop the
+    /// rest of this poll's requests to that device (other boards or packs on the bus still get theirs), so a
+    /// dead device costs one request's timeouts, not every request's. The default drops nothing.
+    fn abandon_target(&mut self) {}
 
     /// Bytes skipped while looking for frames, since this exchange was created (for `bms_resync_bytes_total`).
     fn skipped_bytes(&self) -> u64;

@@ -280,6 +280,13 @@ impl Exchange for DalyExchange {
         current.rejection.take()
     }
 
+    fn abandon_target(&mut self) {
+        let Some(board) = self.current.as_ref().map(|c| c.board) else { return };
+        if !self.answered.get(board).copied().unwrap_or(false) {
+            self.plan.retain(|(b, _)| *b != board);
+        }
+    }
+
     fn skipped_bytes(&self) -> u64 {
         self.deframer.skipped_bytes()
     }

@@ -1,0 +1,170 @@
+//! The pure session driven in simulated time against the in-process Daly simulator: retries, gaps, drain,
+//! silent devices, late replies and link failures (tests/tests.rs `mod session`).
+
+use std::time::{Duration, Instant};
+
+use bms_exporter::model::Sections;
+use bms_exporter::model::{CurrentSign, Section};
+use bms_exporter::protocol::DecodeOptions;
+use bms_exporter::protocol::daly::exchange::DalyExchange;
+use bms_exporter::protocol::daly::{Address, Filler};
+use bms_exporter::session::{PollError, PollReport, Session, Settings};
+use bms_exporter::simulator::Responder;
+use bms_exporter::simulator::daly::DalyBus;
+
+fn daly(boards: &[Address]) -> DalyExchange {
+    let options = DecodeOptions { current_sign: CurrentSign::Auto, ..DecodeOptions::default() };
+    DalyExchange::new(boards.to_vec(), Filler::Zero, options)
+}
+
+/// Drive a session against `answer` in simulated time: every request is answered `latency` later with
+/// whatever `answer` returns (possibly nothing). Returns the report and the simulated wall time.
+fn run(
+    exchange: &mut DalyExchange,
+    sections: Sections,
+    settings: Settings,
+    latency: Duration,
+    mut answer: impl FnMut(&[u8]) -> Vec<u8>,
+) -> (PollReport, Duration) {
+    let start = Instant::now();
+    let mut now = start;
+    let mut session = Session::new(exchange, sections, settings, now);
+    let mut inbox: Option<(Instant, Vec<u8>)> = None;
+    for _ in 0..10_000 {
+        if let Some(bytes) = session.poll_transmit(now) {
+            let reply = answer(&bytes);
+            inbox = (!reply.is_empty()).then(|| (now + latency, reply));
+        }
+        if session.is_done() {
+            break;
+        }
+        let timer = session.poll_timeout().unwrap();
+        match inbox.take() {
+            Some((at, bytes)) if at <= timer => {
+                now = now.max(at);
+                session.handle_bytes(now, &bytes);
+            }
+            other => {
+                inbox = other;
+                now = now.max(timer);
+                session.handle_timeout(now);
+            }
+        }
+    }
+    assert!(session.is_done(), "the session must end");
+    (session.finish(), now - start)
+}
+
+#[test]
+fn a_clean_poll_takes_one_round_trip_plus_the_gap_per_request() {
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let settings = Settings { request_gap: Duration::from_millis(50), ..Settings::default() };
+    let (report, elapsed) =
+        run(&mut x, Sections::all(), settings, Duration::from_millis(20), |r| bus.respond(r).unwrap().reply);
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(report.answered, 10);
+    assert_eq!(report.requests_sent, 10);
+    // Ten answers 20 ms after their request, nine gaps of 50 ms between them; 0x63 settles on 100 ms quiet.
+    assert_eq!(elapsed, Duration::from_millis(10 * 20 + 9 * 50 + 100));
+    assert_eq!(report.device.packs[0].cell_volts.len(), 16);
+}
+
+#[test]
+fn a_corrupt_reply_is_retried_and_reported_as_a_checksum_failure_only_if_every_try_fails() {
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let mut tries = 0;
+    let settings = Settings { retries: 2, ..Settings::default() };
+    let (report, _) = run(&mut x, Sections::none().with(Section::Alarms), settings, Duration::ZERO, |r| {
+        tries += 1;
+        let mut reply = bus.respond(r).unwrap().reply;
+        if tries < 3 {
+            reply[5] ^= 1;
+        }
+        reply
+    });
+    assert!(report.succeeded(), "third try is clean: {:?}", report.failures);
+    assert_eq!(report.requests_sent, 3);
+    assert_eq!(report.skipped_bytes, 2 * 13, "each corrupt frame is skipped byte by byte");
+
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let (report, _) = run(&mut x, Sections::none().with(Section::Alarms), settings, Duration::ZERO, |r| {
+        let mut reply = bus.respond(r).unwrap().reply;
+        reply[5] ^= 1;
+        reply
+    });
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].attempts, 3);
+    assert_eq!(report.failures[0].error.reason(), "checksum");
+    assert!(report.device.packs[0].alarms.is_empty(), "a bad frame never becomes a value");
+}
+
+#[test]
+fn a_silent_device_costs_one_request_not_the_whole_poll() {
+    let mut x = daly(&[Address::Rs485]);
+    let settings = Settings::default();
+    let (report, elapsed) = run(&mut x, Sections::all(), settings, Duration::ZERO, |_| Vec::new());
+    assert_eq!(report.answered, 0);
+    assert_eq!(report.failures.len(), 1, "the rest of the board's requests are dropped");
+    assert_eq!(report.failures[0].error, PollError::Timeout { timeout: settings.timeout });
+    assert_eq!(report.failures[0].error.reason(), "timeout");
+    assert_eq!(report.requests_sent, 4);
+    assert_eq!(elapsed, 4 * settings.timeout + 3 * settings.request_gap);
+    assert!(!report.device.packs[0].online);
+}
+
+#[test]
+fn a_dead_board_does_not_stop_the_other_board_on_the_bus() {
+    let mut bus = DalyBus::new(2, 8, 2, 1);
+    let mut x = daly(&[Address::Board(1), Address::Board(2)]);
+    let settings = Settings { retries: 0, ..Settings::default() };
+    let (report, _) = run(&mut x, Sections::all(), settings, Duration::ZERO, |r| {
+        if r[1] == 0x40 { Vec::new() } else { bus.respond(r).unwrap().reply }
+    });
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.answered, 10);
+    let packs = &report.device.packs;
+    assert!(!packs[0].online && packs[1].online);
+    assert_eq!(packs[1].cell_volts.len(), 8);
+}
+
+#[test]
+fn bytes_between_requests_are_dropped_and_a_late_reply_is_not_taken_for_the_next() {
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let now = Instant::now();
+    let mut session = Session::new(&mut x, Sections::none().with(Section::Soc), Settings::default(), now);
+    let first = session.poll_transmit(now).unwrap();
+    let late = bus.respond(&first).unwrap().reply;
+    // No answer in time: the retry goes out after the gap, then the late 0x90 reply arrives.
+    session.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(session.poll_transmit(now + Duration::from_millis(1010)), None, "the gap is kept");
+    let retry = session.poll_transmit(now + Duration::from_millis(1050)).unwrap();
+    assert_eq!(retry, first);
+    session.handle_bytes(now + Duration::from_millis(1060), &late);
+    // That late reply does answer the retried 0x90; the next is 0x93, and a stray 0x90 frame is not its reply.
+    let second = session.poll_transmit(now + Duration::from_millis(1110)).unwrap();
+    assert_eq!(second[2], 0x93);
+    session.handle_bytes(now + Duration::from_millis(1120), &late);
+    assert!(!session.is_done());
+    session.handle_bytes(now + Duration::from_millis(1130), &bus.respond(&second).unwrap().reply);
+    assert!(session.is_done());
+    let report = session.finish();
+    assert!(report.succeeded());
+    assert_eq!(report.bytes_received, 3 * 13);
+}
+
+#[test]
+fn a_link_failure_fails_the_rest_of_the_poll_with_io() {
+    let mut x = daly(&[Address::Rs485]);
+    let now = Instant::now();
+    let mut session = Session::new(&mut x, Sections::all(), Settings::default(), now);
+    session.poll_transmit(now).unwrap();
+    session.handle_link_error(now, "broken pipe");
+    assert!(session.is_done());
+    let report = session.finish();
+    assert_eq!(report.failures[0].error.reason(), "io");
+    assert!(report.failures.len() > 1);
+    assert!(report.failures.iter().skip(1).all(|f| f.attempts == 0));
+}
