@@ -1,1 +1,332 @@
-//! One worker task per bus: owns the port, serialises every device on it, and shares each poll.
+//! One worker task per bus (a serial path or a TCP endpoint): it owns the port, runs every device's poll on
+//! it one after the other with the bus's quiet gap, reconnects with exponential backoff when the link fails,
+//! and answers [`BusHandle::snapshot`] requests. A request accepts any poll that finished no earlier than
+//! `max_age` before it was asked, so callers that arrive while a poll runs share that poll (single-flight).
+//!
+//! [`drive`] is the loop that feeds a pure [`Session`] from a [`Link`]; the `set` command uses it directly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::model::Sections;
+use crate::protocol::{Exchange, to_hex};
+use crate::session::{PollError, PollReport, RequestFailure, Session, Settings};
+use crate::transport::{self, Backoff, Link, TransportSettings};
+
+/// One device on a bus.
+#[derive(Debug)]
+pub struct DeviceSpec {
+    /// The configured name (the `device` label).
+    pub name: String,
+    /// The protocol side of its polls.
+    pub exchange: Box<dyn Exchange>,
+    /// What each poll asks for.
+    pub sections: Sections,
+}
+
+/// A bus: one port and the devices behind it.
+#[derive(Debug)]
+pub struct BusSpec {
+    /// How to open the port.
+    pub transport: TransportSettings,
+    /// Timing and retries of every poll on this bus.
+    pub settings: Settings,
+    /// The devices, polled in this order.
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// What is known about one device after its latest poll: the report and the running totals for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct DeviceStatus {
+    /// The configured name.
+    pub name: String,
+    /// The latest poll (its snapshot holds only what that poll and the caches provided).
+    pub last: PollReport,
+    /// Unix time when the latest poll ended.
+    pub last_poll_unix: f64,
+    /// Unix time of the latest poll in which every request was answered.
+    pub last_success_unix: Option<f64>,
+    /// Polls run.
+    pub polls_total: u64,
+    /// Failed requests by reason.
+    pub failures_total: BTreeMap<&'static str, u64>,
+    /// Bytes skipped while looking for frames.
+    pub resync_bytes_total: u64,
+}
+
+/// The worker has stopped (its task ended or panicked); no snapshot can be had from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the bus worker has stopped")]
+pub struct WorkerGone;
+
+/// A request to the worker.
+#[derive(Debug)]
+struct Ask {
+    device: usize,
+    max_age: Duration,
+    asked_at: Instant,
+    reply: oneshot::Sender<Arc<DeviceStatus>>,
+}
+
+/// A cheap, cloneable handle to a bus worker.
+#[derive(Debug, Clone)]
+pub struct BusHandle {
+    tx: mpsc::Sender<Ask>,
+    names: Arc<[String]>,
+}
+
+impl BusHandle {
+    /// The names of the devices on this bus, by index.
+    #[must_use]
+    pub fn devices(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The status of device `device` after a poll that ended no more than `max_age` before this call; runs a
+    /// poll if there is none, or joins the one in progress.
+    pub async fn snapshot(&self, device: usize, max_age: Duration) -> Result<Arc<DeviceStatus>, WorkerGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Ask { device, max_age, asked_at: Instant::now(), reply }).await.map_err(|_| WorkerGone)?;
+        rx.await.map_err(|_| WorkerGone)
+    }
+}
+
+/// Start the worker for `spec` on the current tokio runtime. It stops when every handle is dropped.
+#[must_use]
+pub fn spawn(spec: BusSpec) -> BusHandle {
+    let names: Arc<[String]> = spec.devices.iter().map(|d| d.name.clone()).collect();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(Worker::new(spec).run(rx));
+    BusHandle { tx, names }
+}
+
+/// The link and its reconnect state.
+#[derive(Debug)]
+struct Port {
+    transport: TransportSettings,
+    link: Option<Link>,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Port {
+    /// The open link, opening it if the backoff allows; the error says why there is none.
+    async fn link(&mut self) -> Result<&mut Link, String> {
+        if self.link.is_none() {
+            let now = Instant::now();
+            if let Some(at) = self.retry_at.filter(|at| now < *at) {
+                let last = self.last_error.as_deref().unwrap_or("the link failed");
+                return Err(format!("{last}; reconnecting in {:.1} s", (at - now).as_secs_f64()));
+            }
+            match transport::open(&self.transport).await {
+                Ok(link) => {
+                    tracing::info!(transport = %self.transport.describe(), "connected");
+                    self.link = Some(link);
+                    self.backoff.reset();
+                    self.retry_at = None;
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    self.lost(&message);
+                    return Err(message);
+                }
+            }
+        }
+        self.link.as_mut().ok_or_else(|| "no link".to_owned())
+    }
+
+    fn lost(&mut self, message: &str) {
+        if self.link.take().is_some() {
+            tracing::warn!(transport = %self.transport.describe(), error = message, "link lost");
+        }
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(Instant::now() + delay);
+        self.last_error = Some(message.to_owned());
+    }
+}
+
+/// The worker's state.
+#[derive(Debug)]
+struct Worker {
+    port: Port,
+    settings: Settings,
+    devices: Vec<DeviceSpec>,
+    status: Vec<Option<Arc<DeviceStatus>>>,
+    /// When the poll that last used the bus ended (the quiet gap counts from there).
+    bus_quiet_since: Option<Instant>,
+}
+
+impl Worker {
+    fn new(spec: BusSpec) -> Self {
+        let count = spec.devices.len();
+        Self {
+            port: Port {
+                transport: spec.transport,
+                link: None,
+                backoff: Backoff::new(),
+                retry_at: None,
+                last_error: None,
+            },
+            settings: spec.settings,
+            devices: spec.devices,
+            status: vec![None; count],
+            bus_quiet_since: None,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Ask>) {
+        while let Some(ask) = rx.recv().await {
+            let fresh = self.status.get(ask.device).and_then(Option::as_ref).filter(|s| {
+                let finished = Instant::from_std(s.last.finished);
+                finished + ask.max_age >= ask.asked_at
+            });
+            let status = match fresh {
+                Some(status) => Arc::clone(status),
+                None => match self.poll(ask.device).await {
+                    Some(status) => status,
+                    None => continue, // no such device: dropping the sender tells the caller
+                },
+            };
+            // The caller may have given up waiting; that is not the worker's problem.
+            let _ = ask.reply.send(status);
+        }
+    }
+
+    /// Poll device `index` now and record the result.
+    async fn poll(&mut self, index: usize) -> Option<Arc<DeviceStatus>> {
+        let device = self.devices.get_mut(index)?;
+        let not_before = self.bus_quiet_since.map_or_else(Instant::now, |t| t + self.settings.request_gap);
+        let mut session = Session::new(device.exchange.as_mut(), device.sections, self.settings, not_before.into_std());
+        let report = match self.port.link().await {
+            Ok(link) => {
+                drain(link).await;
+                match drive(link, &mut session).await {
+                    Ok(()) => {}
+                    Err(message) => self.port.lost(&message),
+                }
+                session.finish()
+            }
+            Err(message) => {
+                session.handle_link_error(Instant::now().into_std(), &message);
+                session.finish()
+            }
+        };
+        self.bus_quiet_since = Some(Instant::now());
+        let previous = self.status.get(index).and_then(Option::as_ref);
+        let status = Arc::new(record(&device.name, previous.map(AsRef::as_ref), report));
+        log_poll(&status);
+        if let Some(slot) = self.status.get_mut(index) {
+            *slot = Some(Arc::clone(&status));
+        }
+        Some(status)
+    }
+}
+
+/// Fold a poll report into the running totals of a device.
+fn record(name: &str, previous: Option<&DeviceStatus>, report: PollReport) -> DeviceStatus {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let mut failures_total = previous.map(|p| p.failures_total.clone()).unwrap_or_default();
+    for failure in &report.failures {
+        *failures_total.entry(failure.error.reason()).or_default() += 1;
+    }
+    DeviceStatus {
+        name: name.to_owned(),
+        last_poll_unix: now,
+        last_success_unix: if report.succeeded() { Some(now) } else { previous.and_then(|p| p.last_success_unix) },
+        polls_total: previous.map_or(0, |p| p.polls_total) + 1,
+        failures_total,
+        resync_bytes_total: previous.map_or(0, |p| p.resync_bytes_total) + report.skipped_bytes,
+        last: report,
+    }
+}
+
+fn log_poll(status: &DeviceStatus) {
+    let report = &status.last;
+    for RequestFailure { label, attempts, error } in &report.failures {
+        tracing::debug!(device = %status.name, request = %label, attempts, %error, "request failed");
+    }
+    if report.succeeded() {
+        tracing::debug!(device = %status.name, duration_ms = report.duration().as_millis(), "poll ok");
+    } else {
+        let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
+        tracing::warn!(device = %status.name, failed = report.failures.len(), answered = report.answered, first = %first, "poll incomplete");
+    }
+}
+
+/// Read and drop whatever the link already holds (late frames of an earlier poll), without waiting.
+async fn drain(link: &mut Link) {
+    let mut buf = [0u8; 256];
+    // A zero timeout still polls the read once: ready bytes are taken, an empty line returns at once.
+    while let Ok(Ok(n)) = timeout(Duration::ZERO, link.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        tracing::trace!(bytes = n, "drained stale bytes before the poll");
+    }
+}
+
+/// Run `session` over `link` until it is done. `Err` carries the link failure (the session has already
+/// recorded it); the caller drops the link and reconnects later.
+pub async fn drive(link: &mut Link, session: &mut Session<'_>) -> Result<(), String> {
+    let mut buf = [0u8; 512];
+    loop {
+        let now = Instant::now();
+        while let Some(bytes) = session.poll_transmit(now.into_std()) {
+            let label = session.current_label().unwrap_or_default().to_owned();
+            tracing::debug!(target: "bms_exporter::wire", request = %label, "tx {}", to_hex(&bytes));
+            let written = match link.write_all(&bytes).await {
+                Ok(()) => link.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(error) = written {
+                let message = format!("writing to the link: {error}");
+                session.handle_link_error(Instant::now().into_std(), &message);
+                return Err(message);
+            }
+        }
+        let Some(timer) = session.poll_timeout() else { return Ok(()) };
+        tokio::select! {
+            read = link.read(&mut buf) => {
+                let message = match read {
+                    Ok(0) => "the link was closed by the other end".to_owned(),
+                    Ok(n) => {
+                        let bytes = buf.get(..n).unwrap_or_default();
+                        tracing::debug!(target: "bms_exporter::wire", "rx {}", to_hex(bytes));
+                        session.handle_bytes(Instant::now().into_std(), bytes);
+                        continue;
+                    }
+                    Err(error) => format!("reading from the link: {error}"),
+                };
+                session.handle_link_error(Instant::now().into_std(), &message);
+                return Err(message);
+            }
+            () = sleep_until(Instant::from_std(timer)) => session.handle_timeout(Instant::now().into_std()),
+        }
+    }
+}
+
+/// A report for a poll that could not run at all (used when no link could be opened).
+#[must_use]
+pub fn io_failure(label: &str, message: &str, at: std::time::Instant) -> PollReport {
+    PollReport {
+        device: crate::model::DeviceSnapshot::default(),
+        answered: 0,
+        failures: vec![RequestFailure {
+            label: label.to_owned(),
+            attempts: 0,
+            error: PollError::Io(message.to_owned()),
+        }],
+        requests_sent: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        skipped_bytes: 0,
+        started: at,
+        finished: at,
+    }
+}

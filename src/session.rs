@@ -178,6 +178,39 @@ impl<'e> Session<'e> {
         session
     }
 
+    /// Continue with an exchange the caller has already started (e.g. `DalyExchange::begin_write` for the `set`
+    /// command) instead of beginning a poll of some sections.
+    pub fn resume(exchange: &'e mut dyn Exchange, settings: Settings, not_before: Instant) -> Self {
+        let skipped_at_start = exchange.skipped_bytes();
+        let report = PollReport {
+            device: DeviceSnapshot::default(),
+            answered: 0,
+            failures: Vec::new(),
+            requests_sent: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            skipped_bytes: 0,
+            started: not_before,
+            finished: not_before,
+        };
+        let mut session = Self {
+            exchange,
+            settings,
+            state: State::Gap { send_at: not_before },
+            current: None,
+            report,
+            skipped_at_start,
+        };
+        session.advance(not_before);
+        session
+    }
+
+    /// The label of the request in flight or due next, for logs.
+    #[must_use]
+    pub fn current_label(&self) -> Option<&str> {
+        self.current.as_ref().map(|c| c.outgoing.label.as_str())
+    }
+
     /// Bytes to write now, if a request is due; the reply timeout starts at `now`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         let State::Gap { send_at } = self.state else { return None };
