@@ -72,3 +72,106 @@ pub trait Exchange: Send + fmt::Debug {
     /// Everything known after the poll: replies of this poll applied to the model, plus cached values.
     fn snapshot(&self) -> DeviceSnapshot;
 }
+
+/// The most telling rejection seen since a request was sent, for [`Exchange::clear_reply`]: a frame that was
+/// there but wrong (checksum, other command, other device) tells more than a cut frame, and a cut frame more than
+/// the echo of our own request, which half-duplex adapters produce on every request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rejections {
+    most_telling: Option<DecodeError>,
+}
+
+impl Rejections {
+    /// Remember `error` unless an equally or more telling one was seen first.
+    pub(crate) fn note(&mut self, error: DecodeError) {
+        if self.most_telling.is_none_or(|seen| rank(&error) > rank(&seen)) {
+            self.most_telling = Some(error);
+        }
+    }
+
+    /// The most telling rejection, forgetting every one seen.
+    pub(crate) fn take(&mut self) -> Option<DecodeError> {
+        self.most_telling.take()
+    }
+}
+
+fn rank(error: &DecodeError) -> u8 {
+    match error {
+        DecodeError::HostEcho { .. } => 0,
+        DecodeError::Truncated { .. } | DecodeError::NoFrame { .. } => 1,
+        _ => 2,
+    }
+}
+
+/// Helpers the exchange tests of every protocol share: a session stand-in that drives an exchange against a
+/// simulated bus, and float comparisons.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Exchange, Outgoing, Progress};
+    use crate::model::{PackSnapshot, Sections, SensorId};
+    use crate::simulator::Responder;
+
+    /// Run one poll the way the session does, feeding each reply through `feed`; a request the bus does not
+    /// answer, or whose reply stays pending, is given up after `clear_reply`. Returns the requests sent and
+    /// the progress each ended with (`None` when given up).
+    pub(crate) fn poll_with(
+        exchange: &mut dyn Exchange,
+        bus: &mut dyn Responder,
+        sections: Sections,
+        mut feed: impl FnMut(&mut dyn Exchange, &[u8]) -> Progress,
+    ) -> Vec<(Outgoing, Option<Progress>)> {
+        exchange.begin_poll(sections);
+        let mut sent = Vec::new();
+        while let Some(outgoing) = exchange.next_request() {
+            let progress = match bus.respond(&outgoing.bytes) {
+                Some(response) => match feed(exchange, &response.reply) {
+                    Progress::Pending => None,
+                    Progress::Settling => Some(exchange.handle_quiet()),
+                    done => Some(done),
+                },
+                None => None,
+            };
+            if progress.is_none() {
+                exchange.clear_reply();
+            }
+            sent.push((outgoing, progress));
+            assert!(sent.len() < 1000, "the poll does not end");
+        }
+        sent
+    }
+
+    /// [`poll_with`] feeding each reply in one piece.
+    pub(crate) fn poll(
+        exchange: &mut dyn Exchange,
+        bus: &mut dyn Responder,
+        sections: Sections,
+    ) -> Vec<(Outgoing, Option<Progress>)> {
+        poll_with(exchange, bus, sections, |e, bytes| e.handle_bytes(bytes))
+    }
+
+    /// Feed `reply` cut at `cut`: the first piece must leave the reply pending, the whole must complete it.
+    pub(crate) fn feed_split(exchange: &mut dyn Exchange, reply: &[u8], cut: usize) -> Progress {
+        let (first, second) = reply.split_at(cut);
+        assert_eq!(exchange.handle_bytes(first), Progress::Pending, "first {cut} bytes");
+        exchange.handle_bytes(second)
+    }
+
+    /// Assert `a` and `b` are both known and within `tolerance`.
+    pub(crate) fn close(a: Option<f64>, b: Option<f64>, tolerance: f64, what: &str) {
+        let (Some(a), Some(b)) = (a, b) else { panic!("{what}: {a:?} vs {b:?}") };
+        assert!((a - b).abs() <= tolerance, "{what}: {a} vs {b} (tolerance {tolerance})");
+    }
+
+    /// The reading of `sensor`, if the pack has one.
+    pub(crate) fn temperature(pack: &PackSnapshot, sensor: SensorId) -> Option<f64> {
+        pack.temperatures.iter().find(|t| t.sensor == sensor).map(|t| t.celsius)
+    }
+
+    /// Assert the cell voltages agree, cell by cell.
+    pub(crate) fn cells_close(decoded: &PackSnapshot, truth: &PackSnapshot, tolerance: f64) {
+        assert_eq!(decoded.cell_volts.len(), truth.cell_volts.len(), "cell count");
+        for (i, (d, t)) in decoded.cell_volts.iter().zip(&truth.cell_volts).enumerate() {
+            close(*d, *t, tolerance, &format!("cell {}", i + 1));
+        }
+    }
+}
