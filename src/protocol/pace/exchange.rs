@@ -307,6 +307,11 @@ impl Exchange for PaceExchange {
         self.rejections.take()
     }
 
+    fn abandon_target(&mut self) {
+        // One device answers every request of this exchange: if it is silent, the rest would be too.
+        self.plan.clear();
+    }
+
     fn skipped_bytes(&self) -> u64 {
         self.deframer.skipped_bytes()
     }
