@@ -285,7 +285,7 @@ impl Exchange for PaceExchange {
             match result {
                 Ok(progress) => {
                     if let Some(c) = self.current.as_mut() {
-                        c.outcome = Some(progress.clone());
+                        c.outcome = Some(progress);
                     }
                     return progress;
                 }
@@ -297,7 +297,7 @@ impl Exchange for PaceExchange {
 
     fn handle_quiet(&mut self) -> Progress {
         // Frames carry their length: there is never anything to settle.
-        self.current.as_ref().and_then(|c| c.outcome.clone()).unwrap_or(Progress::Pending)
+        self.current.as_ref().and_then(|c| c.outcome).unwrap_or(Progress::Pending)
     }
 
     fn clear_reply(&mut self) -> Option<DecodeError> {

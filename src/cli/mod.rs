@@ -10,6 +10,15 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+mod connection;
+mod detect;
+mod read;
+
+pub use connection::ConnectionArgs;
+pub use detect::DetectArgs;
+pub use read::{CheckArgs, Format, PackArg, ReadArgs};
+
+use crate::control::{self, Action, Clock};
 use crate::model::CurrentSign;
 use crate::protocol::{self, DecodeOptions, Protocol};
 use crate::simulator::fault::{Fault, FaultPlan};
@@ -30,11 +39,53 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Poll a device once and print one JSON document of the chosen sections.
+    Read(ReadArgs),
+    /// Nagios/Icinga plugin: poll once, judge against thresholds, print one status line with perfdata and exit
+    /// 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN.
+    Check(CheckArgs),
+    /// Send a write command (MOSFET, SOC, restart) to a Daly board: shows the frame, needs --yes, then reads
+    /// back whether the BMS obeyed.
+    Set(SetArgs),
+    /// Probe a port for every protocol at its usual addresses (reads only) and print a config block.
+    Detect(DetectArgs),
     /// Decode captured bytes (from a bug report, a logic analyser or `--verbose` output) and print them as JSON.
     Decode(DecodeArgs),
     /// Run a simulated BMS bus on a pseudo-terminal or a TCP port, for trying clients and the exporter
     /// without hardware.
     Simulate(SimulateArgs),
+}
+
+/// Arguments of `set`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["charge_mosfet", "discharge_mosfet", "soc", "restart"])))]
+pub struct SetArgs {
+    /// How to reach the device (Daly A5 only).
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Switch the charge MOSFET.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub charge_mosfet: Option<bool>,
+    /// Switch the discharge MOSFET.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub discharge_mosfet: Option<bool>,
+    /// Set the state of charge, in percent (0–100).
+    #[arg(long, value_name = "PCT")]
+    pub soc: Option<f64>,
+    /// Restart the BMS.
+    #[arg(long)]
+    pub restart: bool,
+    /// Really send it. Without this flag the command only shows what it would send.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 /// Arguments of `simulate`.
@@ -135,16 +186,91 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 /// Run the parsed command line and map its outcome to an exit code.
 #[must_use]
 pub fn run(cli: Cli) -> ExitCode {
+    let verbose = match &cli.command {
+        Command::Read(a) => a.connection.verbose,
+        Command::Check(a) => a.connection.verbose,
+        Command::Set(a) => a.connection.verbose,
+        Command::Detect(a) => a.connection.verbose,
+        Command::Decode(_) | Command::Simulate(_) => false,
+    };
+    init_logging(verbose);
     let result = match cli.command {
-        Command::Decode(args) => decode(&args),
-        Command::Simulate(args) => simulate(&args),
+        Command::Read(args) => read::read(&args),
+        Command::Check(args) => return read::check(&args),
+        Command::Set(args) => set(&args),
+        Command::Detect(args) => detect::detect(&args),
+        Command::Decode(args) => decode(&args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log to stderr: warnings and errors only, or every frame with `--verbose`.
+fn init_logging(verbose: bool) {
+    let level = if verbose { tracing::Level::DEBUG } else { tracing::Level::ERROR };
+    // A second initialisation (tests calling run twice) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false).try_init();
+}
+
+/// The one action `set` was given.
+fn set_action(args: &SetArgs) -> anyhow::Result<Action> {
+    match (args.charge_mosfet, args.discharge_mosfet, args.soc, args.restart) {
+        (Some(on), None, None, false) => Ok(Action::ChargeMosfet(on)),
+        (None, Some(on), None, false) => Ok(Action::DischargeMosfet(on)),
+        (None, None, Some(pct), false) => Ok(Action::Soc(pct)),
+        (None, None, None, true) => Ok(Action::Restart),
+        _ => bail!("give exactly one of --charge-mosfet, --discharge-mosfet, --soc or --restart"),
+    }
+}
+
+fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
+    let connection = &args.connection;
+    if connection.protocol()? != Protocol::Daly {
+        bail!("set supports --protocol daly (the A5 frames) only");
+    }
+    let action = set_action(args)?;
+    let addresses =
+        connection::daly_addresses(connection.address.as_deref().unwrap_or("rs485")).context("--address")?;
+    let [address] = addresses.as_slice() else {
+        bail!("--address: set talks to exactly one board, not {}", addresses.len());
+    };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let request = action.request(*address, Clock::from_unix(unix))?;
+    let transport = connection.transport()?;
+    println!(
+        "{} on board {} via {}: frame {}",
+        action.describe(),
+        address.reply_board(),
+        transport.describe(),
+        protocol::to_hex(&request.encode())
+    );
+    if !args.yes {
+        eprintln!("not sent: writing to a BMS changes how the battery behaves; repeat with --yes to send it");
+        return Ok(ExitCode::FAILURE);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let outcome = runtime.block_on(async {
+        let mut link = crate::transport::open(&transport).await?;
+        let mut exchange = protocol::daly::exchange::DalyExchange::new(
+            vec![*address],
+            protocol::daly::Filler::Zero,
+            connection.options(),
+        );
+        control::apply(&mut link, &mut exchange, action, request, connection.settings()).await
+    })?;
+    println!("sent: {}", outcome.acknowledgement.as_deref().unwrap_or("no acknowledgement from the board"));
+    if outcome.obeyed {
+        println!("the BMS obeyed: {}", outcome.observed);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("the BMS did NOT obey: {}", outcome.observed);
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -1,0 +1,214 @@
+//! `read` (one JSON document of the chosen sections) and `check` (the Nagios/Icinga plugin): both poll the
+//! device once through a bus worker, exactly as the exporter will.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+use super::connection::ConnectionArgs;
+use crate::model::{Section, Sections};
+use crate::output::json::PackFilter;
+use crate::output::nagios::{self, Limit, Thresholds};
+use crate::output::{daly_cli, json as json_out};
+use crate::poller::{self, DeviceStatus};
+use crate::session::PollReport;
+
+/// Which packs to print (and, on Pace, to ask for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackArg {
+    /// Every pack the device reports.
+    All,
+    /// One pack number.
+    One(u8),
+}
+
+impl std::str::FromStr for PackArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Self::All),
+            n => match n.parse::<u8>() {
+                Ok(n) if n >= 1 => Ok(Self::One(n)),
+                _ => Err(format!("{s:?} is not `all` or a pack number from 1")),
+            },
+        }
+    }
+}
+
+/// The `--format` choices of `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// bms_exporter's own document: sections as objects, SI units.
+    Json,
+    /// The key layout of the Python `daly-bms-cli --all` (always every section).
+    DalyBmsCli,
+}
+
+/// Arguments of `read`.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// How to reach the device.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Sections to read: soc, mosfet, status, cells, temperatures, balancing, alarms, info (default: all).
+    #[arg(value_name = "SECTION")]
+    pub sections: Vec<Section>,
+    /// Read every section.
+    #[arg(long, conflicts_with = "sections")]
+    pub all: bool,
+    /// Pack to print: a number or `all`.
+    #[arg(long, default_value = "all", value_name = "N|all")]
+    pub pack: PackArg,
+    /// Output layout.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// How to reach the device.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Pack to check: a number or `all`.
+    #[arg(long, default_value = "all", value_name = "N|all")]
+    pub pack: PackArg,
+    /// Lowest cell voltage: warning,critical in volts (LFP default 3.00,2.80).
+    #[arg(long, value_name = "W,C", value_parser = parse_limit)]
+    pub cell_low: Option<Limit>,
+    /// Highest cell voltage: warning,critical in volts (LFP default 3.55,3.65).
+    #[arg(long, value_name = "W,C", value_parser = parse_limit)]
+    pub cell_high: Option<Limit>,
+    /// Cell spread (highest − lowest): warning,critical in volts (default 0.05,0.10).
+    #[arg(long, value_name = "W,C", value_parser = parse_limit)]
+    pub spread: Option<Limit>,
+    /// Highest probe temperature: warning,critical in °C (default 45,55).
+    #[arg(long, value_name = "W,C", value_parser = parse_limit)]
+    pub temp_high: Option<Limit>,
+    /// Lowest probe temperature: warning,critical in °C (default 0,-10).
+    #[arg(long, value_name = "W,C", value_parser = parse_limit, allow_hyphen_values = true)]
+    pub temp_low: Option<Limit>,
+    /// Lowest state of charge: warning,critical in percent (default 20,10).
+    #[arg(long, value_name = "W,C", value_parser = parse_limit)]
+    pub soc_low: Option<Limit>,
+    /// Do not raise WARNING/CRITICAL for alarms the BMS reports.
+    #[arg(long)]
+    pub ignore_alarms: bool,
+}
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    let (w, c) = text.split_once(',').ok_or_else(|| format!("{text:?}: expected WARNING,CRITICAL"))?;
+    let number = |s: &str| s.trim().parse::<f64>().map_err(|_| format!("{s:?} is not a number"));
+    Ok(Limit::new(number(w)?, number(c)?))
+}
+
+/// Poll once through a bus worker on a fresh single-threaded runtime.
+fn poll_once(connection: &ConnectionArgs, sections: Sections, pack: PackArg) -> anyhow::Result<DeviceStatus> {
+    let packs = match pack {
+        PackArg::One(n) => Some(n),
+        PackArg::All => None,
+    };
+    let spec = connection.bus("cli", sections, packs)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let bus = poller::spawn(spec);
+        let status = bus.snapshot(0, Duration::ZERO).await.context("polling")?;
+        Ok(DeviceStatus::clone(&status))
+    })
+}
+
+/// The per-request failures of a poll, for the JSON `errors` key.
+fn failures_json(report: &PollReport) -> Value {
+    report
+        .failures
+        .iter()
+        .map(|f| json!({"request": f.label, "attempts": f.attempts, "reason": f.error.reason(), "message": f.error.to_string()}))
+        .collect()
+}
+
+/// Run `read`.
+pub(super) fn read(args: &ReadArgs) -> anyhow::Result<ExitCode> {
+    let protocol = args.connection.protocol()?;
+    let sections = if args.all || args.sections.is_empty() || args.format == Format::DalyBmsCli {
+        Sections::all()
+    } else {
+        args.sections.iter().copied().collect()
+    };
+    let status = poll_once(&args.connection, sections, args.pack)?;
+    let report = &status.last;
+    if report.answered == 0 {
+        let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
+        anyhow::bail!("no reply from {} ({first})", args.connection.transport()?.describe());
+    }
+    let device = &report.device;
+    let document = match args.format {
+        Format::Json => {
+            let filter = match args.pack {
+                PackArg::All => PackFilter::All,
+                PackArg::One(n) => PackFilter::One(n),
+            };
+            let mut document = json_out::render(protocol, device, sections, filter);
+            if let Some(object) = document.as_object_mut() {
+                object.insert("errors".to_owned(), failures_json(report));
+            }
+            document
+        }
+        Format::DalyBmsCli => {
+            let packs: Vec<u8> = device
+                .packs
+                .iter()
+                .map(|p| p.pack)
+                .filter(|n| matches!(args.pack, PackArg::All) || args.pack == PackArg::One(*n))
+                .collect();
+            match packs.as_slice() {
+                [one] => daly_cli::render(device, *one),
+                many => many.iter().map(|n| daly_cli::render(device, *n)).collect(),
+            }
+        }
+    };
+    let text = serde_json::to_string_pretty(&document).context("encoding JSON")?;
+    writeln!(std::io::stdout().lock(), "{text}").context("writing to stdout")?;
+    if report.succeeded() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.failures {
+        eprintln!("warning: {} failed after {} attempt(s): {}", f.label, f.attempts, f.error);
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// Run `check`; never fails: problems become an UNKNOWN line with exit code 3.
+#[must_use]
+pub(super) fn check(args: &CheckArgs) -> ExitCode {
+    let defaults = Thresholds::default();
+    let percent = |l: Limit| Limit::new(l.warning / 100.0, l.critical / 100.0);
+    let thresholds = Thresholds {
+        cell_low_volts: args.cell_low.or(defaults.cell_low_volts),
+        cell_high_volts: args.cell_high.or(defaults.cell_high_volts),
+        cell_spread_volts: args.spread.or(defaults.cell_spread_volts),
+        temperature_high_celsius: args.temp_high.or(defaults.temperature_high_celsius),
+        temperature_low_celsius: args.temp_low.or(defaults.temperature_low_celsius),
+        soc_low_ratio: args.soc_low.map(percent).or(defaults.soc_low_ratio),
+        alarms: !args.ignore_alarms,
+    };
+    let (line, code) = match poll_once(&args.connection, Sections::all(), args.pack) {
+        Ok(status) => {
+            let mut device = status.last.device.clone();
+            if let PackArg::One(n) = args.pack {
+                device.packs.retain(|p| p.pack == n);
+            }
+            let failures: Vec<String> =
+                status.last.failures.iter().map(|f| format!("{}: {}", f.label, f.error)).collect();
+            let outcome = nagios::check(&device, &failures, &thresholds);
+            (outcome.line, outcome.status.exit_code())
+        }
+        Err(error) => (format!("BMS UNKNOWN - {error:#}"), nagios::Status::Unknown.exit_code()),
+    };
+    println!("{line}");
+    ExitCode::from(code)
+}
