@@ -1,115 +1,16 @@
 //! The simulator as its users meet it: the `simulate` binary on a real pseudo-terminal and on TCP, read by an
 //! independent client (`daly-bms-cli` from PyPI) and by our own decoders, with every fault kind.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use bms_exporter::model::{DeviceSnapshot, PackSnapshot};
+use crate::util::{Simulator, scratch};
 use bms_exporter::protocol::DecodeOptions;
 use bms_exporter::protocol::daly::{self, Address, Command, Filler, Request};
 use serde_json::Value;
-
-/// A running `bms_exporter simulate`, killed when dropped so no test leaves a process behind.
-struct Simulator {
-    child: Child,
-    /// `127.0.0.1:PORT` for TCP runs.
-    addr: Option<String>,
-    dir: PathBuf,
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bms-sim-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-impl Simulator {
-    /// Start on TCP at a free loopback port the simulator picks, and wait until it listens.
-    fn tcp(name: &str, args: &[&str]) -> Self {
-        let dir = scratch(name);
-        let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-            .args(["simulate", "--tcp", "127.0.0.1:0", "--truth"])
-            .arg(dir.join("truth.json"))
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-        assert!(line.contains("listening on 127.0.0.1:"), "{line}");
-        // Keep draining stderr so the simulator never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr: Some(addr), dir }
-    }
-
-    /// Start on a pseudo-terminal linked at `<scratch>/tty` and wait for the link.
-    fn pty(name: &str, args: &[&str]) -> (Self, PathBuf) {
-        let dir = scratch(name);
-        let link = dir.join("tty");
-        let child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-            .args(["simulate", "--pty"])
-            .arg(&link)
-            .arg("--truth")
-            .arg(dir.join("truth.json"))
-            .args(args)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !link.exists() {
-            assert!(Instant::now() < deadline, "the PTY link never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (Self { child, addr: None, dir }, link)
-    }
-
-    fn truth(&self) -> DeviceSnapshot {
-        let text = std::fs::read_to_string(self.dir.join("truth.json")).unwrap();
-        let value: Value = serde_json::from_str(&text).unwrap();
-        snapshot_from_json(&value)
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr.as_deref().unwrap()).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        stream
-    }
-}
-
-/// The truth file is the model serialised; read back the fields the tests compare.
-fn snapshot_from_json(value: &Value) -> DeviceSnapshot {
-    let packs = value["packs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let mut pack = PackSnapshot::new(p["pack"].as_u64().unwrap() as u8);
-            pack.voltage_volts = p["voltage_volts"].as_f64();
-            pack.current_amperes = p["current_amperes"].as_f64();
-            pack.state_of_charge_ratio = p["state_of_charge_ratio"].as_f64();
-            pack.remaining_capacity_ampere_hours = p["remaining_capacity_ampere_hours"].as_f64();
-            pack.cycle_count = p["cycle_count"].as_u64().map(|c| c as u32);
-            pack.charge_mosfet_enabled = p["charge_mosfet_enabled"].as_bool();
-            pack.discharge_mosfet_enabled = p["discharge_mosfet_enabled"].as_bool();
-            pack.cell_volts = p["cell_volts"].as_array().unwrap().iter().map(Value::as_f64).collect();
-            pack
-        })
-        .collect();
-    DeviceSnapshot { packs }
-}
 
 fn probe_temperatures(truth: &Value) -> Vec<f64> {
     truth["packs"][0]["temperatures"]
