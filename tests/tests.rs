@@ -1,5 +1,7 @@
 //! The one integration-test binary (ripgrep's layout): each topic is a module, sharing `util`.
 
+mod bus;
+mod cli_commands;
 mod cli_decode;
 mod daly_modbus_vectors;
 mod daly_vectors;
