@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::model::Sections;
 use crate::protocol::{Exchange, to_hex};
-use crate::session::{PollError, PollReport, RequestFailure, Session, Settings};
+use crate::session::{PollReport, RequestFailure, Session, Settings};
 use crate::transport::{self, Backoff, Link, TransportSettings};
 
 /// One device on a bus.
@@ -308,25 +308,5 @@ pub async fn drive(link: &mut Link, session: &mut Session<'_>) -> Result<(), Str
             }
             () = sleep_until(Instant::from_std(timer)) => session.handle_timeout(Instant::now().into_std()),
         }
-    }
-}
-
-/// A report for a poll that could not run at all (used when no link could be opened).
-#[must_use]
-pub fn io_failure(label: &str, message: &str, at: std::time::Instant) -> PollReport {
-    PollReport {
-        device: crate::model::DeviceSnapshot::default(),
-        answered: 0,
-        failures: vec![RequestFailure {
-            label: label.to_owned(),
-            attempts: 0,
-            error: PollError::Io(message.to_owned()),
-        }],
-        requests_sent: 0,
-        bytes_sent: 0,
-        bytes_received: 0,
-        skipped_bytes: 0,
-        started: at,
-        finished: at,
     }
 }

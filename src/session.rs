@@ -91,6 +91,8 @@ pub struct PollReport {
     pub answered: u32,
     /// Requests that failed, in order.
     pub failures: Vec<RequestFailure>,
+    /// Optional requests the device did not answer (it does not know them); not failures.
+    pub unsupported: Vec<String>,
     /// Request frames written, retries included.
     pub requests_sent: u32,
     /// Bytes written.
@@ -159,6 +161,7 @@ impl<'e> Session<'e> {
             device: DeviceSnapshot::default(),
             answered: 0,
             failures: Vec::new(),
+            unsupported: Vec::new(),
             requests_sent: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -186,6 +189,7 @@ impl<'e> Session<'e> {
             device: DeviceSnapshot::default(),
             answered: 0,
             failures: Vec::new(),
+            unsupported: Vec::new(),
             requests_sent: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -267,6 +271,16 @@ impl<'e> Session<'e> {
         }
         let rejection = self.exchange.clear_reply();
         let Some(current) = self.current.as_ref() else { return };
+        if current.outgoing.optional {
+            // Sent once: a board that does not know the command stays silent, and that is an answer too.
+            self.exchange.handle_unanswered();
+            if let Some(current) = self.current.take() {
+                self.report.unsupported.push(current.outgoing.label);
+            }
+            self.state = State::Gap { send_at: now + self.settings.request_gap };
+            self.advance(now);
+            return;
+        }
         if current.attempts <= self.settings.retries {
             self.state = State::Gap { send_at: now + self.settings.request_gap };
             return;

@@ -65,8 +65,9 @@ fn a_clean_poll_takes_one_round_trip_plus_the_gap_per_request() {
     assert!(report.succeeded(), "{:?}", report.failures);
     assert_eq!(report.answered, 10);
     assert_eq!(report.requests_sent, 10);
-    // Ten answers 20 ms after their request, nine gaps of 50 ms between them; 0x63 settles on 100 ms quiet.
-    assert_eq!(elapsed, Duration::from_millis(10 * 20 + 9 * 50 + 100));
+    // Ten answers 20 ms after their request and nine gaps of 50 ms between them; nothing waits for quiet,
+    // because the 0x63 identity string ends in padding.
+    assert_eq!(elapsed, Duration::from_millis(10 * 20 + 9 * 50));
     assert_eq!(report.device.packs[0].cell_volts.len(), 16);
 }
 
@@ -167,4 +168,21 @@ fn a_link_failure_fails_the_rest_of_the_poll_with_io() {
     assert_eq!(report.failures[0].error.reason(), "io");
     assert!(report.failures.len() > 1);
     assert!(report.failures.iter().skip(1).all(|f| f.attempts == 0));
+}
+
+#[test]
+fn a_board_that_does_not_know_an_identity_read_is_asked_once_and_still_succeeds() {
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let settings = Settings::default();
+    let (report, elapsed) = run(&mut x, Sections::all(), settings, Duration::ZERO, |r| {
+        if r[2] == 0x63 { Vec::new() } else { bus.respond(r).unwrap().reply }
+    });
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(report.unsupported, vec!["0x63 board 1".to_owned()]);
+    assert_eq!(report.requests_sent, 10, "sent once, no retries");
+    assert!(elapsed < 2 * settings.timeout, "one timeout, not four: {elapsed:?}");
+    let (again, _) = run(&mut x, Sections::all(), settings, Duration::ZERO, |r| bus.respond(r).unwrap().reply);
+    assert!(again.unsupported.is_empty());
+    assert_eq!(again.requests_sent, 6, "neither the identity nor the cached reads are asked again");
 }

@@ -67,6 +67,13 @@ pub struct ReadArgs {
     /// Output layout.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Keep polling, one compact JSON document per line, this many seconds apart (0: back to back).
+    /// Later polls reuse what does not change (counts, identity), as the exporter does.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<f64>,
+    /// With --watch: stop after this many polls (default: until interrupted).
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
 }
 
 /// Arguments of `check`.
@@ -107,19 +114,37 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
     Ok(Limit::new(number(w)?, number(c)?))
 }
 
-/// Poll once through a bus worker on a fresh single-threaded runtime.
+/// A bus worker on its own single-threaded runtime, for commands that poll from synchronous code.
+struct OneDevice {
+    runtime: tokio::runtime::Runtime,
+    bus: poller::BusHandle,
+}
+
+impl OneDevice {
+    fn new(connection: &ConnectionArgs, sections: Sections, pack: PackArg) -> anyhow::Result<Self> {
+        let packs = match pack {
+            PackArg::One(n) => Some(n),
+            PackArg::All => None,
+        };
+        let spec = connection.bus("cli", sections, packs)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+        let bus = runtime.block_on(async move { poller::spawn(spec) });
+        Ok(Self { runtime, bus })
+    }
+
+    /// Run one fresh poll.
+    fn poll(&self) -> anyhow::Result<DeviceStatus> {
+        self.runtime.block_on(async {
+            let status = self.bus.snapshot(0, Duration::ZERO).await.context("polling")?;
+            Ok(DeviceStatus::clone(&status))
+        })
+    }
+}
+
+/// Poll once.
 fn poll_once(connection: &ConnectionArgs, sections: Sections, pack: PackArg) -> anyhow::Result<DeviceStatus> {
-    let packs = match pack {
-        PackArg::One(n) => Some(n),
-        PackArg::All => None,
-    };
-    let spec = connection.bus("cli", sections, packs)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async move {
-        let bus = poller::spawn(spec);
-        let status = bus.snapshot(0, Duration::ZERO).await.context("polling")?;
-        Ok(DeviceStatus::clone(&status))
-    })
+    OneDevice::new(connection, sections, pack)?.poll()
 }
 
 /// The per-request failures of a poll, for the JSON `errors` key.
@@ -139,7 +164,41 @@ pub(super) fn read(args: &ReadArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.sections.iter().copied().collect()
     };
-    let status = poll_once(&args.connection, sections, args.pack)?;
+    let device = OneDevice::new(&args.connection, sections, args.pack)?;
+    let Some(interval) = args.watch else { return print_poll(args, protocol, sections, &device.poll()?, false) };
+    if !(interval.is_finite() && interval >= 0.0) {
+        anyhow::bail!("--watch {interval}: expected a number of seconds, 0 or more");
+    }
+    let mut code = ExitCode::SUCCESS;
+    let mut polls = 0u64;
+    while args.count.is_none_or(|count| polls < count) {
+        let started = std::time::Instant::now();
+        polls += 1;
+        // In watch mode a poll that gets no answer is a line on stderr, not the end: the device may come back.
+        match print_poll(args, protocol, sections, &device.poll()?, true) {
+            Ok(c) if c == ExitCode::SUCCESS => {}
+            Ok(c) => code = c,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                code = ExitCode::FAILURE;
+            }
+        }
+        let wait = Duration::from_secs_f64(interval).saturating_sub(started.elapsed());
+        if args.count.is_none_or(|count| polls < count) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(code)
+}
+
+/// Print one poll's document; exit code 1 if any request failed.
+fn print_poll(
+    args: &ReadArgs,
+    protocol: crate::protocol::Protocol,
+    sections: Sections,
+    status: &DeviceStatus,
+    compact: bool,
+) -> anyhow::Result<ExitCode> {
     let report = &status.last;
     if report.answered == 0 {
         let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
@@ -171,7 +230,8 @@ pub(super) fn read(args: &ReadArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let text = serde_json::to_string_pretty(&document).context("encoding JSON")?;
+    let text = if compact { serde_json::to_string(&document) } else { serde_json::to_string_pretty(&document) }
+        .context("encoding JSON")?;
     writeln!(std::io::stdout().lock(), "{text}").context("writing to stdout")?;
     if report.succeeded() {
         return Ok(ExitCode::SUCCESS);

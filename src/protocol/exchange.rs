@@ -19,6 +19,10 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
     /// What the request asks, for logs and errors (e.g. `0x95 cells board 1`).
     pub label: String,
+    /// The device may not know this command at all (Daly identity reads: a board that does not know a code
+    /// stays silent, daly.md §8): send it once, and silence is not a failure but
+    /// [`Exchange::handle_unanswered`].
+    pub optional: bool,
 }
 
 /// What the bytes received so far for the current request amount to.
@@ -55,6 +59,10 @@ pub trait Exchange: Send + fmt::Debug {
 
     /// The line has been quiet for the drain time after [`Progress::Settling`]: accept what arrived.
     fn handle_quiet(&mut self) -> Progress;
+
+    /// An optional request got no valid reply: the device does not know it; do not ask again. The default
+    /// does nothing.
+    fn handle_unanswered(&mut self) {}
 
     /// Forget any partial reply to the current request (before a retry, or before giving it up) and return the
     /// most telling rejection seen since the request was sent, if any — the reason a timeout is reported as a

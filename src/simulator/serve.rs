@@ -64,8 +64,21 @@ pub struct LineStats {
     pub requests: u64,
     /// Replies sent (including faulty ones).
     pub replies: u64,
+    /// Bytes read from the client (requests, and anything else it sent).
+    pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
+}
+
+impl std::fmt::Display for LineStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // One `key=value` line, so scripts/measure-bus.sh can add up what crossed the line.
+        write!(
+            f,
+            "requests={} replies={} bytes_in={} bytes_out={}",
+            self.requests, self.replies, self.bytes_in, self.bytes_out
+        )
+    }
 }
 
 /// Serve `device` at `endpoint` until the process is stopped. Over TCP, clients are served one at a time and
@@ -81,10 +94,12 @@ pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options:
             // Keep the slave open: without an opener the master reads EIO whenever a client closes.
             let _slave = slave;
             let mut master = master;
+            let mut stats = LineStats::default();
             let result = tokio::select! {
-                result = run_link(device, &mut master, &mut options) => result.map(|_| ()),
+                result = run_link(device, &mut master, &mut options, &mut stats) => result,
                 signal = shutdown_signal() => signal,
             };
+            eprintln!("simulator: stopped: {stats}");
             // Leave no dangling link behind for the next run or a confused user.
             let _ = std::fs::remove_file(link);
             result
@@ -99,11 +114,19 @@ pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options:
                 };
                 let (mut stream, peer) = accepted.context("accepting a connection")?;
                 eprintln!("simulator: client {peer} connected");
-                let stats = tokio::select! {
-                    stats = run_link(device, &mut stream, &mut options) => stats,
-                    signal = shutdown_signal() => return signal,
+                let mut stats = LineStats::default();
+                let result = tokio::select! {
+                    result = run_link(device, &mut stream, &mut options, &mut stats) => result,
+                    signal = shutdown_signal() => {
+                        eprintln!("simulator: client {peer} gone: {stats}");
+                        return signal;
+                    }
                 };
-                eprintln!("simulator: client {peer} gone ({stats:?})");
+                if let Err(error) = result {
+                    // One client's broken connection is not the server's end: serve the next one.
+                    eprintln!("simulator: client {peer}: {error:#}");
+                }
+                eprintln!("simulator: client {peer} gone: {stats}");
             }
         }
     }
@@ -124,15 +147,15 @@ async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
     device: &mut dyn Responder,
     link: &mut L,
     options: &mut ServeOptions,
-) -> anyhow::Result<LineStats> {
-    let mut stats = LineStats::default();
+    stats: &mut LineStats,
+) -> anyhow::Result<()> {
     let mut pending = Vec::new();
     let mut chunk = [0u8; 512];
     let mut last_step = Instant::now();
     let mut silent_until: Option<Instant> = None;
     loop {
         let n = match link.read(&mut chunk).await {
-            Ok(0) => return Ok(stats),
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             // A PTY master reads EIO while no client has the slave open; wait for the next one.
             Err(e) if e.raw_os_error() == Some(5) => {
@@ -142,6 +165,7 @@ async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => return Err(e).context("reading from the link"),
         };
         let arrived = Instant::now();
+        stats.bytes_in += n as u64;
         pending.extend_from_slice(chunk.get(..n).unwrap_or_default());
         while let Some(request) = device.next_request(&mut pending) {
             stats.requests += 1;
@@ -158,7 +182,7 @@ async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             if outcome.close {
-                return Ok(stats);
+                return Ok(());
             }
             // The board sees the request's last byte only after its wire time, then turns around.
             let start = arrived + options.timing.wire_time(request.len()) + options.timing.latency;

@@ -28,11 +28,21 @@ struct Memory {
     polls_since_status: u32,
     /// Identity and capacity replies (0x50, 0x57, 0x63), read once.
     info: Vec<Reply>,
-    /// Whether the info commands have all been tried with success.
-    info_done: bool,
+    /// Info commands the board did not answer: it does not know them (daly.md §8); never asked again.
+    info_unsupported: Vec<Command>,
 }
 
+/// The identity and capacity reads, asked once.
+const INFO_COMMANDS: [Command; 3] = [Command::Rated, Command::BatteryCode, Command::Identity];
+
 impl Memory {
+    /// Info commands neither answered nor known to be unsupported.
+    fn info_missing(&self) -> impl Iterator<Item = Command> + '_ {
+        INFO_COMMANDS
+            .into_iter()
+            .filter(|c| !self.info_unsupported.contains(c) && !self.info.iter().any(|r| r.message.command() == *c))
+    }
+
     fn counts(&self) -> (Option<u16>, Option<u16>) {
         match self.status.as_ref().map(|r| &r.message) {
             Some(Message::Status(s)) => (Some(u16::from(s.cell_count)), Some(u16::from(s.temperature_sensor_count))),
@@ -140,8 +150,8 @@ impl DalyExchange {
         if sections.contains(Section::Alarms) {
             commands.push(Command::Alarms);
         }
-        if sections.contains(Section::Info) && !memory.info_done {
-            commands.extend([Command::Rated, Command::BatteryCode, Command::Identity]);
+        if sections.contains(Section::Info) {
+            commands.extend(memory.info_missing());
         }
         commands
     }
@@ -180,7 +190,6 @@ impl DalyExchange {
                 Message::Rated(_) | Message::BatteryCode(_) | Message::Identity(_) => {
                     memory.info.retain(|r| r.message.command() != reply.message.command());
                     memory.info.push(reply.clone());
-                    memory.info_done = memory.info.len() == 3;
                 }
                 _ => {}
             }
@@ -228,7 +237,8 @@ impl Exchange for DalyExchange {
         // Whatever is still buffered belongs to an earlier request.
         self.deframer.clear();
         let label = format!("0x{:02x} board {}", request.command.code(), request.address.reply_board());
-        Some(Outgoing { bytes: request.encode().to_vec(), label })
+        let optional = INFO_COMMANDS.contains(&request.command);
+        Some(Outgoing { bytes: request.encode().to_vec(), label, optional })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
@@ -259,8 +269,12 @@ impl Exchange for DalyExchange {
                 Err(error) => current.rejection = Some(error),
             }
         }
+        // An identity string that ends in NUL padding is complete; one that fills its frames may go on.
+        let padded = current.request.command == Command::Identity
+            && current.frames.iter().any(|(_, _, data)| data.get(1..).is_some_and(|text| text.contains(&0)));
         match current.expected {
             Some(expected) if current.frames.len() >= expected => self.take_reply(),
+            None if padded => self.take_reply(),
             None if !current.frames.is_empty() => Progress::Settling,
             _ => Progress::Pending,
         }
@@ -270,6 +284,15 @@ impl Exchange for DalyExchange {
         match &self.current {
             Some(current) if !current.frames.is_empty() => self.take_reply(),
             _ => Progress::Pending,
+        }
+    }
+
+    fn handle_unanswered(&mut self) {
+        let Some(current) = self.current.as_ref() else { return };
+        if let Some(memory) = self.memory.get_mut(current.board)
+            && !memory.info_unsupported.contains(&current.request.command)
+        {
+            memory.info_unsupported.push(current.request.command);
         }
     }
 

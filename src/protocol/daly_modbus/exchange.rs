@@ -207,7 +207,11 @@ impl Exchange for DalyModbusExchange {
             Request::Write { register, .. } => register,
         };
         self.current = Some(Current { block, start, outcome: None });
-        Some(Outgoing { bytes: encode_request(self.map, request).to_vec(), label: label(self.map, request, block) })
+        Some(Outgoing {
+            bytes: encode_request(self.map, request).to_vec(),
+            label: label(self.map, request, block),
+            optional: false,
+        })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {

@@ -232,7 +232,7 @@ impl Exchange for SinowealthExchange {
             Register::Cell(n) => format!("register 0x{:02x} cell {n} voltage", register.address()),
             _ => format!("register 0x{:02x} {}", register.address(), register.name()),
         };
-        Some(Outgoing { bytes: encode_request(register).to_vec(), label })
+        Some(Outgoing { bytes: encode_request(register).to_vec(), label, optional: false })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
