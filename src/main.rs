@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = bms_exporter::cli::Cli::parse();
-    bms_exporter::cli::run(args)
+    match bms_exporter::cli::Cli::try_parse() {
+        Ok(args) => bms_exporter::cli::run(args),
+        Err(error) => {
+            let _ = error.print();
+            // A Nagios plugin must answer 3 UNKNOWN for a usage error; clap's 2 would read as CRITICAL.
+            let check = std::env::args().nth(1).is_some_and(|a| a == "check");
+            if check && error.use_stderr() { ExitCode::from(3) } else { ExitCode::from(error.exit_code() as u8) }
+        }
+    }
 }
