@@ -3,11 +3,11 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use crate::util::{Simulator, scratch};
+use crate::util::{Simulator, daly_bms_cli_json, scratch};
 use bms_exporter::protocol::DecodeOptions;
 use bms_exporter::protocol::daly::{self, Address, Command, Filler, Request};
 use serde_json::Value;
@@ -24,26 +24,6 @@ fn probe_temperatures(truth: &Value) -> Vec<f64> {
 
 fn close(what: &str, got: f64, want: f64, tolerance: f64) {
     assert!((got - want).abs() <= tolerance + 1e-9, "{what}: got {got}, truth {want} (±{tolerance})");
-}
-
-/// Path of `daly-bms-cli` from the venv the test command builds; the test fails loudly without it.
-fn daly_bms_cli() -> PathBuf {
-    let path = std::env::var_os("BMS_DALY_BMS_CLI")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/daly-bms-cli"));
-    assert!(
-        path.exists(),
-        "{} is missing: run the test command (bash scripts/test.sh), which installs dalybms in a venv",
-        path.display()
-    );
-    path
-}
-
-/// Run `daly-bms-cli -d LINK ARGS…` and parse the JSON it prints.
-fn daly_bms_cli_json(link: &Path, args: &[&str]) -> Value {
-    let out = Process::new(daly_bms_cli()).arg("-d").arg(link).args(args).output().unwrap();
-    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -71,6 +71,23 @@ impl Simulator {
         Self { child, addr: Some(addr), dir }
     }
 
+    /// Start on TCP at a given address (a restart after [`Simulator::stop`] reuses the port), keeping `dir`.
+    pub fn tcp_at(dir: &Path, addr: &str, args: &[&str]) -> Self {
+        let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+            .args(["simulate", "--tcp", addr, "--truth"])
+            .arg(dir.join("truth.json"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "{line}");
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self { child, addr: Some(addr.to_owned()), dir: dir.to_owned() }
+    }
+
     /// Start on a pseudo-terminal linked at `<scratch>/tty` and wait for the link.
     pub fn pty(name: &str, args: &[&str]) -> (Self, PathBuf) {
         let dir = scratch(name);
@@ -133,6 +150,26 @@ impl Simulator {
         stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         stream
     }
+}
+
+/// Path of `daly-bms-cli` from the venv the test command builds; the test fails loudly without it.
+pub fn daly_bms_cli() -> PathBuf {
+    let path = std::env::var_os("BMS_DALY_BMS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/daly-bms-cli"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the test command (bash scripts/test.sh), which installs dalybms in a venv",
+        path.display()
+    );
+    path
+}
+
+/// Run `daly-bms-cli -d LINK ARGS…` and parse the JSON it prints.
+pub fn daly_bms_cli_json(link: &Path, args: &[&str]) -> Value {
+    let out = Process::new(daly_bms_cli()).arg("-d").arg(link).args(args).output().unwrap();
+    assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The truth file is the model serialised; read back the fields the tests compare.
