@@ -64,9 +64,10 @@ impl PollError {
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Timeout { .. } | Self::Skipped(_) => "timeout",
+            Self::Timeout { .. } => "timeout",
             Self::Invalid(e) | Self::Refused(e) => e.reason(),
-            Self::Io(_) => "io",
+            // Requests are only skipped once the link has failed.
+            Self::Io(_) | Self::Skipped(_) => "io",
         }
     }
 }
@@ -308,7 +309,8 @@ impl<'e> Session<'e> {
             });
         }
         self.state = State::Done;
-        self.report.finished = now;
+        // The link may fail before the first request was due (during the gap): the poll then took no time.
+        self.report.finished = now.max(self.report.started);
     }
 
     /// Whether the poll has ended.
@@ -337,6 +339,13 @@ impl<'e> Session<'e> {
             Progress::Complete => {
                 self.report.answered += 1;
                 self.current = None;
+                self.state = State::Gap { send_at: now + self.settings.request_gap };
+                self.advance(now);
+            }
+            Progress::Unsupported => {
+                if let Some(current) = self.current.take() {
+                    self.report.unsupported.push(current.outgoing.label);
+                }
                 self.state = State::Gap { send_at: now + self.settings.request_gap };
                 self.advance(now);
             }

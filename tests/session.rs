@@ -5,12 +5,15 @@ use std::time::{Duration, Instant};
 
 use bms_exporter::model::Sections;
 use bms_exporter::model::{CurrentSign, Section};
-use bms_exporter::protocol::DecodeOptions;
 use bms_exporter::protocol::daly::exchange::DalyExchange;
 use bms_exporter::protocol::daly::{Address, Filler};
+use bms_exporter::protocol::daly_modbus::Map;
+use bms_exporter::protocol::daly_modbus::exchange::DalyModbusExchange;
+use bms_exporter::protocol::{DecodeOptions, Exchange};
 use bms_exporter::session::{PollError, PollReport, Session, Settings};
 use bms_exporter::simulator::Responder;
 use bms_exporter::simulator::daly::DalyBus;
+use bms_exporter::simulator::daly_modbus::DalyModbusBus;
 
 fn daly(boards: &[Address]) -> DalyExchange {
     let options = DecodeOptions { current_sign: CurrentSign::Auto, ..DecodeOptions::default() };
@@ -20,7 +23,7 @@ fn daly(boards: &[Address]) -> DalyExchange {
 /// Drive a session against `answer` in simulated time: every request is answered `latency` later with
 /// whatever `answer` returns (possibly nothing). Returns the report and the simulated wall time.
 fn run(
-    exchange: &mut DalyExchange,
+    exchange: &mut dyn Exchange,
     sections: Sections,
     settings: Settings,
     latency: Duration,
@@ -167,7 +170,15 @@ fn a_link_failure_fails_the_rest_of_the_poll_with_io() {
     let report = session.finish();
     assert_eq!(report.failures[0].error.reason(), "io");
     assert!(report.failures.len() > 1);
-    assert!(report.failures.iter().skip(1).all(|f| f.attempts == 0));
+    assert!(report.failures.iter().skip(1).all(|f| f.attempts == 0 && f.error.reason() == "io"));
+    // A link lost before the first request was due (still in the gap) ends a poll of zero length.
+    let mut x = daly(&[Address::Rs485]);
+    let mut session = Session::new(&mut x, Sections::all(), Settings::default(), now + Duration::from_secs(1));
+    session.handle_link_error(now, "no such device");
+    let report = session.finish();
+    assert_eq!(report.duration(), Duration::ZERO);
+    assert!(report.finished >= report.started);
+    assert!(report.failures.iter().all(|f| f.error.reason() == "io"));
 }
 
 #[test]
@@ -185,4 +196,44 @@ fn a_board_that_does_not_know_an_identity_read_is_asked_once_and_still_succeeds(
     let (again, _) = run(&mut x, Sections::all(), settings, Duration::ZERO, |r| bus.respond(r).unwrap().reply);
     assert!(again.unsupported.is_empty());
     assert_eq!(again.requests_sent, 6, "neither the identity nor the cached reads are asked again");
+}
+
+#[test]
+fn a_modbus_refusal_of_an_optional_read_is_unsupported_but_a_refused_value_read_is_a_failure() {
+    let mut bus = DalyModbusBus::new(16, 4, 3);
+    let mut x = DalyModbusExchange::new(Map::D2, DecodeOptions::default());
+    let (report, _) =
+        run(&mut x, Sections::all(), Settings::default(), Duration::ZERO, |r| bus.respond(r).unwrap().reply);
+    // The simulated board has no version registers and says so with exception 02: known, not failed.
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(report.unsupported.len(), 1, "{:?}", report.unsupported);
+    assert!(report.unsupported[0].contains("version"), "{:?}", report.unsupported);
+    assert_eq!(report.requests_sent, 2, "an exception is an answer: no retry");
+    // A board that refuses even the 62-register real-time block has nothing to give: that fails the poll.
+    let mut refusing = DalyModbusExchange::new(Map::D2, DecodeOptions::default());
+    let (report, _) =
+        run(&mut refusing, [Section::Soc].into_iter().collect(), Settings::default(), Duration::ZERO, |r| {
+            // Function 0x03 with the exception bit and code 02 (illegal data address), CRC by the simulator's rules.
+            let mut frame = vec![r[0], 0x83, 0x02];
+            let crc = modbus_crc(&frame);
+            frame.extend(crc.to_le_bytes());
+            frame
+        });
+    assert!(!report.succeeded());
+    assert_eq!(report.unsupported.len(), 1, "the 80-register block falls back to 62: {:?}", report.unsupported);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(matches!(report.failures[0].error, PollError::Refused(_)), "{:?}", report.failures);
+    assert_eq!(report.requests_sent, 2);
+}
+
+/// Modbus RTU CRC-16 (polynomial 0xA001, initial 0xFFFF), written out here so the test does not trust the code.
+fn modbus_crc(bytes: &[u8]) -> u16 {
+    let mut crc = 0xFFFF_u16;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+        }
+    }
+    crc
 }

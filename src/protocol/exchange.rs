@@ -38,6 +38,10 @@ pub enum Progress {
     Settling,
     /// A complete, valid reply that refuses the request (Modbus exception, Pace RTN error): do not retry.
     Refused(DecodeError),
+    /// A valid refusal the exchange has taken in as knowledge, not a failure: the device lacks an optional
+    /// read (identity registers) or a fallback has been planned in its place (Daly Modbus 62-register block,
+    /// Pace pack-by-pack reads). Move on; the exchange will not ask it again.
+    Unsupported,
 }
 
 /// A protocol's side of a poll. See the module documentation.

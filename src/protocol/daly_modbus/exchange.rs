@@ -104,8 +104,11 @@ impl DalyModbusExchange {
             Ok(Pdu::Read(values)) => values,
             Ok(Pdu::Write { .. }) => return Err(DecodeError::UnexpectedCommand { expected: READ, found: WRITE }),
             Err(error @ DecodeError::ModbusException { function: READ, .. }) => {
-                self.on_refusal(current.block);
-                return Ok(Progress::Refused(error));
+                return Ok(if self.on_refusal(current.block) {
+                    Progress::Unsupported
+                } else {
+                    Progress::Refused(error)
+                });
             }
             Err(error) => return Err(error),
         };
@@ -128,16 +131,21 @@ impl DalyModbusExchange {
         Ok(Progress::Complete)
     }
 
-    /// Remember what an exception reply says about the board.
-    fn on_refusal(&mut self, block: Block) {
+    /// Remember what an exception reply says about the board; whether that settles the request (a fallback
+    /// is planned, or the read was optional) rather than failing it.
+    fn on_refusal(&mut self, block: Block) -> bool {
         match block {
             Block::D2Realtime if !self.extended_unsupported => {
                 // Boards that only hold the 62-register block: ask that instead, in this poll already.
                 self.extended_unsupported = true;
                 self.plan.push_front(Block::D2Realtime);
+                true
             }
-            Block::D2Version => self.version_unsupported = true,
-            Block::D2Realtime | Block::P81Low | Block::P81High => {}
+            Block::D2Version => {
+                self.version_unsupported = true;
+                true
+            }
+            Block::D2Realtime | Block::P81Low | Block::P81High => false,
         }
     }
 }
@@ -367,8 +375,8 @@ mod tests {
         let requests: Vec<Vec<u8>> = sent.iter().map(|(o, _)| o.bytes.clone()).collect();
         assert_eq!(requests, [bytes(d2::REALTIME_EXTENDED), bytes(d2::VERSION)]);
         assert_eq!(sent[0].1, Some(Progress::Complete));
-        // The simulated board holds no version registers: a Modbus exception, which is a refusal.
-        assert!(matches!(sent[1].1, Some(Progress::Refused(DecodeError::ModbusException { function: READ, code: 2 }))));
+        // The simulated board holds no version registers: its Modbus exception tells us so, and is no failure.
+        assert_eq!(sent[1].1, Some(Progress::Unsupported));
         let snapshot = exchange.snapshot();
         assert_eq!(snapshot.packs.len(), 1);
         assert_matches_truth(&snapshot.packs[0], &bus.truth().packs[0]);
@@ -476,7 +484,7 @@ mod tests {
         let mut exchange = exchange();
         let sent = poll(&mut exchange, &mut bus, sections(&[Section::Soc]));
         assert_eq!(bus.asked, [bytes(d2::REALTIME_EXTENDED), bytes(d2::REALTIME)]);
-        assert!(matches!(sent[0].1, Some(Progress::Refused(_))));
+        assert_eq!(sent[0].1, Some(Progress::Unsupported));
         assert_eq!(sent[1].1, Some(Progress::Complete));
         let truth = bus.truth();
         close(exchange.snapshot().packs[0].voltage_volts, truth.packs[0].voltage_volts, 0.051, "voltage");

@@ -149,8 +149,11 @@ impl PaceExchange {
         let reply = match decode_reply(frame, Some(&request)) {
             Ok(reply) => reply,
             Err(error @ DecodeError::ReturnCode { .. }) => {
-                self.on_refusal(request.command);
-                return Ok(Progress::Refused(error));
+                return Ok(if self.on_refusal(request.command) {
+                    Progress::Unsupported
+                } else {
+                    Progress::Refused(error)
+                });
             }
             Err(error) => return Err(error),
         };
@@ -164,17 +167,24 @@ impl PaceExchange {
         Ok(Progress::Complete)
     }
 
-    /// Remember what a refusal says about the BMS.
-    fn on_refusal(&mut self, command: Command) {
+    /// Remember what a refusal says about the BMS; whether that settles the request (a fallback is planned, or
+    /// the read was optional) rather than failing it.
+    fn on_refusal(&mut self, command: Command) -> bool {
         match command {
             Command::Analog(ALL_PACKS) | Command::Status(ALL_PACKS) => {
                 self.all_packs_refused = true;
                 // The rest of this poll asks pack by pack instead.
                 self.plan.retain(|step| !matches!(step, Step::Ask(c) if c.is_all_packs()));
                 self.plan.push_front(Step::EachPack);
+                true
             }
-            Command::SoftwareVersion | Command::ProductInfo => self.info_refused.push(command),
-            _ => {}
+            Command::SoftwareVersion | Command::ProductInfo => {
+                self.info_refused.push(command);
+                true
+            }
+            // Without a count the master itself is taken as pack 1 (`next_command`).
+            Command::PackCount => true,
+            _ => false,
         }
     }
 }
@@ -553,7 +563,7 @@ mod tests {
         expected.extend((1..=PACKS).flat_map(|n| [Command::Analog(n), Command::Status(n)]));
         expected.extend([Command::SoftwareVersion, Command::ProductInfo]);
         assert_eq!(commands(&sent), expected);
-        assert!(matches!(sent[0].1, Some(Progress::Refused(DecodeError::ReturnCode { rtn: 0x04 }))));
+        assert_eq!(sent[0].1, Some(Progress::Unsupported));
         assert!(sent[1..].iter().all(|(_, p)| *p == Some(Progress::Complete)));
         assert_all_match(&exchange, &bus.truth(), &[1, 2, 3, 4]);
         // From then on: pack by pack, without asking the count or all packs again.
@@ -570,7 +580,7 @@ mod tests {
         let request = exchange.next_request().unwrap();
         assert_eq!(Request::decode(&request.bytes).unwrap().command, Command::Status(ALL_PACKS));
         let refusal = encode_error_reply(VER_PACE, MASTER_ADR, CID1_BATTERY, 0x90).unwrap();
-        assert_eq!(exchange.handle_bytes(&refusal), Progress::Refused(DecodeError::ReturnCode { rtn: 0x90 }));
+        assert_eq!(exchange.handle_bytes(&refusal), Progress::Unsupported);
         let next = exchange.next_request().unwrap();
         assert_eq!(Request::decode(&next.bytes).unwrap().command, Command::PackCount);
         // The count is not answered: the master alone is asked.
