@@ -215,7 +215,14 @@ pub fn run(cli: Cli) -> ExitCode {
 fn init_logging(verbose: bool) {
     let level = if verbose { tracing::Level::DEBUG } else { tracing::Level::ERROR };
     // A second initialisation (tests calling run twice) is harmless: the first subscriber stays.
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false).try_init();
+    // Colour only for a person at a terminal: escape codes would corrupt a log file or a script's capture.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// The one action `set` was given.
