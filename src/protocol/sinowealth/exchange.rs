@@ -10,9 +10,8 @@
 use std::collections::VecDeque;
 
 use super::registers::MAX_CELLS;
-use super::{CheckPolicy, Register, ReplyFraming, Value, apply, check_byte, decode_reply, encode_request};
+use super::{CheckPolicy, Register, Value, apply, check_byte, decode_reply, encode_request};
 use crate::model::{DeviceSnapshot, Section, Sections};
-use crate::protocol::deframer::{Deframer, Event, Framing, Scan};
 use crate::protocol::exchange::Rejections;
 use crate::protocol::{DecodeError, Exchange, Outgoing, Progress, Protocol};
 
@@ -28,34 +27,9 @@ enum Step {
     Cells,
 }
 
-/// [`ReplyFraming`] that, under [`CheckPolicy::Verify`], also refuses a candidate whose check byte is wrong, so
-/// the deframer moves on byte by byte instead of taking it as the reply.
-#[derive(Debug, Clone, Copy)]
-struct CheckedFraming {
-    register: Register,
-    policy: CheckPolicy,
-}
-
-impl Framing for CheckedFraming {
-    fn is_start(&self, byte: u8) -> bool {
-        ReplyFraming::new(self.register).is_start(byte)
-    }
-
-    fn scan(&self, buf: &[u8]) -> Scan {
-        match ReplyFraming::new(self.register).scan(buf) {
-            Scan::Frame { len } if self.policy == CheckPolicy::Verify => {
-                let data = buf.get(..len.saturating_sub(1)).unwrap_or_default();
-                let received = buf.get(len.saturating_sub(1)).copied().unwrap_or_default();
-                let computed = check_byte(self.register, data);
-                if computed == received {
-                    Scan::Frame { len }
-                } else {
-                    Scan::Invalid(DecodeError::Checksum { computed, received })
-                }
-            }
-            other => other,
-        }
-    }
+/// Bytes of a reply to `register`: its data and the check byte.
+fn reply_len(register: Register) -> usize {
+    usize::from(register.data_len()) + 1
 }
 
 /// The request in flight and what has come of it.
@@ -85,7 +59,10 @@ impl From<ProgressKind> for Progress {
 #[derive(Debug)]
 pub struct SinowealthExchange {
     policy: CheckPolicy,
-    deframer: Deframer<CheckedFraming>,
+    /// Bytes received for the request in flight (echo removed).
+    buffer: Vec<u8>,
+    /// Bytes dropped as noise since the exchange was created.
+    skipped: u64,
     plan: VecDeque<Step>,
     current: Option<Current>,
     rejections: Rejections,
@@ -104,10 +81,10 @@ impl SinowealthExchange {
     /// An exchange that treats check-byte mismatches by `policy` (the poller passes [`CheckPolicy::Verify`]).
     #[must_use]
     pub fn new(policy: CheckPolicy) -> Self {
-        let framing = CheckedFraming { register: Register::PackVoltage, policy };
         Self {
             policy,
-            deframer: Deframer::new(framing),
+            buffer: Vec::new(),
+            skipped: 0,
             plan: VecDeque::new(),
             current: None,
             rejections: Rejections::default(),
@@ -143,6 +120,45 @@ impl SinowealthExchange {
                     // Unknown count: ask cell 1; each cell that answers with a voltage queues the next.
                     None => return Some(Register::Cell(1)),
                 },
+            }
+        }
+    }
+
+    /// Whether `frame` (data bytes and check byte) passes the check the policy asks for.
+    fn check_passes(&self, register: Register, frame: &[u8]) -> Result<(), DecodeError> {
+        let Some((&received, data)) = frame.split_last() else {
+            return Err(DecodeError::Truncated { have: 0, need: reply_len(register) });
+        };
+        let computed = check_byte(register, data);
+        if self.policy != CheckPolicy::Verify || computed == received {
+            Ok(())
+        } else {
+            Err(DecodeError::Checksum { computed, received })
+        }
+    }
+
+    /// The line went quiet (or exactly one reply's worth arrived): the reply is the last bytes received, since
+    /// a board sends nothing after it. Whatever came before is noise.
+    fn settle(&mut self, current: Current) -> Progress {
+        let len = reply_len(current.register);
+        let Some(frame) = self.buffer.len().checked_sub(len).and_then(|at| self.buffer.get(at..)) else {
+            return Progress::Pending;
+        };
+        let frame = frame.to_vec();
+        let result = self.check_passes(current.register, &frame).and_then(|()| self.on_frame(current.register, &frame));
+        match result {
+            Ok(outcome) => {
+                self.skipped += (self.buffer.len() - len) as u64;
+                self.buffer.clear();
+                self.current = Some(Current { outcome: Some(outcome), ..current });
+                outcome.into()
+            }
+            Err(error) => {
+                // Not a reply: drop it all and keep listening until the timeout, which retries.
+                self.rejections.note(error);
+                self.skipped += self.buffer.len() as u64;
+                self.buffer.clear();
+                Progress::Pending
             }
         }
     }
@@ -186,7 +202,7 @@ impl Exchange for SinowealthExchange {
         self.plan.clear();
         self.current = None;
         self.rejections = Rejections::default();
-        self.deframer.clear();
+        self.buffer.clear();
         self.highest_cell_v = None;
         self.implausible = false;
         let mut registers: Vec<Step> = Vec::new();
@@ -224,8 +240,7 @@ impl Exchange for SinowealthExchange {
     fn next_request(&mut self) -> Option<Outgoing> {
         self.current = None;
         let register = self.next_register()?;
-        self.deframer.clear();
-        self.deframer.set_framing(CheckedFraming { register, policy: self.policy });
+        self.buffer.clear();
         self.rejections = Rejections::default();
         self.current = Some(Current { register, outcome: None });
         let label = match register {
@@ -240,32 +255,50 @@ impl Exchange for SinowealthExchange {
         if let Some(outcome) = current.outcome {
             return outcome.into();
         }
-        self.deframer.push(bytes);
-        while let Some(event) = self.deframer.poll() {
-            let result = match event {
-                Event::Frame(frame) => self.on_frame(current.register, &frame),
-                Event::Echo(_) => Err(DecodeError::HostEcho { address: super::REQUEST_START }),
-                Event::Rejected(error) => Err(error),
-            };
-            match result {
-                Ok(outcome) => {
-                    self.current = Some(Current { outcome: Some(outcome), ..current });
-                    return outcome.into();
-                }
-                Err(error) => self.rejections.note(error),
-            }
+        self.buffer.extend_from_slice(bytes);
+        // A half-duplex adapter loops the request back first. A 2-byte reply is as long as the request, so
+        // bytes equal to the request are an echo unless their check byte makes them a valid reply.
+        let request = encode_request(current.register);
+        if self.buffer.starts_with(&request) && self.check_passes(current.register, &request).is_err() {
+            self.buffer.drain(..request.len());
+            self.rejections.note(DecodeError::HostEcho { address: super::REQUEST_START });
         }
-        Progress::Pending
+        // Replies have no start byte and an 8-bit check, so noise before a reply could pass for one at any
+        // offset. Exactly one reply's worth is taken at once (the usual case, no delay); more than that waits
+        // for the line to go quiet and takes the last bytes, which is where a board's reply ends.
+        match self.buffer.len().cmp(&reply_len(current.register)) {
+            std::cmp::Ordering::Less => Progress::Pending,
+            std::cmp::Ordering::Equal if self.check_passes(current.register, &self.buffer).is_ok() => {
+                self.settle(current)
+            }
+            _ => Progress::Settling,
+        }
     }
 
     fn handle_quiet(&mut self) -> Progress {
-        // Replies have a fixed length: there is never anything to settle.
-        self.current.and_then(|c| c.outcome).map_or(Progress::Pending, Into::into)
+        let Some(current) = self.current else { return Progress::Pending };
+        match current.outcome {
+            Some(outcome) => outcome.into(),
+            None => self.settle(current),
+        }
     }
 
     fn clear_reply(&mut self) -> Option<DecodeError> {
-        if let Some(error) = self.deframer.finish() {
-            self.rejections.note(error);
+        if let Some(current) = self.current
+            && !self.buffer.is_empty()
+        {
+            let need = reply_len(current.register);
+            let tail = self.buffer.len().checked_sub(need).and_then(|at| self.buffer.get(at..));
+            match tail {
+                None => self.rejections.note(DecodeError::Truncated { have: self.buffer.len(), need }),
+                Some(tail) => {
+                    if let Err(error) = self.check_passes(current.register, tail) {
+                        self.rejections.note(error);
+                    }
+                }
+            }
+            self.skipped += self.buffer.len() as u64;
+            self.buffer.clear();
         }
         self.rejections.take()
     }
@@ -276,7 +309,7 @@ impl Exchange for SinowealthExchange {
     }
 
     fn skipped_bytes(&self) -> u64 {
-        self.deframer.skipped_bytes()
+        self.skipped
     }
 
     fn snapshot(&self) -> DeviceSnapshot {
@@ -444,7 +477,9 @@ mod tests {
             let good = bus.respond(&request.bytes).unwrap().reply;
             let mut bad = good.clone();
             bad[flip] ^= 0x10;
-            assert_eq!(exchange.handle_bytes(&bad), Progress::Pending, "flip {flip}");
+            // One reply's worth with a bad check: maybe noise before the reply, so wait for the line to go quiet.
+            assert_eq!(exchange.handle_bytes(&bad), Progress::Settling, "flip {flip}");
+            assert_eq!(exchange.handle_quiet(), Progress::Pending, "flip {flip}");
             let error = exchange.clear_reply();
             assert!(matches!(error, Some(DecodeError::Checksum { .. })), "flip {flip}: {error:?}");
             assert_eq!(exchange.snapshot().packs[0].current_amperes, None);
@@ -481,12 +516,44 @@ mod tests {
         assert_eq!(exchange.clear_reply(), Some(DecodeError::HostEcho { address: 0x0A }));
         // The board answering another register: same length, but its check byte covers another request.
         assert_eq!(exchange.handle_bytes(&request.bytes), Progress::Pending);
-        assert_eq!(exchange.handle_bytes(&response.other), Progress::Pending);
+        assert_eq!(exchange.handle_bytes(&response.other), Progress::Settling);
+        assert_eq!(exchange.handle_quiet(), Progress::Pending);
         assert_eq!(exchange.clear_reply().map(|e| e.kind()), Some("checksum_mismatch"));
         assert_eq!(exchange.snapshot().packs[0].voltage_volts, None);
         let stream = [request.bytes.clone(), response.reply].concat();
         assert_eq!(exchange.handle_bytes(&stream), Progress::Complete);
         close(exchange.snapshot().packs[0].voltage_volts, bus.truth().packs[0].voltage_volts, 0.000_51, "voltage");
+    }
+
+    #[test]
+    fn noise_before_a_reply_never_becomes_a_value_even_when_it_looks_like_one() {
+        let mut bus = bus();
+        for register in [Register::PackVoltage, Register::Current] {
+            let len = reply_len(register);
+            // Noise whose first bytes pass the check as a reply to this register: the worst case for a protocol
+            // without a start byte, which the old first-match framing took as the value.
+            let fake_data = vec![0x7F; len - 1];
+            let fake = [fake_data.clone(), vec![check_byte(register, &fake_data)]].concat();
+            for extra in 0..4 {
+                let mut exchange = SinowealthExchange::new(CheckPolicy::Verify);
+                exchange.begin_poll(sections(&[Section::Soc]));
+                let mut request = exchange.next_request().unwrap();
+                while decode_request(&request.bytes) != Ok(register) {
+                    request = exchange.next_request().unwrap();
+                }
+                let reply = bus.respond(&request.bytes).unwrap().reply;
+                let noise = [fake.clone(), vec![0x55; extra]].concat();
+                assert_eq!(exchange.handle_bytes(&[noise.clone(), reply].concat()), Progress::Settling);
+                assert_eq!(exchange.handle_quiet(), Progress::Complete, "{register:?} +{extra}");
+                let truth = bus.truth();
+                let (got, want) = match register {
+                    Register::Current => (exchange.snapshot().packs[0].current_amperes, truth.packs[0].current_amperes),
+                    _ => (exchange.snapshot().packs[0].voltage_volts, truth.packs[0].voltage_volts),
+                };
+                close(got, want, 0.000_51, &format!("{register:?} after {} noise bytes", noise.len()));
+                assert_eq!(exchange.skipped_bytes(), noise.len() as u64);
+            }
+        }
     }
 
     #[test]
