@@ -336,7 +336,8 @@ impl Value {
                     Register::Cell(cell) => Self::CellVoltage { cell, cell_voltage_v: millis(i32::from(raw)) },
                     Register::PackVoltage => Self::PackVoltage { pack_voltage_v: millis(i32::from(raw)) },
                     Register::ExternalTemperature1 | Register::ExternalTemperature2 | Register::IcTemperature1 => {
-                        Self::Temperature { temperature_c: f64::from(raw) / 10.0 - KELVIN_OFFSET_C }
+                        // In hundredths (27 315 = KELVIN_OFFSET_C × 100), exact in integers: 2986 reads 25.45, not 25.450000000000045.
+                        Self::Temperature { temperature_c: (f64::from(raw) * 10.0 - 27_315.0) / 100.0 }
                     }
                     Register::Rsoc => Self::Rsoc { soc_percent: raw },
                     Register::CycleCount => Self::CycleCount { cycles: raw },
@@ -414,5 +415,12 @@ mod tests {
             panic!("not a temperature")
         };
         assert!((temperature_c - (265.3 - 273.15)).abs() < 1e-9);
+        // The shortest decimal that names the value, as a JSON reader sees it.
+        let Value::Temperature { temperature_c } =
+            Value::decode(Register::ExternalTemperature1, &[0x0B, 0xAA]).unwrap()
+        else {
+            panic!("not a temperature")
+        };
+        assert_eq!(temperature_c.to_string(), "25.45");
     }
 }
