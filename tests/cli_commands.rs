@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Simulator, daly_bms_cli, fixture};
 use bms_exporter::protocol::daly::{Address, Command as DalyCommand, Filler, Request};
+use bms_exporter::protocol::daly_modbus::{Map as ModbusMap, d2, encode_request};
 use bms_exporter::protocol::to_hex;
 use serde_json::{Map, Value};
 
@@ -809,6 +810,12 @@ fn detect_on_a_silent_port_finds_nothing_says_so_and_never_writes() {
     let (writes, seen) = write_commands(&bytes);
     assert!(writes.is_empty(), "detect sent write commands: {writes:?}");
     assert!(seen.iter().all(|n| *n > 0), "every protocol was tried (daly, modbus, sinowealth, pace): {seen:?}");
+
+    // The scan itself would see a write, were one among the reads.
+    let mut with_writes = bytes.clone();
+    with_writes.extend(Request::discharge_mosfet(Address::Rs485, false).encode());
+    with_writes.extend(encode_request(ModbusMap::D2, d2::set_charge_mosfet(false)));
+    assert_eq!(write_commands(&with_writes).0.len(), 2, "{:?}", write_commands(&with_writes).0);
 }
 
 #[test]
