@@ -189,9 +189,7 @@ fn assert_pack_matches(protocol: &str, got: &Value, truth: &Value) {
         close(&what(&format!("probe {label}")), value, *want, r.celsius);
     }
     let count = &got["status"]["temperature_sensor_count"];
-    if !count.is_null() {
-        assert_eq!(count.as_u64(), Some(probes.len() as u64), "{}", what("temperature sensor count"));
-    }
+    assert_eq!(count.as_u64(), Some(probes.len() as u64), "{}", what("temperature sensor count"));
 }
 
 /// `read --all` against a simulator of `protocol`: exit 0 and every pack equal to the truth.
@@ -630,8 +628,11 @@ fn check_is_unknown_when_nothing_answers_the_port_is_closed_or_the_usage_is_wron
     let usage = bms(["check", "--protocol", "daly", "--tcp", &closed, "--cell-high", "high"]);
     assert_eq!(usage.code, 3, "a usage error is UNKNOWN to Nagios:\n{}", usage.stderr);
     assert!(usage.stderr.contains("--cell-high"), "{}", usage.stderr);
+    // Nagios shows only stdout: the usage error still gets its one status line there.
+    assert!(usage.stdout.starts_with("BMS UNKNOWN - ") && usage.stdout.contains("--cell-high"), "{}", usage.stdout);
     let missing = bms(["check", "--protocol", "daly"]);
     assert_eq!(missing.code, 3, "{}", missing.stderr);
+    assert!(missing.stdout.starts_with("BMS UNKNOWN - "), "{}", missing.stdout);
 }
 
 #[test]
@@ -837,6 +838,8 @@ fn a_missing_serial_port_or_a_closed_tcp_port_is_a_clear_error_for_every_command
         let set = bms(cmd("set", base(), &["--soc", "50", "--yes"]));
         assert_eq!(set.code, 1, "set {flag}: {}", set.stderr);
         assert!(set.stderr.contains(target) && set.stderr.contains(words), "set {flag}: {}", set.stderr);
+        // The operating system's reason is said once, not repeated by the error chain.
+        assert_eq!(set.stderr.matches("os error").count(), usize::from(flag == "--tcp"), "{}", set.stderr);
 
         let detect = bms(["detect", flag, target, "--timeout-ms", "100"]);
         assert_eq!(detect.code, 1, "detect {flag}: {}", detect.stderr);

@@ -177,20 +177,20 @@ pub enum TransportError {
         after: Duration,
     },
     /// The TCP connection was refused or failed.
-    #[error("cannot connect to {address}: {source}")]
+    #[error("cannot connect to {address}: {cause}")]
     Connect {
         /// The `host:port` as configured.
         address: String,
-        /// The operating system's error.
-        source: io::Error,
+        /// The operating system's error (in the message, not a `source`, so `{:#}` does not print it twice).
+        cause: io::Error,
     },
     /// An I/O failure while setting a transport up.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done, e.g. "creating a TCP socket".
         what: &'static str,
-        /// The operating system's error.
-        source: io::Error,
+        /// The operating system's error (in the message, not a `source`, so `{:#}` does not print it twice).
+        cause: io::Error,
     },
 }
 

@@ -39,12 +39,12 @@ pub(super) async fn open(settings: &TcpSettings, description: String) -> Result<
 /// One connection attempt with keepalive and no Nagle delay (requests are tiny and latency-bound).
 async fn connect_one(addr: SocketAddr, address: &str, after: Duration) -> Result<TcpStream, TransportError> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(|source| TransportError::Io { what: "creating a TCP socket", source })?;
-    socket.set_keepalive(true).map_err(|source| TransportError::Io { what: "enabling TCP keepalive", source })?;
-    socket.set_nodelay(true).map_err(|source| TransportError::Io { what: "disabling Nagle's algorithm", source })?;
+        .map_err(|cause| TransportError::Io { what: "creating a TCP socket", cause })?;
+    socket.set_keepalive(true).map_err(|cause| TransportError::Io { what: "enabling TCP keepalive", cause })?;
+    socket.set_nodelay(true).map_err(|cause| TransportError::Io { what: "disabling Nagle's algorithm", cause })?;
     match tokio::time::timeout(after, socket.connect(addr)).await {
         Err(_elapsed) => Err(TransportError::ConnectTimeout { address: address.to_owned(), after }),
-        Ok(Err(source)) => Err(TransportError::Connect { address: address.to_owned(), source }),
+        Ok(Err(cause)) => Err(TransportError::Connect { address: address.to_owned(), cause }),
         Ok(Ok(stream)) => Ok(stream),
     }
 }

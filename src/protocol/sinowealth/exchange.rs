@@ -15,6 +15,9 @@ use crate::model::{DeviceSnapshot, Section, Sections};
 use crate::protocol::exchange::Rejections;
 use crate::protocol::{DecodeError, Exchange, Outgoing, Progress, Protocol};
 
+/// External temperature probes of the register map.
+const EXTERNAL_PROBES: u16 = 2;
+
 /// Pack voltage below this many times the highest cell voltage means another register map (§4).
 const PLAUSIBLE_PACK_TO_CELL: f64 = 1.1;
 
@@ -101,6 +104,8 @@ impl SinowealthExchange {
         let mut device = DeviceSnapshot::default();
         let pack = device.pack_mut(1);
         pack.cell_count = self.cell_count;
+        // The register map has exactly two external probe registers (0x0C, 0x0D): a fact of the map, not a reading.
+        pack.temperature_sensor_count = Some(EXTERNAL_PROBES);
         pack.full_capacity_ampere_hours = self.full_capacity_ah;
         device
     }
