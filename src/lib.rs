@@ -35,10 +35,12 @@
 
 pub mod cli;
 pub mod control;
+pub mod demo;
 pub mod model;
 pub mod output;
 pub mod poller;
 pub mod protocol;
+pub mod scrape;
 pub mod session;
 pub mod simulator;
 pub mod transport;

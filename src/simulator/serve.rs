@@ -132,6 +132,20 @@ pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options:
     }
 }
 
+/// Serve `device` on an already bound `listener` inside a larger program (the exporter's `--demo`): clients one
+/// at a time, silently, until the task is dropped. A client's broken connection just ends that client.
+pub async fn serve_listener(mut device: Box<dyn Responder>, listener: TcpListener, mut options: ServeOptions) {
+    loop {
+        let Ok((mut stream, _peer)) = listener.accept().await else {
+            // Out of file descriptors or similar: back off rather than spin.
+            sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stats = LineStats::default();
+        let _ = run_link(device.as_mut(), &mut stream, &mut options, &mut stats).await;
+    }
+}
+
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 async fn shutdown_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

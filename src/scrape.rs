@@ -1,0 +1,169 @@
+//! What a scrape sees: asks each device's bus worker for a snapshot no older than `max_age`, waits for it up to a
+//! deadline below the scrape timeout, and otherwise serves the last status it has (DESIGN.md §4).
+//!
+//! The bus workers do the polling and the single-flight sharing; this layer only bounds how long an HTTP request
+//! waits, remembers the last answer per device, and decides freshness (`stale_after`).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::poller::{BusHandle, DeviceStatus};
+use crate::protocol::Protocol;
+
+/// One configured device and the bus worker that reaches it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The configured name (the `device` label).
+    pub name: String,
+    /// The protocol it speaks.
+    pub protocol: Protocol,
+    /// The bounded transport label: `serial` or `tcp`.
+    pub transport: &'static str,
+    /// The worker owning its bus.
+    pub bus: BusHandle,
+    /// Its index among the bus's devices.
+    pub index: usize,
+}
+
+/// Timing rules of the scrape model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// A scrape reuses a snapshot younger than this instead of polling again.
+    pub max_age: Duration,
+    /// Values older than this are not exported at all.
+    pub stale_after: Duration,
+}
+
+/// The status of one device as a scrape sees it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The last status the worker gave (`None` before its first poll ended).
+    pub status: Option<Arc<DeviceStatus>>,
+    /// Whether its last successful poll is younger than `stale_after`.
+    pub fresh: bool,
+}
+
+/// Every target, with the last status each worker gave. Shared by the HTTP handlers.
+#[derive(Debug)]
+pub struct Scraper {
+    targets: Vec<Target>,
+    freshness: Freshness,
+    last: Vec<Mutex<Option<Arc<DeviceStatus>>>>,
+}
+
+impl Scraper {
+    /// A scraper over `targets` (their names are unique: the configuration checked it).
+    #[must_use]
+    pub fn new(targets: Vec<Target>, freshness: Freshness) -> Self {
+        let last = targets.iter().map(|_| Mutex::new(None)).collect();
+        Self { targets, freshness, last }
+    }
+
+    /// The configured targets, in configuration order.
+    #[must_use]
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// The index of the target named `name`.
+    #[must_use]
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.targets.iter().position(|t| t.name == name)
+    }
+
+    /// Whether every device has finished at least one poll (successful or not): until then a scrape would
+    /// mostly wait on first connections, so orchestrators are told to hold back.
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        self.last.iter().all(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).is_some())
+    }
+
+    /// Ask every worker for a first poll in the background, so the first scrape finds data.
+    pub fn warm_up(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.collect(None, Instant::now() + Duration::from_secs(3600)).await;
+        });
+    }
+
+    /// Statuses of every target (or only `only`), each no older than `max_age` where the worker can poll
+    /// before `deadline`; past it, the last status known. Index-aligned with [`Scraper::targets`] (for `only`,
+    /// a single entry).
+    pub async fn collect(&self, only: Option<usize>, deadline: Instant) -> Vec<(usize, Seen)> {
+        let chosen: Vec<usize> = match only {
+            Some(index) if index < self.targets.len() => vec![index],
+            Some(_) => Vec::new(),
+            None => (0..self.targets.len()).collect(),
+        };
+        let mut asks = JoinSet::new();
+        for &index in &chosen {
+            let Some(target) = self.targets.get(index) else { continue };
+            let bus = target.bus.clone();
+            let (device, max_age) = (target.index, self.freshness.max_age);
+            asks.spawn(async move { (index, tokio::time::timeout_at(deadline, bus.snapshot(device, max_age)).await) });
+        }
+        while let Some(joined) = asks.join_next().await {
+            // A worker that is gone or too slow leaves the last status in place.
+            if let Ok((index, Ok(Ok(status)))) = joined
+                && let Some(slot) = self.last.get(index)
+            {
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+            }
+        }
+        let now = unix_now();
+        chosen
+            .into_iter()
+            .map(|index| {
+                let status = self
+                    .last
+                    .get(index)
+                    .and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone());
+                let fresh = status.as_deref().is_some_and(|s| self.is_fresh(s, now));
+                (index, Seen { status, fresh })
+            })
+            .collect()
+    }
+
+    /// Whether `status` had a successful poll within `stale_after` of `now_unix`.
+    #[must_use]
+    pub fn is_fresh(&self, status: &DeviceStatus, now_unix: f64) -> bool {
+        status.last_success_unix.is_some_and(|at| now_unix - at <= self.freshness.stale_after.as_secs_f64())
+    }
+}
+
+/// Seconds since the Unix epoch (0 on a clock before 1970, which only a broken clock has).
+#[must_use]
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How long a scrape may wait for fresh data: a little below the scrape timeout Prometheus announces in
+/// `X-Prometheus-Scrape-Timeout-Seconds` (default 10 s), so the answer arrives before Prometheus gives up.
+#[must_use]
+pub fn scrape_budget(header: Option<&str>) -> Duration {
+    const DEFAULT_S: f64 = 10.0;
+    let timeout = header.and_then(|h| h.trim().parse::<f64>().ok()).filter(|t| t.is_finite() && *t > 0.0);
+    let timeout = timeout.unwrap_or(DEFAULT_S).min(3600.0);
+    // Leave a tenth (at least 250 ms, at most 1 s) for rendering and the network.
+    let margin = (timeout / 10.0).clamp(0.25, 1.0);
+    Duration::from_secs_f64((timeout - margin).max(timeout / 2.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_stays_below_the_announced_scrape_timeout() {
+        assert_eq!(scrape_budget(None), Duration::from_secs(9));
+        assert_eq!(scrape_budget(Some("10")), Duration::from_secs(9));
+        assert_eq!(scrape_budget(Some("2.5")), Duration::from_millis(2250));
+        assert_eq!(scrape_budget(Some("0.4")), Duration::from_millis(200));
+        for bad in ["", "abc", "-1", "0", "NaN", "inf"] {
+            assert_eq!(scrape_budget(Some(bad)), Duration::from_secs(9), "{bad:?}");
+        }
+    }
+}
