@@ -48,12 +48,15 @@ fn daly_boards(protocol: &str, boards: &[Address]) -> Box<dyn Exchange> {
     }
 }
 
-/// A simulator of `protocol` that answers at once with frozen values, plus `extra` flags.
+/// A simulator of `protocol` that answers at once with frozen values, plus `extra` flags (which replace the
+/// defaults they name).
 fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--protocol", protocol, "--time-scale", "0"];
     // Sinowealth boards carry at most 10 cells; 8 everywhere keeps the frames alike and short.
-    let mut args = vec!["--protocol", protocol, "--baud", "0", "--latency-ms", "0", "--time-scale", "0"];
-    if !extra.contains(&"--cells") {
-        args.extend(["--cells", "8"]);
+    for (flag, value) in [("--baud", "0"), ("--latency-ms", "0"), ("--cells", "8")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
     }
     args.extend_from_slice(extra);
     args
@@ -356,4 +359,130 @@ async fn sinowealth_faults_never_become_values_are_counted_and_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pace_faults_never_become_values_are_counted_and_pass() {
     fault_matrix("pace").await;
+}
+
+/// A TCP simulator whose stderr lines are kept, for the `requests=… replies=…` line it prints when a client
+/// goes (the bus worker's connection closes when the last handle is dropped).
+fn tcp_logged(name: &str, args: &[&str]) -> (Simulator, Arc<Mutex<Vec<String>>>) {
+    let dir = scratch(name);
+    let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(["simulate", "--tcp", "127.0.0.1:0", "--truth"])
+        .arg(dir.join("truth.json"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on 127.0.0.1:"), "{line}");
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    // Keep draining stderr so the simulator never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (Simulator { child, addr: Some(addr), dir }, lines)
+}
+
+/// The `requests=N` the simulator printed for the first client that went away, waiting up to 5 s for it.
+async fn requests_seen(lines: &Mutex<Vec<String>>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gone = lines.lock().unwrap().iter().find(|l| l.contains(" gone: ")).cloned();
+        if let Some(line) = gone {
+            let field = line.split_whitespace().find_map(|w| w.strip_prefix("requests=")).unwrap();
+            return field.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the simulator never saw the client go: {:?}", lines.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_one_poll_and_max_age_serves_the_cached_snapshot() {
+    // 20 ms per reply makes a poll long enough that every caller below asks while it runs.
+    let (sim, lines) = tcp_logged("singleflight", &sim_args("daly", &["--latency-ms", "20"]));
+    let bus = spawn_one(tcp(sim.addr.as_deref().unwrap()), fast(0), "daly");
+
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.snapshot(0, Duration::ZERO).await.unwrap() })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for caller in callers {
+        got.push(caller.await.unwrap());
+    }
+    let first = &got[0];
+    assert_complete("daly", first, &sim.truth());
+    assert_eq!(first.polls_total, 1, "16 concurrent callers must share one poll");
+    assert!(got.iter().all(|s| Arc::ptr_eq(s, first)), "every caller gets the same snapshot");
+
+    // A caller content with an older snapshot gets the cached one: same object, no poll.
+    let cached = bus.snapshot(0, Duration::from_secs(60)).await.unwrap();
+    assert!(Arc::ptr_eq(&cached, first));
+    // One that is not runs a new poll.
+    let fresh = poll(&bus, 0).await;
+    assert_eq!(fresh.polls_total, 2);
+    assert!(fresh.last.finished > first.last.finished);
+    assert_complete("daly", &fresh, &sim.truth());
+    // An unknown device is refused, and the worker keeps serving the known one.
+    assert!(bus.snapshot(5, Duration::ZERO).await.is_err());
+    assert!(Arc::ptr_eq(&bus.snapshot(0, Duration::from_secs(60)).await.unwrap(), &fresh));
+
+    // The bus saw exactly the requests of two polls.
+    let sent = u64::from(first.last.requests_sent + fresh.last.requests_sent);
+    drop(bus);
+    assert_eq!(requests_seen(&lines).await, sent, "requests on the wire vs the two polls' reports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daly_boards_on_one_bus_read_as_one_device_and_as_two_devices() {
+    let (sim, link) = Simulator::pty("boards", &sim_args("daly", &["--boards", "2"]));
+    let truth = sim.truth();
+    assert_eq!(truth.packs.len(), 2);
+    let boards = |list: &[Address]| daly_boards("daly", list);
+    let bus = poller::spawn(BusSpec {
+        transport: serial(&link),
+        settings: fast(1),
+        devices: vec![
+            device("both", boards(&[Address::Board(1), Address::Board(2)])),
+            device("first", boards(&[Address::Board(1)])),
+            device("second", boards(&[Address::Board(2)])),
+        ],
+    });
+    assert_eq!(bus.devices(), ["both", "first", "second"]);
+    // Asked at once: the worker takes them one after another on its single port.
+    let (both, first, second) = tokio::join!(poll(&bus, 0), poll(&bus, 1), poll(&bus, 2));
+    assert_complete("daly", &both, &truth);
+    for (status, board) in [(&first, 1u8), (&second, 2)] {
+        assert!(status.last.succeeded(), "board {board}: {:?}", status.last.failures);
+        let packs = &status.last.device.packs;
+        assert_eq!(packs.iter().map(|p| p.pack).collect::<Vec<_>>(), [board], "board {board}'s device");
+        let want = DeviceSnapshot { packs: vec![truth.packs[usize::from(board) - 1].clone()] };
+        let got = DeviceStatus { last: status.last.clone(), ..(**status).clone() };
+        assert_complete("daly", &got, &want);
+    }
+    // The two boards are different batteries, so a mix-up would show.
+    assert_ne!(truth.packs[0].cell_volts, truth.packs[1].cell_volts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_pack_pace_master_is_read_with_all_packs_requests() {
+    let (sim, lines) = tcp_logged("pace4", &sim_args("pace", &["--packs", "4"]));
+    let truth = sim.truth();
+    assert_eq!(truth.packs.len(), 4);
+    let bus = spawn_one(tcp(sim.addr.as_deref().unwrap()), fast(0), "pace");
+    let status = poll(&bus, 0).await;
+    assert_complete("pace", &status, &truth);
+    // Poll economy (DESIGN.md §4): one analog and one status read for all four packs, not two per pack.
+    assert_eq!(status.last.requests_sent, 2, "requests for 4 packs");
+    drop(bus);
+    assert_eq!(requests_seen(&lines).await, 2, "requests the simulator saw");
 }
