@@ -15,7 +15,7 @@ use bms_exporter::protocol::daly::{Address, Filler};
 use bms_exporter::protocol::daly_modbus::Map;
 use bms_exporter::protocol::daly_modbus::exchange::DalyModbusExchange;
 use bms_exporter::protocol::pace::VER_PACE;
-use bms_exporter::protocol::pace::exchange::{PackSelection, PaceExchange};
+use bms_exporter::protocol::pace::exchange::{PaceExchange, PackSelection};
 use bms_exporter::protocol::sinowealth::CheckPolicy;
 use bms_exporter::protocol::sinowealth::exchange::SinowealthExchange;
 use bms_exporter::protocol::{DecodeOptions, Exchange};
@@ -234,7 +234,9 @@ async fn fault_case(protocol: &'static str, fault: &'static str) -> String {
     let mut sim = tokio::task::spawn_blocking({
         let name = name.clone();
         move || Simulator::tcp(&name, &faulty)
-    }).await.unwrap();
+    })
+    .await
+    .unwrap();
     let addr = sim.addr.clone().unwrap();
     let truth = sim.truth();
     // No retries: every struck request fails and is counted, and no retry can paper over a bad value.
@@ -485,4 +487,156 @@ async fn a_four_pack_pace_master_is_read_with_all_packs_requests() {
     assert_eq!(status.last.requests_sent, 2, "requests for 4 packs");
     drop(bus);
     assert_eq!(requests_seen(&lines).await, 2, "requests the simulator saw");
+}
+
+/// Poll until a poll succeeds (the worker reconnects on its own backoff), failing after `within`.
+async fn poll_until_success(
+    bus: &BusHandle,
+    protocol: &str,
+    truth: &DeviceSnapshot,
+    within: Duration,
+) -> Arc<DeviceStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = poll(bus, 0).await;
+        assert_snapshot_true(protocol, &status.last.device, truth);
+        if status.last.succeeded() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{protocol}: no poll succeeded within {within:?}: {:?}",
+            status.last.failures
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// While the device is away, polls fail as `io` and serve no invented values; the last success stays put.
+async fn assert_away(bus: &BusHandle, protocol: &str, truth: &DeviceSnapshot, last_ok: &DeviceStatus) {
+    for _ in 0..2 {
+        let status = poll(bus, 0).await;
+        assert!(!status.last.succeeded(), "{protocol}: a poll succeeded with the device unplugged");
+        assert_eq!(status.last.answered, 0);
+        assert!(status.failures_total.get("io") > last_ok.failures_total.get("io"), "{:?}", status.failures_total);
+        assert_eq!(status.last_success_unix, last_ok.last_success_unix);
+        assert_snapshot_true(protocol, &status.last.device, truth);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_pty_device_fails_its_polls_and_is_read_again_when_it_returns() {
+    let args = sim_args("daly", &[]);
+    let (mut sim, link) = Simulator::pty("replug", &args);
+    let truth = sim.truth();
+    let bus = spawn_one(serial(&link), fast(0), "daly");
+    let before = poll(&bus, 0).await;
+    assert_complete("daly", &before, &truth);
+
+    sim.stop();
+    // SIGKILL leaves the link dangling; another test's new PTY could reuse its /dev/pts number, so remove it.
+    std::fs::remove_file(&link).unwrap();
+    assert_away(&bus, "daly", &truth, &before).await;
+
+    let back = tokio::task::spawn_blocking({
+        let (dir, link) = (sim.dir.clone(), link.clone());
+        move || Simulator::pty_at(&dir, &link, &args)
+    })
+    .await
+    .unwrap();
+    // The same worker reopens the path once its backoff (0.5 s, then 1 s) allows.
+    let after = poll_until_success(&bus, "daly", &truth, Duration::from_secs(4)).await;
+    assert_complete("daly", &after, &back.truth());
+    assert!(after.last_success_unix > before.last_success_unix);
+    assert!(after.polls_total >= before.polls_total + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_server_that_goes_away_fails_its_polls_and_is_read_again_when_it_returns() {
+    let args = sim_args("pace", &["--packs", "2"]);
+    let mut sim = Simulator::tcp("retcp", &args);
+    let addr = sim.addr.clone().unwrap();
+    let truth = sim.truth();
+    let bus = spawn_one(tcp(&addr), fast(0), "pace");
+    let before = poll(&bus, 0).await;
+    assert_complete("pace", &before, &truth);
+
+    sim.stop();
+    assert_away(&bus, "pace", &truth, &before).await;
+
+    let back = tokio::task::spawn_blocking({
+        let dir = sim.dir.clone();
+        move || Simulator::tcp_at(&dir, &addr, &args)
+    })
+    .await
+    .unwrap();
+    let after = poll_until_success(&bus, "pace", &truth, Duration::from_secs(4)).await;
+    assert_complete("pace", &after, &back.truth());
+    assert!(after.last_success_unix > before.last_success_unix);
+}
+
+#[tokio::test]
+async fn a_held_serial_port_is_busy_for_a_second_opener_and_a_second_process() {
+    let (sim, link) = Simulator::pty("busy", &sim_args("daly", &[]));
+    let held = transport::open(&serial(&link)).await.unwrap();
+    match transport::open(&serial(&link)).await {
+        Err(error @ TransportError::PortBusy { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("busy") && message.contains(&*link.to_string_lossy()), "{message}");
+        }
+        other => panic!("a second open of a held port: {other:?}"),
+    }
+    let read = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_bms_exporter"))
+            .args(["read", "--protocol", "daly", "--timeout-ms", "200", "--retry", "0", "soc", "--serial"])
+            .arg(&link)
+            .output()
+    };
+    let out = read().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "read on a held port succeeded: {stderr}");
+    assert!(stderr.contains("busy"), "{stderr}");
+
+    // Released, the port serves the same command, so "busy" was the hold and nothing else.
+    drop(held);
+    let out = read().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = json["packs"][0]["soc"]["voltage_volts"].as_f64();
+    close("read voltage", got, sim.truth().packs[0].voltage_volts, 0.05);
+    assert!(got.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_before_every_reply_is_skipped_counted_and_the_values_still_decode() {
+    let mut tasks = tokio::task::JoinSet::new();
+    for protocol in PROTOCOLS {
+        tasks.spawn(async move {
+            let (sim, link) = tokio::task::spawn_blocking(move || {
+                Simulator::pty(&format!("garbage-{protocol}"), &sim_args(protocol, &["--fault", "garbage=1"]))
+            })
+            .await
+            .unwrap();
+            // No retries: a reply lost to the noise would show as a failed poll.
+            let bus = spawn_one(serial(&link), fast(0), protocol);
+            let first = poll(&bus, 0).await;
+            assert_complete(protocol, &first, &sim.truth());
+            let second = poll(&bus, 0).await;
+            assert_complete(protocol, &second, &sim.truth());
+            assert!(second.last.skipped_bytes > 0, "{protocol}: the garbage of the second poll was not counted");
+            // 1–8 bytes of garbage per reply, every one of them skipped and counted.
+            let replies = u64::from(first.last.answered + second.last.answered);
+            assert!(
+                (replies..=8 * replies).contains(&second.resync_bytes_total),
+                "{protocol}: {} resync bytes for {replies} replies",
+                second.resync_bytes_total
+            );
+            drop(sim);
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        if let Err(error) = result {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
 }
