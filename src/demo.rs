@@ -72,7 +72,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Vec<BusSpec>> {
         buses.push(BusSpec {
             transport: TransportSettings::Tcp(TcpSettings { address, connect_timeout: Duration::from_secs(1) }),
             settings,
-            devices: vec![DeviceSpec { name: device.name.to_owned(), exchange: device.exchange, sections: Sections::all() }],
+            devices: vec![DeviceSpec {
+                name: device.name.to_owned(),
+                exchange: device.exchange,
+                sections: Sections::all(),
+            }],
         });
     }
     Ok(buses)

@@ -117,10 +117,8 @@ impl Scraper {
         chosen
             .into_iter()
             .map(|index| {
-                let status = self
-                    .last
-                    .get(index)
-                    .and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone());
+                let status =
+                    self.last.get(index).and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone());
                 let fresh = status.as_deref().is_some_and(|s| self.is_fresh(s, now));
                 (index, Seen { status, fresh })
             })

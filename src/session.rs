@@ -262,7 +262,13 @@ impl<'e> Session<'e> {
     pub fn handle_timeout(&mut self, now: Instant) {
         let State::Waiting { deadline, last_byte, settling } = self.state else { return };
         if settling && last_byte.is_some_and(|last| now >= last + self.settings.drain_quiet) {
-            let progress = self.exchange.handle_quiet();
+            // Settled once: whatever the exchange makes of the quiet, only new bytes or the deadline come next.
+            // (Staying in `settling` would ask again at once, forever.)
+            self.state = State::Waiting { deadline, last_byte, settling: false };
+            let progress = match self.exchange.handle_quiet() {
+                Progress::Settling => Progress::Pending,
+                other => other,
+            };
             self.on_progress(now, progress);
             return;
         }

@@ -9,6 +9,8 @@ use bms_exporter::protocol::daly::exchange::DalyExchange;
 use bms_exporter::protocol::daly::{Address, Filler};
 use bms_exporter::protocol::daly_modbus::Map;
 use bms_exporter::protocol::daly_modbus::exchange::DalyModbusExchange;
+use bms_exporter::protocol::sinowealth::CheckPolicy;
+use bms_exporter::protocol::sinowealth::exchange::SinowealthExchange;
 use bms_exporter::protocol::{DecodeOptions, Exchange};
 use bms_exporter::session::{PollError, PollReport, Session, Settings};
 use bms_exporter::simulator::Responder;
@@ -236,4 +238,20 @@ fn modbus_crc(bytes: &[u8]) -> u16 {
         }
     }
     crc
+}
+
+#[test]
+fn noise_that_settles_into_no_reply_waits_for_the_deadline_and_does_not_spin() {
+    // Seven bytes that are no Sinowealth reply: the exchange settles, finds nothing on the quiet, and the
+    // session must then wait for more bytes or the deadline (it once asked the exchange again, forever).
+    let mut x = SinowealthExchange::new(CheckPolicy::Verify);
+    let settings = Settings { retries: 1, ..Settings::default() };
+    let soc: Sections = [Section::Soc].into_iter().collect();
+    let (report, elapsed) = run(&mut x, soc, settings, Duration::ZERO, |_| vec![0x55; 7]);
+    assert!(!report.succeeded());
+    // Bytes did arrive, so the device is not given up: each of the three requests fails on its own.
+    assert_eq!(report.failures.len(), 3, "{:?}", report.failures);
+    assert!(report.failures.iter().all(|f| f.error.reason() == "checksum"), "{:?}", report.failures);
+    assert_eq!(report.requests_sent, 6, "each request's first attempt and one retry");
+    assert!(elapsed >= 6 * settings.timeout, "each attempt waits out its timeout: {elapsed:?}");
 }

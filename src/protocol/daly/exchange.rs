@@ -297,10 +297,12 @@ impl Exchange for DalyExchange {
     }
 
     fn clear_reply(&mut self) -> Option<DecodeError> {
+        // A frame cut short is still in the deframer: `finish` names it (truncated) and counts its bytes.
+        let cut = self.deframer.finish();
         self.deframer.clear();
         let current = self.current.as_mut()?;
         current.frames.clear();
-        current.rejection.take()
+        current.rejection.take().or(cut)
     }
 
     fn abandon_target(&mut self) {
