@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::poller::{BusHandle, DeviceStatus};
+use crate::poller::{self, BusHandle, BusSpec, DeviceStatus};
 use crate::protocol::Protocol;
 
 /// One configured device and the bus worker that reaches it.
@@ -60,6 +60,22 @@ impl Scraper {
     pub fn new(targets: Vec<Target>, freshness: Freshness) -> Self {
         let last = targets.iter().map(|_| Mutex::new(None)).collect();
         Self { targets, freshness, last }
+    }
+
+    /// Start one worker per bus of `buses` and a scraper over every device on them, in the given order.
+    #[must_use]
+    pub fn spawn(buses: Vec<BusSpec>, freshness: Freshness) -> Self {
+        let mut targets = Vec::new();
+        for bus in buses {
+            let transport = bus.transport.kind();
+            let devices: Vec<(String, Protocol)> =
+                bus.devices.iter().map(|d| (d.name.clone(), d.exchange.protocol())).collect();
+            let handle = poller::spawn(bus);
+            for (index, (name, protocol)) in devices.into_iter().enumerate() {
+                targets.push(Target { name, protocol, transport, bus: handle.clone(), index });
+            }
+        }
+        Self::new(targets, freshness)
     }
 
     /// The configured targets, in configuration order.

@@ -183,10 +183,10 @@ fn fault_strikes_and_the_line_recovers(probe: &Probe, kind: &str) {
                 faulty += 1;
                 after_fault = true;
                 // What survives a fault must still be a true value: echo and garbage are skipped, not decoded,
-                // and a reply to another command never becomes a voltage.
+                // and a reply to another command never becomes a voltage. On a loaded machine the right reply
+                // can arrive late, in the same read as the next fault, and then decodes — truly — beside it.
                 if let Some((Some(v), _)) = struck {
-                    assert_ne!(kind, "wrong_command", "a reply to another command became a voltage");
-                    close("voltage after fault", v, truth_voltage, 0.05);
+                    close(&format!("voltage after a {kind} fault"), v, truth_voltage, 0.05);
                 }
             }
         }

@@ -455,6 +455,10 @@ mod tests {
         let status = Request::new(MASTER_ADR, Command::Status(ALL_PACKS)).encode();
         let capture = pace::decode_capture(Some(&status), &other, &DecodeOptions::default()).expect("a status reply");
         assert!(matches!(capture.replies.first(), Some(Reply::Status(_))));
+        // Read as the answer to the analog request it is not, it yields no voltage.
+        let misread = pace::decode_capture(Some(&request), &other, &DecodeOptions::default());
+        let voltage = misread.ok().and_then(|c| c.device.packs.iter().find_map(|p| p.voltage_volts));
+        assert_eq!(voltage, None);
     }
 
     #[test]
