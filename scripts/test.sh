@@ -5,6 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
+echo "== system packages"
+# Real peers the end-to-end tests start (tests/exporter.rs): a Prometheus server, openssl for a test
+# certificate and curl as a TLS client. Installed only when missing; the tests fail loudly without them.
+need=()
+for pair in prometheus:prometheus openssl:openssl curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+  $as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
 echo "== python peers"
 # The independent client the simulator must satisfy (issue #4): daly-bms-cli from PyPI, in a venv under target/.
 venv=target/py

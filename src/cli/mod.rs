@@ -13,10 +13,12 @@ use serde::Serialize;
 mod connection;
 mod detect;
 mod read;
+mod serve;
 
 pub use connection::ConnectionArgs;
 pub use detect::DetectArgs;
 pub use read::{CheckArgs, Format, PackArg, ReadArgs};
+pub use serve::{LogFormat, LogLevel, ServeArgs};
 
 use crate::control::{self, Action, Clock};
 use crate::model::CurrentSign;
@@ -29,16 +31,21 @@ use crate::simulator::{
 
 /// Reads battery management systems (Daly, Daly Modbus-style, Sinowealth, Pace) and publishes what they know.
 #[derive(Debug, Parser)]
-#[command(name = "bms_exporter", version, about, long_about = None)]
+#[command(name = "bms_exporter", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// What to do.
+    /// What to do; without a subcommand, `serve`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// `serve`'s flags, accepted without the word `serve` (`bms_exporter --config FILE`, `bms_exporter --demo`).
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the Prometheus exporter: poll the configured devices and serve /metrics and /probe (the default).
+    Serve(ServeArgs),
     /// Poll a device once and print one JSON document of the chosen sections.
     Read(ReadArgs),
     /// Nagios/Icinga plugin: poll once, judge against thresholds, print one status line with perfdata and exit
@@ -186,7 +193,15 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 /// Run the parsed command line and map its outcome to an exit code.
 #[must_use]
 pub fn run(cli: Cli) -> ExitCode {
-    let verbose = match &cli.command {
+    let command = match cli.command {
+        Some(command) => command,
+        None => Command::Serve(cli.serve),
+    };
+    let verbose = match &command {
+        Command::Serve(args) => {
+            serve::init_logging(args);
+            return finish(serve::serve(args).map(|()| ExitCode::SUCCESS));
+        }
         Command::Read(a) => a.connection.verbose,
         Command::Check(a) => a.connection.verbose,
         Command::Set(a) => a.connection.verbose,
@@ -194,7 +209,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Decode(_) | Command::Simulate(_) => false,
     };
     init_logging(verbose);
-    let result = match cli.command {
+    let result = match command {
+        Command::Serve(_) => Ok(ExitCode::SUCCESS), // handled above, with its own logging
         Command::Read(args) => read::read(&args),
         Command::Check(args) => return read::check(&args),
         Command::Set(args) => set(&args),
@@ -202,6 +218,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Decode(args) => decode(&args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate(&args).map(|()| ExitCode::SUCCESS),
     };
+    finish(result)
+}
+
+/// The exit code of a command's outcome; an error is printed once, with its causes.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {

@@ -1,0 +1,375 @@
+//! The exporter end to end with real components on 127.0.0.1: simulators on a PTY and TCP → the `serve` binary →
+//! a real Prometheus server (Debian package `prometheus`) scraping it. Values are checked in Prometheus against
+//! the simulators' truth; a simulator that goes away makes `bms_up` 0 and its values vanish, and coming back
+//! brings them back. Also `--demo`, TLS and basic auth through the binary, and a bad config at start-up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{
+    Killed, Simulator, free_port, http_get, required_program, scratch, url_encode, wait_for,
+};
+use bms_exporter::metrics::names;
+
+/// The exporter binary serving with `args`, its stderr kept in `dir/exporter.log`.
+fn exporter(dir: &Path, args: &[&str]) -> Killed {
+    let log = std::fs::File::create(dir.join("exporter.log")).unwrap();
+    let child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
+fn exporter_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("exporter.log")).unwrap_or_default()
+}
+
+/// Wait until the exporter at `addr` answers `/-/ready` with 200.
+fn wait_ready(addr: &str, dir: &Path) {
+    wait_for(&format!("the exporter at {addr} to be ready:\n{}", exporter_log(dir)), Duration::from_secs(30), || {
+        http_get(addr, "/-/ready", &[]).filter(|r| r.status == 200)
+    });
+}
+
+/// A real Prometheus scraping `target` every second, with its data in `dir`.
+fn prometheus(dir: &Path, target: &str) -> (Killed, String) {
+    let binary = required_program("prometheus", "prometheus");
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bms\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Process::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+        http_get(&addr, "/-/ready", &[]).filter(|r| r.status == 200)
+    });
+    (Killed(child), addr)
+}
+
+/// One sample of an instant query: its labels and value.
+type Sample = (BTreeMap<String, String>, f64);
+
+/// An instant query against Prometheus; fails on a query error.
+fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
+    let response = http_get(prometheus, &format!("/api/v1/query?query={}", url_encode(expr)), &[])
+        .unwrap_or_else(|| panic!("Prometheus did not answer {expr}"));
+    let json: Value = serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{expr}: {e}: {}", response.body));
+    assert_eq!(json["status"], "success", "{expr}: {}", response.body);
+    json["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            let value = r["value"][1].as_str().unwrap().parse().unwrap();
+            (labels, value)
+        })
+        .collect()
+}
+
+/// The single value of `expr`, waiting (up to 20 s) until Prometheus has one.
+fn value(prometheus: &str, expr: &str) -> f64 {
+    wait_for(&format!("a value for {expr}"), Duration::from_secs(20), || {
+        let samples = query(prometheus, expr);
+        assert!(samples.len() <= 1, "{expr} has {} series: {samples:?}", samples.len());
+        samples.first().map(|(_, v)| *v)
+    })
+}
+
+fn close(what: &str, got: f64, want: f64, tolerance: f64) {
+    assert!((got - want).abs() <= tolerance + 1e-9, "{what}: Prometheus has {got}, the truth is {want} (±{tolerance})");
+}
+
+/// Half the step each protocol reports a field in: (volts, amperes, cell volts, °C).
+fn tolerance(protocol: &str) -> (f64, f64, f64, f64) {
+    match protocol {
+        "daly" | "daly-modbus" => (0.051, 0.051, 0.000_51, 0.51),
+        "pace" => (0.005_1, 0.005_1, 0.000_51, 0.051),
+        _ => (0.000_51, 0.000_51, 0.000_51, 0.051),
+    }
+}
+
+/// Check the values Prometheus holds for `device` against the simulator's truth.
+fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: &Value) {
+    let (volts, amperes, cell_volts, celsius) = tolerance(protocol);
+    for pack in truth["packs"].as_array().unwrap() {
+        let n = format!("{:02}", pack["pack"].as_u64().unwrap());
+        let sel = format!("device=\"{device}\",pack=\"{n}\"");
+        let what = |field: &str| format!("{device} pack {n} {field}");
+        close(&what("voltage"), value(prom, &format!("bms_pack_voltage_volts{{{sel}}}")), pack["voltage_volts"].as_f64().unwrap(), volts);
+        close(&what("current"), value(prom, &format!("bms_pack_current_amperes{{{sel}}}")), pack["current_amperes"].as_f64().unwrap(), amperes);
+        close(
+            &what("state of charge"),
+            value(prom, &format!("bms_pack_state_of_charge_ratio{{{sel}}}")),
+            pack["state_of_charge_ratio"].as_f64().unwrap(),
+            0.0051,
+        );
+        let cells = pack["cell_volts"].as_array().unwrap();
+        let got = query(prom, &format!("bms_cell_voltage_volts{{{sel}}}"));
+        assert_eq!(got.len(), cells.len(), "{}: {got:?}", what("cell count"));
+        for (labels, v) in &got {
+            let cell: usize = labels["cell"].parse().unwrap();
+            close(&what(&format!("cell {cell}")), *v, cells[cell - 1].as_f64().unwrap(), cell_volts);
+        }
+        for (mosfet, field) in [("charge", "charge_mosfet_enabled"), ("discharge", "discharge_mosfet_enabled")] {
+            if let Some(on) = pack[field].as_bool() {
+                let got = value(prom, &format!("bms_mosfet_enabled{{{sel},mosfet=\"{mosfet}\"}}"));
+                assert_eq!(got, f64::from(u8::from(on)), "{}", what(&format!("{mosfet} MOSFET")));
+            }
+        }
+        for t in pack["temperatures"].as_array().unwrap() {
+            let Some(probe) = t["sensor"]["probe"].as_u64() else { continue };
+            let got = value(prom, &format!("bms_temperature_celsius{{{sel},sensor=\"{probe:02}\"}}"));
+            close(&what(&format!("probe {probe}")), got, t["celsius"].as_f64().unwrap(), celsius);
+        }
+    }
+}
+
+/// Families with series in Prometheus, by name.
+fn families_in_prometheus(prom: &str) -> Vec<String> {
+    let mut names: Vec<String> = query(prom, "count by (__name__) ({__name__=~\"bms_.+\"})")
+        .into_iter()
+        .filter_map(|(labels, _)| labels.get("__name__").cloned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--protocol", protocol, "--baud", "0", "--latency-ms", "0", "--time-scale", "0"];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_and_return() {
+    let dir = scratch("e2e-exporter");
+    let (daly, daly_tty) = Simulator::pty("e2e-daly", &sim_args("daly", &["--cells", "16", "--temperatures", "4"]));
+    let mut pace = Simulator::tcp("e2e-pace", &sim_args("pace", &["--packs", "2", "--cells", "15"]));
+    let sinowealth = Simulator::tcp("e2e-sinowealth", &sim_args("sinowealth", &["--cells", "4"]));
+    let modbus = Simulator::tcp("e2e-modbus", &sim_args("daly-modbus", &["--cells", "8", "--temperatures", "2"]));
+    let pace_addr = pace.addr.clone().unwrap();
+    let config = dir.join("bms.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults:\n  timeout: 300ms\n  retries: 1\n  request_gap: 0ms\n  max_age: 500ms\n  stale_after: 4s\n\
+             devices:\n\
+             \x20 - name: daly\n    protocol: daly\n    serial: {tty}\n\
+             \x20 - name: pace\n    protocol: pace\n    tcp: {pace_addr}\n    pace: {{ address: 1, packs: all }}\n\
+             \x20 - name: sinowealth\n    protocol: sinowealth\n    tcp: {sino}\n\
+             \x20 - name: modbus\n    protocol: daly-modbus\n    tcp: {modbus}\n",
+            tty = daly_tty.display(),
+            sino = sinowealth.addr.as_deref().unwrap(),
+            modbus = modbus.addr.as_deref().unwrap(),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _exporter = exporter(
+        &dir,
+        &["serve", "--config", config.to_str().unwrap(), "--web.listen-address", &addr, "--log.level", "warn"],
+    );
+    wait_ready(&addr, &dir);
+
+    // The body as served: OpenMetrics, every family of the table, and the official Python parser accepts it.
+    let body = wait_for("every device up in /metrics", Duration::from_secs(20), || {
+        let r = http_get(&addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", "5")])?;
+        let all_up = ["daly", "pace", "sinowealth", "modbus"]
+            .iter()
+            .all(|d| r.body.contains(&format!("bms_up{{device=\"{d}\"}} 1")));
+        all_up.then_some(r)
+    });
+    assert_eq!(body.header("content-type"), Some(bms_exporter::metrics::CONTENT_TYPE));
+    for metric in names::ALL {
+        assert!(body.body.contains(&format!("\n{}{{", metric.name)), "{} missing from /metrics:\n{}", metric.name, body.body);
+    }
+    let parsed = crate::metrics::parse_with_python(&body.body);
+    assert!(parsed.len() >= names::ALL.len(), "the Python parser saw {} families", parsed.len());
+
+    let (_prometheus, prom) = prometheus(&dir, &addr);
+    // The target is healthy and every family arrived in Prometheus' storage.
+    wait_for("Prometheus to scrape the exporter without error", Duration::from_secs(30), || {
+        let targets = http_get(&prom, "/api/v1/targets", &[])?;
+        let json: Value = serde_json::from_str(&targets.body).ok()?;
+        let target = json["data"]["activeTargets"].as_array()?.first()?.clone();
+        assert_eq!(target["lastError"], "", "scrape error: {target}");
+        (target["health"] == "up").then_some(())
+    });
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = names::ALL.iter().map(|m| m.name.to_owned()).collect();
+        v.sort();
+        v
+    };
+    wait_for("every family in Prometheus", Duration::from_secs(20), || {
+        (families_in_prometheus(&prom) == expected).then_some(())
+    });
+    for device in ["daly", "pace", "sinowealth", "modbus"] {
+        assert_eq!(value(&prom, &format!("bms_up{{device=\"{device}\"}}")), 1.0, "{device}");
+        assert_eq!(
+            query(&prom, &format!("sum(bms_poll_failures_total{{device=\"{device}\"}})"))[0].1,
+            0.0,
+            "{device} had poll failures"
+        );
+    }
+    assert_device_matches_truth(&prom, "daly", "daly", &daly.truth_json());
+    assert_device_matches_truth(&prom, "pace", "pace", &pace.truth_json());
+    assert_device_matches_truth(&prom, "sinowealth", "sinowealth", &sinowealth.truth_json());
+    assert_device_matches_truth(&prom, "modbus", "daly-modbus", &modbus.truth_json());
+    assert_eq!(value(&prom, "bms_device_info{device=\"pace\",protocol=\"pace\",transport=\"tcp\"}"), 1.0);
+    assert_eq!(value(&prom, "bms_device_info{device=\"daly\",protocol=\"daly\",transport=\"serial\"}"), 1.0);
+
+    // The Pace rack goes away: bms_up drops to 0, and after stale_after its values vanish while health stays.
+    pace.stop();
+    wait_for("bms_up 0 for the stopped Pace", Duration::from_secs(20), || {
+        (query(&prom, "bms_up{device=\"pace\"}").first()?.1 == 0.0).then_some(())
+    });
+    wait_for("the stale Pace values to vanish", Duration::from_secs(20), || {
+        query(&prom, "bms_pack_voltage_volts{device=\"pace\"}").is_empty().then_some(())
+    });
+    let scrape = http_get(&addr, "/metrics", &[]).unwrap().body;
+    assert!(!scrape.contains("bms_cell_voltage_volts{device=\"pace\""), "stale cells still served");
+    assert!(scrape.contains("bms_polls_total{device=\"pace\"}"), "health series must stay");
+    assert!(query(&prom, "bms_poll_failures_total{device=\"pace\",reason=\"io\"}")[0].1 > 0.0);
+    assert_eq!(value(&prom, "bms_up{device=\"daly\"}"), 1.0, "the other devices are unaffected");
+
+    // It comes back on the same address: the same exporter reads it again.
+    let pace = Simulator::tcp_at(&pace.dir.clone(), &pace_addr, &sim_args("pace", &["--packs", "2", "--cells", "15"]));
+    wait_for("bms_up 1 for the returned Pace", Duration::from_secs(40), || {
+        (query(&prom, "bms_up{device=\"pace\"}").first()?.1 == 1.0).then_some(())
+    });
+    assert_device_matches_truth(&prom, "pace", "pace", &pace.truth_json());
+    drop(daly);
+}
+
+#[test]
+fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
+    let dir = scratch("e2e-demo");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr]);
+    wait_ready(&addr, &dir);
+    let body = http_get(&addr, "/metrics", &[]).unwrap().body;
+    for metric in names::ALL {
+        assert!(body.contains(&format!("\n{}{{", metric.name)), "{} missing from the demo:\n{body}", metric.name);
+    }
+    for device in ["demo-daly", "demo-sinowealth", "demo-pace"] {
+        assert!(body.contains(&format!("bms_up{{device=\"{device}\"}} 1")), "{device} not up:\n{body}");
+    }
+    assert_eq!(body.matches("bms_pack_voltage_volts{device=\"demo-pace\"").count(), 3, "three Pace packs");
+    let probe = http_get(&addr, "/probe?target=demo-pace", &[]).unwrap();
+    assert_eq!(probe.status, 200);
+    assert!(probe.body.contains("bms_up{device=\"demo-pace\"} 1"), "{}", probe.body);
+    assert!(!probe.body.contains("device=\"demo-daly\""), "a probe renders only its target");
+    let unknown = http_get(&addr, "/probe?target=nope", &[]).unwrap();
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.contains("demo-daly"), "the error lists the configured devices: {}", unknown.body);
+    assert_eq!(http_get(&addr, "/probe", &[]).unwrap().status, 400);
+    let landing = http_get(&addr, "/", &[]).unwrap();
+    assert_eq!(landing.status, 200);
+    assert!(landing.body.contains("href=\"/metrics\"") && landing.body.contains("/probe?target=demo-pace"));
+    assert_eq!(http_get(&addr, "/-/healthy", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn a_bad_config_stops_the_start_naming_its_file_and_line() {
+    let dir = scratch("e2e-badconfig");
+    let config = dir.join("bad.yaml");
+    std::fs::write(&config, "devices:\n  - name: house\n    protocol: daly\n    serial: /dev/ttyUSB0\n    baud: fast\n").unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(["--config", config.to_str().unwrap(), "--web.listen-address", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:5:", config.display())), "the error names file and line: {stderr}");
+    assert!(stderr.contains("baud"), "{stderr}");
+}
+
+/// A self-signed certificate for 127.0.0.1 made by the openssl CLI: (certificate, key).
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let openssl = required_program("openssl", "openssl");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Process::new(openssl)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl could not make a certificate");
+    (cert, key)
+}
+
+/// `curl` status code for `url` (0 when the connection or handshake failed).
+fn curl_status(url: &str, extra: &[&str]) -> u16 {
+    let curl = required_program("curl", "curl");
+    let out = Process::new(curl)
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn tls_and_basic_auth_from_the_web_config_file_guard_every_endpoint() {
+    let dir = scratch("e2e-tls");
+    let (cert, key) = certificate(&dir);
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  prometheus: '{hash}'\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr, "--web.config.file", web.to_str().unwrap()]);
+    let cacert = cert.to_str().unwrap();
+    let url = format!("https://{addr}/metrics");
+    wait_for(&format!("the TLS exporter:\n{}", exporter_log(&dir)), Duration::from_secs(30), || {
+        (curl_status(&url, &["--cacert", cacert, "-u", "prometheus:s3cret"]) == 200).then_some(())
+    });
+    assert_eq!(curl_status(&url, &["--cacert", cacert, "-u", "prometheus:wrong"]), 401);
+    assert_eq!(curl_status(&url, &["--cacert", cacert, "-u", "nobody:s3cret"]), 401);
+    assert_eq!(curl_status(&url, &["--cacert", cacert]), 401);
+    assert_eq!(curl_status(&format!("https://{addr}/probe?target=demo-pace"), &["--cacert", cacert]), 401);
+    // Plain HTTP to the TLS port is never served.
+    assert_eq!(curl_status(&format!("http://{addr}/metrics"), &["-u", "prometheus:s3cret"]), 0);
+    assert!(http_get(&addr, "/metrics", &[]).is_none_or(|r| r.status != 200));
+}
