@@ -34,6 +34,7 @@
 #![cfg_attr(test, allow(clippy::float_cmp))]
 
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod demo;
 pub mod model;

@@ -8,16 +8,12 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::{SignArg, parse_protocol};
+use crate::config::address::ProtocolOptions;
+pub(super) use crate::config::address::{daly_addresses, daly_modbus_map, pace_adr};
 use crate::model::Sections;
 use crate::poller::{BusSpec, DeviceSpec};
-use crate::protocol::daly::exchange::DalyExchange;
-use crate::protocol::daly::{Address, Filler};
-use crate::protocol::daly_modbus::Map;
-use crate::protocol::daly_modbus::exchange::DalyModbusExchange;
 use crate::protocol::pace::VER_PACE;
-use crate::protocol::pace::exchange::{PaceExchange, PackSelection};
-use crate::protocol::sinowealth::CheckPolicy;
-use crate::protocol::sinowealth::exchange::SinowealthExchange;
+use crate::protocol::pace::exchange::PackSelection;
 use crate::protocol::{DecodeOptions, Exchange, Protocol};
 use crate::session::Settings;
 use crate::transport::{Parity, SerialSettings, TcpSettings, TransportSettings};
@@ -109,27 +105,33 @@ impl ConnectionArgs {
 
     /// The exchange for `protocol` at the configured address; `packs` selects Pace packs.
     pub fn exchange(&self, protocol: Protocol, packs: Option<u8>) -> anyhow::Result<Box<dyn Exchange>> {
+        Ok(self.protocol_options(protocol, packs)?.exchange())
+    }
+
+    /// What `--address` and `--current-sign` mean for `protocol`; `packs` selects Pace packs.
+    pub fn protocol_options(&self, protocol: Protocol, packs: Option<u8>) -> anyhow::Result<ProtocolOptions> {
         let address = self.address.as_deref();
+        let current_sign = self.options().current_sign;
         Ok(match protocol {
-            Protocol::Daly => {
-                let addresses = daly_addresses(address.unwrap_or("rs485")).context("--address")?;
-                Box::new(DalyExchange::new(addresses, Filler::Zero, self.options()))
-            }
-            Protocol::DalyModbus => Box::new(DalyModbusExchange::new(
-                daly_modbus_map(address.unwrap_or("d2")).context("--address")?,
-                self.options(),
-            )),
+            Protocol::Daly => ProtocolOptions::Daly {
+                addresses: daly_addresses(address.unwrap_or("rs485")).context("--address")?,
+                current_sign,
+            },
+            Protocol::DalyModbus => ProtocolOptions::DalyModbus {
+                map: daly_modbus_map(address.unwrap_or("d2")).context("--address")?,
+                current_sign,
+            },
             Protocol::Sinowealth => {
                 if address.is_some() {
                     bail!("--address: Sinowealth boards have no address");
                 }
-                Box::new(SinowealthExchange::new(CheckPolicy::Verify))
+                ProtocolOptions::Sinowealth
             }
-            Protocol::Pace => {
-                let adr = pace_adr(address.unwrap_or("1")).context("--address")?;
-                let selection = packs.map_or(PackSelection::All, |p| PackSelection::List(vec![p]));
-                Box::new(PaceExchange::new(adr, selection, VER_PACE))
-            }
+            Protocol::Pace => ProtocolOptions::Pace {
+                adr: pace_adr(address.unwrap_or("1")).context("--address")?,
+                packs: packs.map_or(PackSelection::All, |p| PackSelection::List(vec![p])),
+                version: VER_PACE,
+            },
         })
     }
 
@@ -144,59 +146,11 @@ impl ConnectionArgs {
     }
 }
 
-/// Daly addresses: `rs485`, `uart`, or board numbers `1,2` / ranges `1-4`.
-pub(super) fn daly_addresses(text: &str) -> anyhow::Result<Vec<Address>> {
-    match text {
-        "rs485" => return Ok(vec![Address::Rs485]),
-        "uart" => return Ok(vec![Address::Uart]),
-        _ => {}
-    }
-    let mut boards = Vec::new();
-    for part in text.split(',').map(str::trim) {
-        let (first, last) = part.split_once('-').unwrap_or((part, part));
-        let parse = |s: &str| -> anyhow::Result<u8> {
-            match s.trim().parse::<u8>() {
-                Ok(n) if (1..=Address::MAX_BOARD).contains(&n) => Ok(n),
-                _ => bail!("{s:?} is not rs485, uart or a board number 1–16"),
-            }
-        };
-        for board in parse(first)?..=parse(last)? {
-            if !boards.contains(&Address::Board(board)) {
-                boards.push(Address::Board(board));
-            }
-        }
-    }
-    if boards.is_empty() {
-        bail!("no board given");
-    }
-    Ok(boards)
-}
-
-/// The Daly Modbus-style register map: `d2`, `p81` (board 1) or `p81:N`.
-pub(super) fn daly_modbus_map(text: &str) -> anyhow::Result<Map> {
-    match text.split_once(':') {
-        None if text == "d2" => Ok(Map::D2),
-        None if text == "p81" => Map::p81(1).map_err(anyhow::Error::from),
-        Some(("p81", board)) => {
-            let board: u8 = board.parse().with_context(|| format!("{board:?} is not a board number"))?;
-            Map::p81(board).map_err(anyhow::Error::from)
-        }
-        _ => bail!("{text:?} is not d2, p81 or p81:N"),
-    }
-}
-
-/// A Pace master address (ADR) 0–255, decimal or 0x-hex.
-pub(super) fn pace_adr(text: &str) -> anyhow::Result<u8> {
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex) => u8::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    };
-    parsed.with_context(|| format!("{text:?} is not a Pace address (0–255)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::daly::Address;
+    use crate::protocol::daly_modbus::Map;
 
     #[test]
     fn daly_addresses_accept_names_lists_and_ranges_and_name_the_bad_part() {

@@ -10,11 +10,13 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+mod config;
 mod connection;
 mod detect;
 mod read;
 mod serve;
 
+pub use config::ConfigCommand;
 pub use connection::ConnectionArgs;
 pub use detect::DetectArgs;
 pub use read::{CheckArgs, Format, PackArg, ReadArgs};
@@ -61,6 +63,9 @@ pub enum Command {
     /// Run a simulated BMS bus on a pseudo-terminal or a TCP port, for trying clients and the exporter
     /// without hardware.
     Simulate(SimulateArgs),
+    /// Work with configuration files (`config check FILE`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 /// Arguments of `set`.
@@ -206,7 +211,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(a) => a.connection.verbose,
         Command::Set(a) => a.connection.verbose,
         Command::Detect(a) => a.connection.verbose,
-        Command::Decode(_) | Command::Simulate(_) => false,
+        Command::Decode(_) | Command::Simulate(_) | Command::Config(_) => false,
     };
     init_logging(verbose);
     let result = match command {
@@ -217,6 +222,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Detect(args) => detect::detect(&args),
         Command::Decode(args) => decode(&args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate(&args).map(|()| ExitCode::SUCCESS),
+        Command::Config(command) => return config::run(&command),
     };
     finish(result)
 }
