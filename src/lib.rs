@@ -39,6 +39,7 @@ pub mod model;
 pub mod output;
 pub mod poller;
 pub mod protocol;
+pub mod server;
 pub mod session;
 pub mod simulator;
 pub mod transport;
