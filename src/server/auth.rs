@@ -4,7 +4,7 @@
 //! not reveal which user names exist.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher as _, Hash as _, Hasher as _, RandomState};
+use std::hash::{BuildHasher as _, RandomState};
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -105,11 +105,7 @@ impl BasicAuth {
 
     /// A 128-bit keyed digest: two SipHash outputs over domain-separated inputs.
     fn digest(&self, user: &str, password: &[u8], hash: &str) -> u128 {
-        let half = |domain: u8| {
-            let mut h = self.digest_key.build_hasher();
-            (domain, user, password, hash).hash(&mut h);
-            h.finish()
-        };
+        let half = |domain: u8| self.digest_key.hash_one((domain, user, password, hash));
         (u128::from(half(0)) << 64) | u128::from(half(1))
     }
 }
@@ -142,7 +138,7 @@ fn parse_basic(header: &HeaderValue) -> Option<(String, Vec<u8>)> {
 /// length. Hand-written because it is all basic auth needs from a base64 crate.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let body = text.strip_suffix("==").or_else(|| text.strip_suffix('=')).unwrap_or(text);
-    if body.len() % 4 == 1 || (body.len() != text.len() && text.len() % 4 != 0) {
+    if body.len() % 4 == 1 || (body.len() != text.len() && !text.len().is_multiple_of(4)) {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() / 4 * 3 + 2);
