@@ -1,7 +1,7 @@
 //! Serving a router: plain HTTP straight through `axum::serve`, or TLS through [`TlsListener`], which completes
 //! rustls handshakes in their own tasks (bounded in number and in time) and hands finished streams to
-//! `axum::serve`. Both paths so share hyper's connection handling and graceful shutdown. Basic auth and the
-//! configured headers are layered around the caller's routes here.
+//! `axum::serve`. Both paths so share hyper's connection handling and graceful shutdown, and both put an idle
+//! limit on every connection. Basic auth and the configured headers are layered around the caller's routes here.
 
 use std::future::Future;
 use std::io;
@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware;
 use axum::response::Response;
-use axum::serve::{Listener, ListenerExt as _};
+use axum::serve::Listener;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -25,10 +25,15 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, error, info};
 
 use super::auth;
+use super::idle::Idle;
 use super::web_config::WebConfig;
 
 /// How long a client may take to complete the TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may carry no bytes either way before it is closed. Far above any scrape's duration
+/// and above common scrape intervals, so keep-alive connections of a scraper are reused, not cut.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Handshakes in progress at once; further connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
@@ -52,8 +57,10 @@ pub async fn serve(
     match tls {
         None => {
             info!(address = %local, basic_auth, "serving HTTP (TLS off)");
-            let listener = listener.tap_io(|tcp| set_nodelay(tcp));
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("the HTTP server failed")
+            axum::serve(PlainListener(listener), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("the HTTP server failed")
         }
         Some(config) => {
             info!(address = %local, basic_auth, "serving HTTPS");
@@ -89,11 +96,30 @@ fn set_nodelay(tcp: &TcpStream) {
     }
 }
 
+/// Plain TCP with the idle limit on each connection.
+struct PlainListener(TcpListener);
+
+impl Listener for PlainListener {
+    type Io = Idle<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own TcpListener impl retries accept errors (with a back-off for resource exhaustion).
+        let (tcp, peer) = Listener::accept(&mut self.0).await;
+        set_nodelay(&tcp);
+        (Idle::new(tcp, IDLE_TIMEOUT), peer)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
 /// A listener yielding only connections whose TLS handshake has completed. The accept loop runs in its own
 /// task, stopped (with every handshake still in progress) when this is dropped, which is what `axum::serve`
 /// does on graceful shutdown.
 struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Idle<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     accepting: JoinHandle<()>,
 }
@@ -113,7 +139,7 @@ impl Drop for TlsListener {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Idle<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -132,7 +158,11 @@ impl Listener for TlsListener {
 }
 
 /// Accept TCP connections and start a bounded handshake task for each; finished streams go to `ready`.
-async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>) {
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<Idle<TcpStream>>, SocketAddr)>,
+) {
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
@@ -157,10 +187,10 @@ async fn handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<(TlsStream<Idle<TcpStream>>, SocketAddr)>,
 ) {
     set_nodelay(&stream);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Idle::new(stream, IDLE_TIMEOUT))).await {
         Ok(Ok(tls)) => {
             // Fails only when the server is shutting down; the connection is then simply closed.
             let _ = ready.send((tls, peer)).await;

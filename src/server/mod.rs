@@ -2,6 +2,7 @@
 //! basic auth and headers of an exporter-toolkit `--web.config.file`. It knows no routes; the caller mounts them.
 
 mod auth;
+mod idle;
 mod listener;
 mod web_config;
 
