@@ -42,6 +42,7 @@ pub mod output;
 pub mod poller;
 pub mod protocol;
 pub mod scrape;
+pub mod server;
 pub mod session;
 pub mod simulator;
 pub mod transport;

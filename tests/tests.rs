@@ -10,3 +10,4 @@ mod session;
 mod simulator;
 mod sinowealth_vectors;
 mod util;
+mod web;

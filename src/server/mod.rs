@@ -1,0 +1,10 @@
+//! The HTTP server shell: serves a caller-built axum [`Router`](axum::Router) over plain HTTP or TLS, with the
+//! basic auth and headers of an exporter-toolkit `--web.config.file`. It knows no routes; the caller mounts them.
+
+mod auth;
+mod idle;
+mod listener;
+mod web_config;
+
+pub use listener::serve;
+pub use web_config::{WebConfig, WebConfigError};
