@@ -35,6 +35,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod poller;
