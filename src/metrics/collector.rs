@@ -122,7 +122,7 @@ impl Pack {
     fn new(source: &PackSnapshot) -> Self {
         // Levels are matched to sensors by the device's own order, so before the temperatures are sorted.
         let mut temperature_alarms: Vec<(SensorId, &'static str)> =
-            source.temperature_alarms.iter().map(|l| (alarm_sensor(source, l), l.kind.as_str())).collect();
+            source.temperature_alarms.iter().map(|&l| (alarm_sensor(source, l), l.kind.as_str())).collect();
         temperature_alarms.sort_unstable();
         temperature_alarms.dedup();
         let mut snapshot = source.clone();
@@ -144,7 +144,7 @@ impl Pack {
 /// The sensor a per-sensor level belongs to. Levels count the sensors the device reports, 1-based; when every
 /// reported sensor has a reading, the n-th reading names it (so a level on a MOSFET probe gets the "mosfet"
 /// label its temperature has), otherwise the number is all that is known.
-fn alarm_sensor(pack: &PackSnapshot, level: &LevelAlarm) -> SensorId {
+fn alarm_sensor(pack: &PackSnapshot, level: LevelAlarm) -> SensorId {
     let complete = pack.temperature_sensor_count.is_some_and(|n| usize::from(n) == pack.temperatures.len());
     let by_position = usize::from(level.index).checked_sub(1).and_then(|i| pack.temperatures.get(i));
     match by_position {
