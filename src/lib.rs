@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod poller;

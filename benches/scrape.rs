@@ -1,0 +1,74 @@
+//! `/metrics` render time and size for 16 packs × 16 cells, laid out two ways: one Pace master with 16 packs,
+//! and 16 single-pack Daly devices (the simulators' truth, so every alarm table and sensor is filled).
+//! Run: `cargo bench --bench scrape` (goal: one render well under 1 ms).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bms_exporter::metrics::{DeviceView, render};
+use bms_exporter::model::DeviceSnapshot;
+use bms_exporter::poller::DeviceStatus;
+use bms_exporter::protocol::Protocol;
+use bms_exporter::session::PollReport;
+use bms_exporter::simulator::Responder;
+use bms_exporter::simulator::daly::DalyBus;
+use bms_exporter::simulator::pace::PaceBus;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+fn status(name: String, device: DeviceSnapshot) -> DeviceStatus {
+    let started = Instant::now();
+    DeviceStatus {
+        name,
+        last: PollReport {
+            device,
+            answered: 10,
+            failures: Vec::new(),
+            unsupported: Vec::new(),
+            requests_sent: 10,
+            bytes_sent: 130,
+            bytes_received: 900,
+            skipped_bytes: 0,
+            started,
+            finished: started + Duration::from_millis(400),
+        },
+        last_poll_unix: 1_700_000_000.0,
+        last_success_unix: Some(1_700_000_000.0),
+        polls_total: 1000,
+        failures_total: BTreeMap::from([("timeout", 3)]),
+        resync_bytes_total: 12,
+    }
+}
+
+fn bench_layout(c: &mut Criterion, label: &str, protocol: Protocol, statuses: &[DeviceStatus]) {
+    let views: Vec<DeviceView<'_>> = statuses
+        .iter()
+        .map(|s| DeviceView { name: &s.name, protocol, transport: "serial", status: Some(s), fresh: true })
+        .collect();
+    let mut body = String::new();
+    render(&views, &mut body).unwrap();
+    let mut group = c.benchmark_group("scrape");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function(label, |b| {
+        let mut out = String::with_capacity(body.len());
+        b.iter(|| {
+            out.clear();
+            render(black_box(&views), &mut out).unwrap();
+            black_box(out.len())
+        });
+    });
+    group.finish();
+}
+
+fn scrape(c: &mut Criterion) {
+    let pace = vec![status("rack".to_owned(), PaceBus::new(16, 16, 6, 1).truth())];
+    assert_eq!(pace[0].last.device.packs.len(), 16);
+    bench_layout(c, "1 device x 16 packs x 16 cells", Protocol::Pace, &pace);
+
+    let daly: Vec<DeviceStatus> =
+        (0..16u64).map(|k| status(format!("daly-{k:02}"), DalyBus::new(1, 16, 4, k).truth())).collect();
+    bench_layout(c, "16 devices x 1 pack x 16 cells", Protocol::Daly, &daly);
+}
+
+criterion_group!(benches, scrape);
+criterion_main!(benches);

@@ -1,0 +1,40 @@
+//! The `/metrics` body: every family of DESIGN.md §5 rendered as OpenMetrics text from the bus workers' device
+//! statuses, through prometheus-client's `Collector` API ([`collector`]), with the family table in [`names`].
+//!
+//! Pure: the caller gathers the statuses (and decides freshness from its clock); rendering only formats them.
+//! Health series (`bms_up`, poll timing and counters, `bms_device_info`) are present for every configured
+//! device; value series only while the device is fresh, and only for its online packs.
+
+mod collector;
+pub mod names;
+
+use prometheus_client::registry::Registry;
+
+use crate::poller::DeviceStatus;
+use crate::protocol::Protocol;
+
+/// The `Content-Type` of the body. Served as `text/plain`, Prometheus rejects the `info` type (ECOSYSTEM.md §4).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One configured device as a scrape sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceView<'a> {
+    /// The configured name (the `device` label).
+    pub name: &'a str,
+    /// Its protocol (the `protocol` label of `bms_device_info`).
+    pub protocol: Protocol,
+    /// How it is reached: "serial" or "tcp" (the `transport` label).
+    pub transport: &'static str,
+    /// The latest status; `None` until its first poll has ended.
+    pub status: Option<&'a DeviceStatus>,
+    /// Whether its last successful poll is within `stale_after`: only then are its values rendered.
+    pub fresh: bool,
+}
+
+/// Append the whole body for `devices` (in their order) to `out`; it ends with `# EOF`.
+pub fn render(devices: &[DeviceView<'_>], out: &mut String) -> std::fmt::Result {
+    // No prefix: the collector writes full `bms_` names, and a registry prefix would double them.
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector::Scrape::new(devices)));
+    prometheus_client::encoding::text::encode(out, &registry)
+}
