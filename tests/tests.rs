@@ -5,6 +5,7 @@ mod cli_commands;
 mod cli_decode;
 mod daly_modbus_vectors;
 mod daly_vectors;
+mod exporter;
 mod metrics;
 mod pace_vectors;
 mod session;

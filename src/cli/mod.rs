@@ -26,7 +26,7 @@ use crate::control::{self, Action, Clock};
 use crate::model::CurrentSign;
 use crate::protocol::{self, DecodeOptions, Protocol};
 use crate::simulator::fault::{Fault, FaultPlan};
-use crate::simulator::serve::{self, Endpoint, ServeOptions, Timing};
+use crate::simulator::serve::{self as simulator_serve, Endpoint, ServeOptions, Timing};
 use crate::simulator::{
     Responder, daly::DalyBus, daly_modbus::DalyModbusBus, pace::PaceBus, sinowealth::SinowealthBus,
 };
@@ -382,7 +382,7 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         time_scale: args.time_scale,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(serve::serve(bus.as_mut(), &endpoint, options))
+    runtime.block_on(simulator_serve::serve(bus.as_mut(), &endpoint, options))
 }
 
 /// The simulated bus for `args`, after checking the sizes the protocol can carry.

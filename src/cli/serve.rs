@@ -79,7 +79,7 @@ pub enum LogFormat {
 }
 
 /// Log to stderr as `--log.level` and `--log.format` say.
-pub fn init_logging(args: &ServeArgs) {
+pub(super) fn init_logging(args: &ServeArgs) {
     let level = tracing::Level::from(args.log_level);
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level);
     // A second initialisation (tests calling run twice) is harmless: the first subscriber stays.
@@ -101,7 +101,7 @@ enum Source {
 }
 
 /// Run the exporter until a shutdown signal.
-pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let plan = match (&args.config, args.demo) {
         (Some(path), false) => {
             let config = config::load(path)?;
@@ -127,7 +127,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let local = listener.local_addr().context("the listening address")?;
         tracing::info!(
             address = %local,
-            tls = web.as_ref().is_some_and(server::WebConfig::tls),
+            tls = web.as_ref().is_some_and(server::WebConfig::tls_enabled),
             devices = scraper.targets().len(),
             "listening"
         );

@@ -4,6 +4,7 @@
 mod auth;
 mod idle;
 mod listener;
+pub mod routes;
 mod web_config;
 
 pub use listener::serve;
