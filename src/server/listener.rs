@@ -41,8 +41,9 @@ const MAX_HANDSHAKES: usize = 256;
 /// Serve `app` on `listener` until `shutdown` completes, then stop accepting and let open requests finish.
 ///
 /// Without `web` (or with a web config that sets no TLS) this is plain HTTP; with TLS configured only TLS is
-/// spoken, and a plain-HTTP request fails its handshake and is closed unanswered. Basic auth, when configured,
-/// guards every path (unknown paths included) and the configured headers go on every response.
+/// spoken: a plain-HTTP request fails the handshake and its connection is closed without an HTTP answer. Basic
+/// auth, when configured, guards every path (unknown paths included); the configured headers go on every
+/// response.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
