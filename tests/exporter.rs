@@ -10,20 +10,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{
-    Killed, Simulator, free_port, http_get, required_program, scratch, url_encode, wait_for,
-};
+use crate::util::{Killed, Simulator, free_port, http_get, required_program, scratch, url_encode, wait_for};
 use bms_exporter::metrics::names;
 
 /// The exporter binary serving with `args`, its stderr kept in `dir/exporter.log`.
 fn exporter(dir: &Path, args: &[&str]) -> Killed {
     let log = std::fs::File::create(dir.join("exporter.log")).unwrap();
-    let child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child =
+        Process::new(env!("CARGO_BIN_EXE_bms_exporter")).args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
     Killed(child)
 }
 
@@ -123,8 +117,18 @@ fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: 
         let n = format!("{:02}", pack["pack"].as_u64().unwrap());
         let sel = format!("device=\"{device}\",pack=\"{n}\"");
         let what = |field: &str| format!("{device} pack {n} {field}");
-        close(&what("voltage"), value(prom, &format!("bms_pack_voltage_volts{{{sel}}}")), pack["voltage_volts"].as_f64().unwrap(), volts);
-        close(&what("current"), value(prom, &format!("bms_pack_current_amperes{{{sel}}}")), pack["current_amperes"].as_f64().unwrap(), amperes);
+        close(
+            &what("voltage"),
+            value(prom, &format!("bms_pack_voltage_volts{{{sel}}}")),
+            pack["voltage_volts"].as_f64().unwrap(),
+            volts,
+        );
+        close(
+            &what("current"),
+            value(prom, &format!("bms_pack_current_amperes{{{sel}}}")),
+            pack["current_amperes"].as_f64().unwrap(),
+            amperes,
+        );
         close(
             &what("state of charge"),
             value(prom, &format!("bms_pack_state_of_charge_ratio{{{sel}}}")),
@@ -210,7 +214,12 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
     });
     assert_eq!(body.header("content-type"), Some(bms_exporter::metrics::CONTENT_TYPE));
     for metric in names::ALL {
-        assert!(body.body.contains(&format!("\n{}{{", metric.name)), "{} missing from /metrics:\n{}", metric.name, body.body);
+        assert!(
+            body.body.contains(&format!("\n{}{{", metric.name)),
+            "{} missing from /metrics:\n{}",
+            metric.name,
+            body.body
+        );
     }
     let parsed = crate::metrics::parse_with_python(&body.body);
     assert!(parsed.len() >= names::ALL.len(), "the Python parser saw {} families", parsed.len());
@@ -302,7 +311,11 @@ fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
 fn a_bad_config_stops_the_start_naming_its_file_and_line() {
     let dir = scratch("e2e-badconfig");
     let config = dir.join("bad.yaml");
-    std::fs::write(&config, "devices:\n  - name: house\n    protocol: daly\n    serial: /dev/ttyUSB0\n    baud: fast\n").unwrap();
+    std::fs::write(
+        &config,
+        "devices:\n  - name: house\n    protocol: daly\n    serial: /dev/ttyUSB0\n    baud: fast\n",
+    )
+    .unwrap();
     let out = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
         .args(["--config", config.to_str().unwrap(), "--web.listen-address", "127.0.0.1:0"])
         .output()
@@ -359,7 +372,8 @@ fn tls_and_basic_auth_from_the_web_config_file_guard_every_endpoint() {
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let _exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr, "--web.config.file", web.to_str().unwrap()]);
+    let _exporter =
+        exporter(&dir, &["--demo", "--web.listen-address", &addr, "--web.config.file", web.to_str().unwrap()]);
     let cacert = cert.to_str().unwrap();
     let url = format!("https://{addr}/metrics");
     wait_for(&format!("the TLS exporter:\n{}", exporter_log(&dir)), Duration::from_secs(30), || {

@@ -114,7 +114,7 @@ for f in text_string_to_metric_families(text):
 print(json.dumps(out))
 "#;
 
-fn parse_with_python(body: &str) -> Vec<Value> {
+pub(crate) fn parse_with_python(body: &str) -> Vec<Value> {
     let mut child = Command::new(python())
         .args(["-c", PARSE])
         .stdin(Stdio::piped())

@@ -108,9 +108,10 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let freshness = Freshness { max_age: config.defaults.max_age, stale_after: config.defaults.stale_after };
             Plan { freshness, source: Source::Config(config) }
         }
-        (None, true) => {
-            Plan { freshness: Freshness { max_age: Duration::from_secs(5), stale_after: Duration::from_secs(60) }, source: Source::Demo(Settings::default()) }
-        }
+        (None, true) => Plan {
+            freshness: Freshness { max_age: Duration::from_secs(5), stale_after: Duration::from_secs(60) },
+            source: Source::Demo(Settings::default()),
+        },
         _ => bail!("give --config FILE (devices to read) or --demo (simulated devices); see --help"),
     };
     let telemetry_path = telemetry_path(&args.telemetry_path)?;

@@ -20,8 +20,9 @@ use prometheus_client::registry::Unit;
 
 use super::DeviceView;
 use super::names::{self, Kind, Metric};
-use crate::model::{LevelAlarm, PackSnapshot, PackState, SensorId};
+use crate::model::{LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId};
 use crate::poller::DeviceStatus;
+use crate::protocol::Protocol;
 
 /// Everything one render needs, owned (a `Collector` must be `'static`).
 #[derive(Debug)]
@@ -57,10 +58,10 @@ struct Health {
 struct Pack {
     /// Temperatures sorted by sensor, one per sensor; alarms one per name; digital ports sorted by name.
     snapshot: PackSnapshot,
-    /// Per-cell levels as (cell, alarm), sorted.
-    cell_alarms: Vec<(usize, &'static str)>,
-    /// Per-sensor levels as (sensor, alarm), sorted.
-    temperature_alarms: Vec<(SensorId, &'static str)>,
+    /// Per-cell levels as (cell, alarm, active), sorted.
+    cell_alarms: Vec<(usize, &'static str, bool)>,
+    /// Per-sensor levels as (sensor, alarm, active), sorted.
+    temperature_alarms: Vec<(SensorId, &'static str, bool)>,
 }
 
 impl Scrape {
@@ -83,7 +84,9 @@ impl Device {
                 let mut packs: Vec<&PackSnapshot> = s.last.device.packs.iter().filter(|p| p.online).collect();
                 packs.sort_by_key(|p| p.pack);
                 packs.dedup_by_key(|p| p.pack);
-                packs.into_iter().map(Pack::new).collect()
+                // Pace reports a level per cell and sensor, so its limit series exist (0 or 1) on every scrape.
+                let levels = view.protocol == Protocol::Pace;
+                packs.into_iter().map(|p| Pack::new(p, levels)).collect()
             }
             _ => Vec::new(),
         };
@@ -119,12 +122,15 @@ impl Health {
 }
 
 impl Pack {
-    fn new(source: &PackSnapshot) -> Self {
+    /// `levels`: the device reports a warning level for every cell and sensor (Pace), so the limit alarms of
+    /// each are rendered, 0 when not active, for alerts that must see the series before it fires.
+    fn new(source: &PackSnapshot, levels: bool) -> Self {
         // Levels are matched to sensors by the device's own order, so before the temperatures are sorted.
-        let mut temperature_alarms: Vec<(SensorId, &'static str)> =
+        let active: Vec<(SensorId, &'static str)> =
             source.temperature_alarms.iter().map(|&l| (alarm_sensor(source, l), l.kind.as_str())).collect();
-        temperature_alarms.sort_unstable();
-        temperature_alarms.dedup();
+        let sensors: Vec<SensorId> =
+            if levels { source.temperatures.iter().map(|t| t.sensor).collect() } else { Vec::new() };
+        let temperature_alarms = with_limits(&sensors, &active);
         let mut snapshot = source.clone();
         // One series per label set: a duplicate would make Prometheus reject the samples.
         snapshot.temperatures.sort_by_key(|t| t.sensor);
@@ -133,12 +139,29 @@ impl Pack {
         snapshot.digital_io.dedup_by_key(|p| p.port);
         let mut seen = BTreeSet::new();
         snapshot.alarms.retain(|a| seen.insert(a.name));
-        let mut cell_alarms: Vec<(usize, &'static str)> =
+        let active: Vec<(usize, &'static str)> =
             snapshot.cell_alarms.iter().map(|l| (usize::from(l.index), l.kind.as_str())).collect();
-        cell_alarms.sort_unstable();
-        cell_alarms.dedup();
+        let cells: Vec<usize> = if levels { (1..=snapshot.cell_volts.len()).collect() } else { Vec::new() };
+        let cell_alarms = with_limits(&cells, &active);
         Self { snapshot, cell_alarms, temperature_alarms }
     }
+}
+
+/// The limit alarms every one of `items` has, each active or not, plus the `active` levels (all of them,
+/// also those of items not listed or of other kinds); sorted, one per (item, alarm).
+fn with_limits<T: Ord + Copy>(items: &[T], active: &[(T, &'static str)]) -> Vec<(T, &'static str, bool)> {
+    const LIMITS: [&str; 2] = [LevelAlarmKind::BelowLowerLimit.as_str(), LevelAlarmKind::AboveUpperLimit.as_str()];
+    let mut all: Vec<(T, &'static str, bool)> = items
+        .iter()
+        .flat_map(|&item| LIMITS.iter().map(move |&alarm| (item, alarm, false)))
+        .chain(active.iter().map(|&(item, alarm)| (item, alarm, true)))
+        .collect();
+    // Active entries sort after inactive ones of the same (item, alarm); keep the last of each.
+    all.sort_unstable();
+    all.reverse();
+    all.dedup_by_key(|&mut (item, alarm, _)| (item, alarm));
+    all.reverse();
+    all
 }
 
 /// The sensor a per-sensor level belongs to. Levels count the sensors the device reports, 1-based; when every
@@ -315,13 +338,13 @@ impl Scrape {
         levels: impl Fn(&'p Pack) -> I,
     ) -> fmt::Result
     where
-        I: Iterator<Item = (Label<'p>, &'static str)>,
+        I: Iterator<Item = (Label<'p>, &'static str, bool)>,
     {
         family(enc, metric, |m| {
             for (device, pack) in self.packs() {
                 let [d, p] = pack_labels(device, &pack.snapshot);
-                for (label, alarm) in levels(pack) {
-                    gauge(m, &[d, p, (key, label), ("alarm", Label::Str(alarm))], true)?;
+                for (label, alarm, active) in levels(pack) {
+                    gauge(m, &[d, p, (key, label), ("alarm", Label::Str(alarm))], active)?;
                 }
             }
             Ok(())
@@ -435,10 +458,10 @@ impl Scrape {
             p.snapshot.alarms.iter().map(|a| (Label::Str(a.name), a.active))
         })?;
         self.per_level(enc, &names::CELL_ALARM, "cell", |p| {
-            p.cell_alarms.iter().map(|&(cell, alarm)| (Label::Num(cell), alarm))
+            p.cell_alarms.iter().map(|&(cell, alarm, active)| (Label::Num(cell), alarm, active))
         })?;
         self.per_level(enc, &names::TEMPERATURE_ALARM, "sensor", |p| {
-            p.temperature_alarms.iter().map(|&(sensor, alarm)| (sensor_label(sensor), alarm))
+            p.temperature_alarms.iter().map(|&(sensor, alarm, active)| (sensor_label(sensor), alarm, active))
         })
     }
 }
@@ -917,27 +940,37 @@ mod tests {
 
     #[test]
     fn level_alarms_name_the_cell_and_the_sensor_the_temperatures_use() {
-        let s = status("d", vec![rich_pack(1)], true);
+        let pack = rich_pack(1);
+        let (cell_count, sensor_count) = (pack.cell_volts.len(), pack.temperatures.len());
+        let s = status("d", vec![pack], true);
         let all = samples(&body(&[view("d", Some(&s), true)]));
-        let cells: Vec<(&str, &str)> = series(&all, "bms_cell_alarm_active")
+        let cells: Vec<(&str, &str, f64)> = series(&all, "bms_cell_alarm_active")
             .iter()
-            .map(|s| (s.label("cell").unwrap(), s.label("alarm").unwrap()))
+            .map(|s| (s.label("cell").unwrap(), s.label("alarm").unwrap(), s.value))
             .collect();
-        assert_eq!(cells, [("03", "above_upper_limit")]);
+        // A Pace pack has both limit series for every cell, 0 unless the level says so.
+        assert_eq!(cells.len(), 2 * cell_count, "{cells:?}");
+        let active: Vec<_> = cells.iter().filter(|c| c.2 == 1.0).map(|c| (c.0, c.1)).collect();
+        assert_eq!(active, [("03", "above_upper_limit")]);
         let sensors: Vec<(&str, &str, f64)> = series(&all, "bms_temperature_alarm_active")
             .iter()
             .map(|s| (s.label("sensor").unwrap(), s.label("alarm").unwrap(), s.value))
             .collect();
+        assert_eq!(sensors.len(), 2 * sensor_count, "{sensors:?}");
+        let active: Vec<_> = sensors.iter().filter(|s| s.2 == 1.0).map(|s| (s.0, s.1)).collect();
         // Level 5 of six sensors is the MOSFET probe, as in bms_temperature_celsius.
-        assert_eq!(sensors, [("01", "below_lower_limit", 1.0), ("mosfet", "above_upper_limit", 1.0)]);
+        assert_eq!(active, [("01", "below_lower_limit"), ("mosfet", "above_upper_limit")]);
 
         // With a reading missing, positions no longer say which sensor it is: the number is used.
         let mut p = rich_pack(1);
         p.temperatures.remove(1);
         let s = status("d", vec![p], true);
         let all = samples(&body(&[view("d", Some(&s), true)]));
-        let sensors: Vec<&str> =
-            series(&all, "bms_temperature_alarm_active").iter().map(|s| s.label("sensor").unwrap()).collect();
+        let sensors: Vec<&str> = series(&all, "bms_temperature_alarm_active")
+            .iter()
+            .filter(|s| s.value == 1.0)
+            .map(|s| s.label("sensor").unwrap())
+            .collect();
         assert_eq!(sensors, ["01", "05"]);
     }
 

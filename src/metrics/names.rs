@@ -303,14 +303,16 @@ pub const CELL_ALARM: Metric = gauge(
     "bms_cell_alarm_active",
     None,
     &["device", "pack", "cell", "alarm"],
-    "1 while the cell's warning level is not normal; present only while active (Pace 0x44 cell levels)",
+    "1 while the cell's warning level says so (Pace 0x44 cell levels): below_lower_limit and above_upper_limit \
+     for every cell of a Pace pack, other levels only while active",
 );
 /// `bms_temperature_alarm_active`.
 pub const TEMPERATURE_ALARM: Metric = gauge(
     "bms_temperature_alarm_active",
     None,
     &["device", "pack", "sensor", "alarm"],
-    "1 while the sensor's warning level is not normal; present only while active (Pace 0x44 temperature levels)",
+    "1 while the sensor's warning level says so (Pace 0x44 temperature levels): below_lower_limit and \
+     above_upper_limit for every sensor of a Pace pack, other levels only while active",
 );
 
 /// Every family, in the order they are rendered.

@@ -79,7 +79,7 @@ impl LevelAlarmKind {
 
     /// The `alarm` label value for this level.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::BelowLowerLimit => "below_lower_limit",
             Self::AboveUpperLimit => "above_upper_limit",
