@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{MessageFormatter as _, Spanned};
 
 use super::address::{ProtocolOptions, daly_addresses, daly_modbus_map, pace_adr};
@@ -218,7 +219,7 @@ pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, Confi
     };
     let Some(list) = raw.devices.as_ref().filter(|d| !d.value.is_empty()) else {
         let at = src.index.key("devices").unwrap_or(Position { line: 1, column: 1 });
-        return Err(src.error(at, "devices", "no devices: list at least one under devices:"));
+        return Err(src.error(at, "devices", "missing or empty: list at least one device"));
     };
     let mut devices: Vec<DeviceConfig> = Vec::with_capacity(list.value.len());
     for (i, item) in list.value.iter().enumerate() {
@@ -731,21 +732,26 @@ pub(crate) fn deserialize_error(error: &serde_saphyr::Error, text: &str, file: &
         .location()
         .filter(|l| l.line() > 0)
         .map_or(Position { line: 1, column: 1 }, |l| Position { line: l.line(), column: l.column().max(1) });
+    // The position stays the outer one (where an alias is used); the message comes from the error inside.
+    let mut inner = error;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
     // A file that broke the budget is not walked a second time.
-    let path = if matches!(error, E::Budget { .. }) { String::new() } else { PathIndex::build(text).path_at(at) };
-    let message = match error {
+    let path = if matches!(inner, E::Budget { .. }) { String::new() } else { PathIndex::build(text).path_at(at) };
+    let message = match inner {
         E::SerdeUnknownField { field, expected, .. } => {
             format!("unknown key {field:?}; expected one of: {}", expected.join(", "))
         }
         E::SerdeInvalidType { unexpected, expected, .. } => {
             format!("expected {}, found {unexpected}", friendly_expected(expected))
         }
+        E::Unexpected { expected, .. } => format!("expected {}", friendly_expected(expected)),
         E::DuplicateMappingKey { .. } => "this key is given twice".to_owned(),
-        E::Eof { .. } if text.trim().is_empty() => "the file is empty: expected defaults: and devices:".to_owned(),
-        E::Budget { .. } => format!(
-            "too large or too deeply nested for a configuration file ({})",
-            sanitize(&serde_saphyr::UserMessageFormatter.format_message(error))
-        ),
+        E::Budget { breach: BudgetBreach::Documents { .. }, .. } => {
+            "more than one YAML document (---): a configuration is one document".to_owned()
+        }
+        E::Budget { breach, .. } => format!("too large or too complex for a configuration file ({breach:?})"),
         other => sanitize(&serde_saphyr::UserMessageFormatter.format_message(other)),
     };
     ConfigError::Invalid(Located { file: file.to_owned(), line: at.line, column: at.column, path, message })
@@ -753,7 +759,12 @@ pub(crate) fn deserialize_error(error: &serde_saphyr::Error, text: &str, file: &
 
 /// serde names our raw structs (`struct RawDaly`); a user knows them as mappings.
 fn friendly_expected(expected: &str) -> String {
-    if expected.starts_with("struct ") { "a mapping of keys".to_owned() } else { expected.to_owned() }
+    match expected {
+        e if e.starts_with("struct ") || e == "mapping start" => "a mapping of keys".to_owned(),
+        "sequence start" => "a list".to_owned(),
+        "string scalar" | "a string" => "a single value, not a list or mapping".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// One line without control characters: parser text may quote the file's contents.
