@@ -8,6 +8,7 @@
 //! a device, so `config check` is safe to run anywhere.
 
 pub mod address;
+mod device;
 mod error;
 mod locate;
 mod resolve;
@@ -248,6 +249,7 @@ impl<'de> de::Visitor<'de> for OneOrListVisitor {
 impl Position {
     /// Where a spanned value was referenced (for an alias: where the alias is written).
     fn of<T>(spanned: &Spanned<T>) -> Self {
-        Self { line: spanned.referenced.line(), column: spanned.referenced.column() }
+        // serde-saphyr marks a lost position as 0:0; the first character is the honest fallback.
+        Self { line: spanned.referenced.line().max(1), column: spanned.referenced.column().max(1) }
     }
 }
