@@ -19,6 +19,7 @@ use crate::protocol::pace::exchange::PackSelection;
 use crate::protocol::pace::{VER_PACE, VER_PYLON};
 use crate::transport::{Parity, SerialSettings, TcpSettings, TransportSettings};
 
+/// One `devices:` item, checked and resolved; `path` is its key path (`devices[2]`).
 pub(super) fn resolve_device(
     item: &Spanned<RawDevice>,
     path: &str,
@@ -77,6 +78,7 @@ fn device_name(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Resul
     Ok(text.clone())
 }
 
+/// Exactly one of serial/tcp (bluetooth is refused), with serial line settings only on serial.
 fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<TransportSettings, ConfigError> {
     let raw = &item.value;
     // Every transport key given, in the order written, so the second one is the one reported.
@@ -154,6 +156,7 @@ fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<
 /// Line speeds serial adapters and BMS boards actually offer; anything else is most likely a typo.
 const BAUD_RATES: [u32; 12] = [1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115_200, 230_400, 460_800, 921_600];
 
+/// A standard line speed.
 fn baud(value: &Spanned<String>, path: &str, src: &Source<'_>) -> Result<u32, ConfigError> {
     match value.value.trim().parse::<u32>() {
         Ok(b) if BAUD_RATES.contains(&b) => Ok(b),
@@ -176,6 +179,7 @@ fn is_host_port(text: &str) -> bool {
     port_ok && host_ok
 }
 
+/// The protocol block that matches `protocol` (none of another protocol's), resolved.
 fn protocol_options(
     raw: &RawDevice,
     protocol: Protocol,
@@ -229,6 +233,7 @@ fn protocol_options(
     })
 }
 
+/// The `daly:` block: addresses (default rs485) and current sign (default auto).
 fn daly_options(raw: Option<&RawDaly>, path: &str, src: &Source<'_>) -> Result<ProtocolOptions, ConfigError> {
     let address_path = join(path, "address");
     let addresses = match raw.and_then(|r| r.address.as_ref()) {
@@ -288,6 +293,7 @@ fn daly_options(raw: Option<&RawDaly>, path: &str, src: &Source<'_>) -> Result<P
 /// Highest pack number behind a Pace master.
 const MAX_PACE_PACK: u8 = 15;
 
+/// The `pace:` block: ADR (default 1), packs (default all) and VER (default 0x25).
 fn pace_options(raw: Option<&RawPace>, path: &str, src: &Source<'_>) -> Result<ProtocolOptions, ConfigError> {
     let adr = match raw.and_then(|r| r.address.as_ref()) {
         None => 1,
