@@ -3,6 +3,7 @@
 mod bus;
 mod cli_commands;
 mod cli_decode;
+mod config;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod exporter;

@@ -57,7 +57,7 @@ fn probes(args: &ConnectionArgs) -> Vec<Probe> {
         Probe {
             protocol: Protocol::DalyModbus,
             what: "Daly Modbus-style, D2 map",
-            config: "daly_modbus: { map: d2 }",
+            config: "daly_modbus: { address: d2 }",
             exchange: Box::new(DalyModbusExchange::new(Map::D2, options)),
         },
         Probe {
@@ -85,7 +85,7 @@ fn probes(args: &ConnectionArgs) -> Vec<Probe> {
             Probe {
                 protocol: Protocol::DalyModbus,
                 what: "Daly Modbus-style, p81 map, board 1",
-                config: "daly_modbus: { map: p81, board: 1 }",
+                config: "daly_modbus: { address: \"p81:1\" }",
                 exchange: Box::new(DalyModbusExchange::new(map, options)),
             },
         );
@@ -161,4 +161,29 @@ pub(super) fn detect(args: &DetectArgs) -> anyhow::Result<ExitCode> {
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn every_printed_config_line_is_accepted_and_builds_the_probe_that_answered() {
+        let cli = Cli::try_parse_from(["bms_exporter", "detect", "--tcp", "127.0.0.1:8899"]).unwrap();
+        let Command::Detect(args) = cli.command else { panic!("not detect") };
+        for probe in probes(&args.connection) {
+            let text = format!(
+                "devices:\n  - name: battery\n    protocol: {}\n    tcp: 127.0.0.1:8899\n    {}\n",
+                probe.protocol, probe.config
+            );
+            let config = crate::config::parse(&text, std::path::Path::new("detect.yaml"))
+                .unwrap_or_else(|e| panic!("{}: {e}", probe.what));
+            let device = &config.devices[0];
+            assert_eq!(device.protocol, probe.protocol, "{}", probe.what);
+            assert_eq!(format!("{:?}", device.exchange()), format!("{:?}", probe.exchange), "{}", probe.what);
+        }
+    }
 }

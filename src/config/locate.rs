@@ -99,9 +99,10 @@ impl PathIndex {
                 *next += 1;
                 item
             }
-            Some(Frame::Mapping { path, key }) => match key.take() {
-                Some(key) => join(path, &key),
-                None => {
+            Some(Frame::Mapping { path, key }) => {
+                if let Some(key) = key.take() {
+                    join(path, &key)
+                } else {
                     // This node is a key.
                     if let Some(name) = scalar {
                         let full = join(path, name);
@@ -115,7 +116,7 @@ impl PathIndex {
                     }
                     return;
                 }
-            },
+            }
         };
         self.nodes.push((at, path.clone()));
         if let Some(open) = open {

@@ -1,6 +1,6 @@
 //! The YAML configuration (DESIGN.md §3), in two stages as ripgrep's low/high arguments: [`parse`] reads the
 //! text with serde-saphyr into the raw structs below, which mirror the YAML one-to-one (`deny_unknown_fields`
-//! at every level, protocol blocks nested, scalars kept as written with their position), then [`resolve`] turns
+//! at every level, protocol blocks nested, scalars kept as written with their position), then `resolve` turns
 //! them into the validated [`Config`] the rest of the program uses. Every mistake becomes one
 //! [`ConfigError`] naming the file, line, column and key path.
 //!
@@ -8,6 +8,7 @@
 //! a device, so `config check` is safe to run anywhere.
 
 pub mod address;
+mod device;
 mod error;
 mod locate;
 mod resolve;
@@ -248,6 +249,7 @@ impl<'de> de::Visitor<'de> for OneOrListVisitor {
 impl Position {
     /// Where a spanned value was referenced (for an alias: where the alias is written).
     fn of<T>(spanned: &Spanned<T>) -> Self {
-        Self { line: spanned.referenced.line(), column: spanned.referenced.column() }
+        // serde-saphyr marks a lost position as 0:0; the first character is the honest fallback.
+        Self { line: spanned.referenced.line().max(1), column: spanned.referenced.column().max(1) }
     }
 }
