@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn every_printed_config_line_is_accepted_and_builds_the_probe_that_answered() {
         let cli = Cli::try_parse_from(["bms_exporter", "detect", "--tcp", "127.0.0.1:8899"]).unwrap();
-        let Command::Detect(args) = cli.command else { panic!("not detect") };
+        let Some(Command::Detect(args)) = cli.command else { panic!("not detect") };
         for probe in probes(&args.connection) {
             let text = format!(
                 "devices:\n  - name: battery\n    protocol: {}\n    tcp: 127.0.0.1:8899\n    {}\n",
