@@ -387,3 +387,43 @@ fn tls_and_basic_auth_from_the_web_config_file_guard_every_endpoint() {
     assert_eq!(curl_status(&format!("http://{addr}/metrics"), &["-u", "prometheus:s3cret"]), 0);
     assert!(http_get(&addr, "/metrics", &[]).is_none_or(|r| r.status != 200));
 }
+
+#[test]
+fn a_scrape_waits_no_longer_than_the_announced_timeout_for_a_device_that_does_not_answer() {
+    let dir = scratch("e2e-deadline");
+    // A serial server that accepts connections and never answers: each poll would take many seconds.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || {
+        let mut peers = Vec::new();
+        for stream in silent.incoming().take(4) {
+            peers.push(stream);
+        }
+        peers.len()
+    });
+    let config = dir.join("bms.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults:\n  timeout: 2s\n  retries: 3\n  max_age: 1s\n  stale_after: 30s\n\
+             devices:\n  - name: mute\n    protocol: daly\n    tcp: {silent_addr}\n"
+        ),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _exporter = exporter(&dir, &["--config", config.to_str().unwrap(), "--web.listen-address", &addr]);
+    wait_for("the exporter to listen", Duration::from_secs(30), || http_get(&addr, "/-/healthy", &[]));
+    assert_eq!(http_get(&addr, "/-/ready", &[]).unwrap().status, 503, "not ready before the first poll ended");
+    for announced in ["1", "2.5"] {
+        let started = std::time::Instant::now();
+        let r = http_get(&addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", announced)]).unwrap();
+        let took = started.elapsed();
+        let limit = Duration::from_secs_f64(announced.parse().unwrap());
+        assert!(took < limit, "a scrape announced {announced} s took {took:?}");
+        assert!(took >= limit / 2, "it waited for the device first ({took:?})");
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("bms_up{device=\"mute\"} 0"), "{}", r.body);
+        assert!(!r.body.contains("bms_pack_voltage_volts{"), "no values without a reply");
+    }
+    drop(held);
+}

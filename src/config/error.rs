@@ -10,12 +10,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("{}: cannot read the configuration: {source}", .file.display())]
+    #[error("{}: cannot read the configuration: {cause}", .file.display())]
     Read {
         /// The file as given.
         file: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A mistake at a known place in the file.
     #[error("{0}")]

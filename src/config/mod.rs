@@ -31,7 +31,7 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let read_error = |source| ConfigError::Read { file: path.to_owned(), source };
+    let read_error = |cause| ConfigError::Read { file: path.to_owned(), cause };
     let file = std::fs::File::open(path).map_err(read_error)?;
     let mut bytes = Vec::new();
     // One byte past the limit is enough to know it is too large without reading a huge file.

@@ -35,12 +35,12 @@ pub struct WebConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
     /// The file itself could not be read.
-    #[error("web config {}: cannot read it: {source}", path.display())]
+    #[error("web config {}: cannot read it: {cause}", path.display())]
     Read {
         /// The web config file.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The YAML is malformed, has an unknown or unsupported key, or a value of the wrong kind (serde-saphyr's
     /// message carries the line and column).
@@ -93,7 +93,7 @@ impl WebConfig {
     /// Read and resolve a web configuration file, loading every certificate and key it names.
     pub fn load(path: &Path) -> Result<Self, WebConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| WebConfigError::Read { path: path.to_owned(), source })?;
+            std::fs::read_to_string(path).map_err(|cause| WebConfigError::Read { path: path.to_owned(), cause })?;
         Self::from_yaml(&text, path)
     }
 
