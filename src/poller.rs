@@ -201,7 +201,10 @@ impl Worker {
     /// Poll device `index` now and record the result.
     async fn poll(&mut self, index: usize) -> Option<Arc<DeviceStatus>> {
         let device = self.devices.get_mut(index)?;
-        let not_before = self.bus_quiet_since.map_or_else(Instant::now, |t| t + self.settings.request_gap);
+        // The gap counts from the bus's last exchange, but a poll never starts in the past: its duration is
+        // reported as `bms_poll_duration_seconds`.
+        let now = Instant::now();
+        let not_before = self.bus_quiet_since.map_or(now, |t| (t + self.settings.request_gap).max(now));
         let mut session = Session::new(device.exchange.as_mut(), device.sections, self.settings, not_before.into_std());
         let report = match self.port.link().await {
             Ok(link) => {

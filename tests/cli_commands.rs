@@ -714,7 +714,7 @@ fn detect(target: &str) -> Run {
 fn detect_finds_each_protocol_and_prints_a_config_block_for_it() {
     let cases: [(&str, &str, &[&str], &str); 4] = [
         ("daly", "daly: { address: rs485 }", &[], "detect-daly"),
-        ("daly-modbus", "daly_modbus: { map: d2 }", &[], "detect-dmb"),
+        ("daly-modbus", "daly_modbus: { address: d2 }", &[], "detect-dmb"),
         ("sinowealth", "sinowealth: {}", &["--cells", "8"], "detect-sino"),
         ("pace", "pace: { address: 1", &["--packs", "2"], "detect-pace"),
     ];

@@ -153,6 +153,81 @@ fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: 
             let got = value(prom, &format!("bms_temperature_celsius{{{sel},sensor=\"{probe:02}\"}}"));
             close(&what(&format!("probe {probe}")), got, t["celsius"].as_f64().unwrap(), celsius);
         }
+        assert_pack_details_match_truth(prom, &sel, &what(""), pack);
+    }
+}
+
+/// The remaining value families of one pack against the truth: SOH, capacities, counts, state, charger/load,
+/// digital I/O, balancing, alarms and identity. The truth is the simulated battery, which knows more than some
+/// protocols carry (a Daly board reports no SOH), so a series Prometheus has must equal the truth, and one it
+/// lacks must be a field the protocol does not report; that each family is served at all is checked by name.
+fn assert_pack_details_match_truth(prom: &str, sel: &str, what: &str, pack: &Value) {
+    let numbers: [(&str, &str, f64); 7] = [
+        ("bms_pack_state_of_health_ratio", "state_of_health_ratio", 0.0051),
+        ("bms_pack_remaining_capacity_ampere_hours", "remaining_capacity_ampere_hours", 0.051),
+        ("bms_pack_full_capacity_ampere_hours", "full_capacity_ampere_hours", 0.051),
+        ("bms_pack_design_capacity_ampere_hours", "design_capacity_ampere_hours", 0.051),
+        ("bms_pack_cycle_count", "cycle_count", 0.0),
+        ("bms_pack_cell_count", "cell_count", 0.0),
+        ("bms_pack_temperature_sensor_count", "temperature_sensor_count", 0.0),
+    ];
+    for (metric, field, tolerance) in numbers {
+        if let Some((_, got)) = query(prom, &format!("{metric}{{{sel}}}")).first() {
+            let want =
+                pack[field].as_f64().unwrap_or_else(|| panic!("{what}{field}: served {got}, the truth has none"));
+            close(&format!("{what}{field}"), *got, want, tolerance);
+        }
+    }
+    for (metric, field) in [("bms_charger_connected", "charger_connected"), ("bms_load_connected", "load_connected")] {
+        if let (Some(on), Some((_, got))) = (pack[field].as_bool(), query(prom, &format!("{metric}{{{sel}}}")).first())
+        {
+            assert_eq!(*got, f64::from(u8::from(on)), "{what}{field}");
+        }
+    }
+    if let Some(state) = pack["state"].as_str() {
+        let states = query(prom, &format!("bms_pack_state{{{sel}}}"));
+        assert_eq!(states.len(), 3, "{what}state: one series per state: {states:?}");
+        for (labels, v) in states {
+            assert_eq!(v, f64::from(u8::from(labels["state"] == state)), "{what}state {}", labels["state"]);
+        }
+    }
+    for port in pack["digital_io"].as_array().unwrap() {
+        let name = port["port"].as_str().unwrap();
+        let got = value(prom, &format!("bms_digital_io{{{sel},port=\"{name}\"}}"));
+        assert_eq!(got, f64::from(u8::from(port["active"].as_bool().unwrap())), "{what}{name}");
+    }
+    let balancing = pack["cell_balancing"].as_array().unwrap();
+    let got = query(prom, &format!("bms_cell_balancing{{{sel}}}"));
+    // Sinowealth boards have no balancing register: no series, rather than a made-up 0.
+    if !got.is_empty() {
+        assert_eq!(got.len(), balancing.len(), "{what}balancing series: {got:?}");
+        for (labels, v) in got {
+            let cell: usize = labels["cell"].parse().unwrap();
+            let want = balancing[cell - 1].as_bool().unwrap();
+            assert_eq!(v, f64::from(u8::from(want)), "{what}cell {cell} balancing");
+        }
+    }
+    // Alarms: the set Prometheus shows active is exactly the set the truth has active.
+    let mut active_truth: Vec<String> = pack["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["active"].as_bool().unwrap_or(true))
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    active_truth.sort();
+    let mut active_prom: Vec<String> = query(prom, &format!("bms_alarm_active{{{sel}}} == 1"))
+        .into_iter()
+        .map(|(labels, _)| labels["alarm"].clone())
+        .collect();
+    active_prom.sort();
+    assert_eq!(active_prom, active_truth, "{what}active alarms");
+    assert!(!query(prom, &format!("bms_alarm_active{{{sel}}}")).is_empty(), "{what}every alarm is listed");
+    for field in ["model", "firmware_version", "serial_number"] {
+        if let Some(want) = pack["info"][field].as_str() {
+            let got = query(prom, &format!("bms_pack_info{{{sel}}}"));
+            assert_eq!(got.first().map(|(l, _)| l.get(field).cloned()), Some(Some(want.to_owned())), "{what}{field}");
+        }
     }
 }
 
@@ -249,6 +324,20 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
             "{device} had poll failures"
         );
     }
+    // Health of every device: polled, no failures, a recent success, a sane poll duration, no noise skipped.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for device in ["daly", "pace", "sinowealth", "modbus"] {
+        let sel = format!("device=\"{device}\"");
+        assert!(value(&prom, &format!("bms_polls_total{{{sel}}}")) >= 1.0, "{device} polls");
+        let last = value(&prom, &format!("bms_last_poll_success_timestamp_seconds{{{sel}}}"));
+        assert!((now - last).abs() < 60.0, "{device}: last success {last}, now {now}");
+        let duration = value(&prom, &format!("bms_poll_duration_seconds{{{sel}}}"));
+        assert!(duration > 0.0 && duration < 5.0, "{device}: poll took {duration} s");
+        assert_eq!(value(&prom, &format!("bms_resync_bytes_total{{{sel}}}")), 0.0, "{device}: clean line");
+    }
+    let build = query(&prom, "bms_exporter_build_info");
+    assert_eq!(build.len(), 1);
+    assert_eq!(build[0].0["version"], env!("CARGO_PKG_VERSION"));
     assert_device_matches_truth(&prom, "daly", "daly", &daly.truth_json());
     assert_device_matches_truth(&prom, "pace", "pace", &pace.truth_json());
     assert_device_matches_truth(&prom, "sinowealth", "sinowealth", &sinowealth.truth_json());

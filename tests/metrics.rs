@@ -173,8 +173,13 @@ fn the_official_python_parser_accepts_a_rich_body_with_every_family() {
         .filter(|s| s["labels"]["device"] == "rack" && s["labels"]["pack"] == "03")
         .count();
     assert_eq!(rack_cells, 16, "the third Pace pack's cells");
-    let level = &samples_of(&families, "bms_temperature_alarm_active")[0]["labels"];
+    // Every sensor of a Pace pack has its limit series; the one level raised is 1.
+    let levels = samples_of(&families, "bms_temperature_alarm_active");
+    let active: Vec<&Value> = levels.iter().filter(|s| s["value"].as_f64() == Some(1.0)).collect();
+    assert_eq!(active.len(), 1, "{active:?}");
+    let level = &active[0]["labels"];
     assert_eq!((level["sensor"].as_str(), level["alarm"].as_str()), (Some("ambient"), Some("above_upper_limit")));
+    assert!(levels.len() > active.len(), "the inactive limits are there too, as 0");
 
     // The stale and the never-polled device keep only health and identity.
     for m in names::ALL.iter().filter(|m| m.scope == Scope::Pack) {
