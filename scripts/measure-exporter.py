@@ -39,10 +39,13 @@ def wait_ready(addr, timeout=30):
 class Timed:
     """The exporter under /usr/bin/time -v; `stop()` returns its peak RSS in KiB."""
 
+    started = []
+
     def __init__(self, binary, args):
         self.log = tempfile.NamedTemporaryFile(prefix="bms-time-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(["/usr/bin/time", "-v", binary, *args], stderr=self.log,
                                      stdout=subprocess.DEVNULL)
+        Timed.started.append(self.proc)
 
     def stop(self):
         # time(1) forwards nothing: signal the exporter itself (time's only child).
@@ -67,6 +70,20 @@ def wrk(addr, seconds):
 
 
 def main():
+    try:
+        run()
+    finally:
+        # Leave no simulator or exporter behind, whatever failed.
+        for p in Timed.started + SIMULATORS:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+SIMULATORS = []
+
+
+def run():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bin", default="target/release/bms_exporter")
     parser.add_argument("--seconds", type=int, default=30)
@@ -83,13 +100,16 @@ def main():
           f"{errors} non-2xx; body {len(body):,} bytes; peak RSS {demo_rss / 1024:.1f} MiB (including the load)")
 
     # 8 devices from a config: 8 simulator processes on TCP, scraped once a second for 10 s.
-    sims, devices = [], []
+    sims, devices = SIMULATORS, []
     for i in range(8):
         protocol = ["daly", "pace", "sinowealth", "daly-modbus"][i % 4]
-        p = subprocess.Popen([args.bin, "simulate", "--protocol", protocol, "--tcp", "127.0.0.1:0"],
+        cells = ["--cells", "4"] if protocol == "sinowealth" else ["--cells", "16"]
+        p = subprocess.Popen([args.bin, "simulate", "--protocol", protocol, "--tcp", "127.0.0.1:0", *cells],
                              stderr=subprocess.PIPE, text=True)
-        line = p.stderr.readline()
         sims.append(p)
+        line = p.stderr.readline()
+        if "listening on" not in line:
+            raise SystemExit(f"the {protocol} simulator did not start: {line}")
         devices.append(f"  - name: dev{i}\n    protocol: {protocol}\n    tcp: {line.strip().rsplit(' ', 1)[-1]}\n")
     config = tempfile.NamedTemporaryFile("w", prefix="bms-8-", suffix=".yaml", delete=False)
     config.write("devices:\n" + "".join(devices))

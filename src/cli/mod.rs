@@ -130,8 +130,8 @@ pub struct SimulateArgs {
     /// The board's turnaround between a request and its reply, in milliseconds.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub latency_ms: u64,
-    /// Inject a fault at a rate (0–1) per request: drop, corrupt, truncate, delay[:SECONDS], garbage, echo,
-    /// wrong_command, silent[:SECONDS], close. Repeatable.
+    /// Inject a fault at a rate (0–1) per request: drop, corrupt, truncate, delay (or delay:SECONDS), garbage,
+    /// echo, wrong_command, silent (or silent:SECONDS), close. Repeatable.
     #[arg(long = "fault", value_name = "KIND=RATE")]
     pub faults: Vec<Fault>,
     /// Seed for drift, noise and fault dice: the same seed gives the same run.
