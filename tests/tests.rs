@@ -9,6 +9,7 @@ mod daly_vectors;
 mod exporter;
 mod metrics;
 mod pace_vectors;
+mod readme;
 mod session;
 mod simulator;
 mod sinowealth_vectors;

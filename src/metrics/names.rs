@@ -423,3 +423,17 @@ mod tests {
         }
     }
 }
+
+/// The metrics reference as a Markdown table, one row per family of [`ALL`] (the README embeds it; a test keeps
+/// the two equal).
+#[must_use]
+pub fn reference_markdown() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for metric in ALL {
+        let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
+        // A `|` in help text would end the cell early.
+        let help = metric.help.replace('|', "\\|");
+        out.push_str(&format!("| `{}` | {} | {} | {help} |\n", metric.name, metric.kind.as_str(), labels.join(", ")));
+    }
+    out
+}
