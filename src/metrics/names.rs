@@ -428,12 +428,13 @@ mod tests {
 /// the two equal).
 #[must_use]
 pub fn reference_markdown() -> String {
+    use std::fmt::Write as _;
     let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
     for metric in ALL {
         let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
         // A `|` in help text would end the cell early.
         let help = metric.help.replace('|', "\\|");
-        out.push_str(&format!("| `{}` | {} | {} | {help} |\n", metric.name, metric.kind.as_str(), labels.join(", ")));
+        let _ = writeln!(out, "| `{}` | {} | {} | {help} |", metric.name, metric.kind.as_str(), labels.join(", "));
     }
     out
 }
