@@ -349,6 +349,21 @@ pub const ALL: &[&Metric] = &[
     &TEMPERATURE_ALARM,
 ];
 
+/// The metrics reference as a Markdown table, one row per family of [`ALL`] (the README embeds it; a test keeps
+/// the two equal).
+#[must_use]
+pub fn reference_markdown() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for metric in ALL {
+        let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
+        // A `|` in help text would end the cell early.
+        let help = metric.help.replace('|', "\\|");
+        let _ = writeln!(out, "| `{}` | {} | {} | {help} |", metric.name, metric.kind.as_str(), labels.join(", "));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,19 +437,4 @@ mod tests {
             assert!(FAILURE_REASONS.contains(&e.reason()), "{} is not in the bounded set", e.reason());
         }
     }
-}
-
-/// The metrics reference as a Markdown table, one row per family of [`ALL`] (the README embeds it; a test keeps
-/// the two equal).
-#[must_use]
-pub fn reference_markdown() -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
-    for metric in ALL {
-        let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
-        // A `|` in help text would end the cell early.
-        let help = metric.help.replace('|', "\\|");
-        let _ = writeln!(out, "| `{}` | {} | {} | {help} |", metric.name, metric.kind.as_str(), labels.join(", "));
-    }
-    out
 }
