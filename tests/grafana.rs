@@ -168,6 +168,8 @@ fn panel_ids_are_unique_within_a_dashboard_rows_included() {
         let all = panels(&d);
         assert!(all.len() >= 10, "{name}: only {} panels", all.len());
         let mut ids = BTreeMap::new();
+        // Titles name a panel in the e2e test's failures (`dashboard_queries`), so they are unique too.
+        let mut titles = BTreeSet::new();
         for panel in &all {
             let title = panel["title"].as_str().unwrap_or_else(|| panel["type"].as_str().unwrap_or_default());
             let id = panel["id"].as_u64().unwrap_or_else(|| panic!("{name}: panel {title:?} has no numeric id"));
@@ -181,6 +183,7 @@ fn panel_ids_are_unique_within_a_dashboard_rows_included() {
                 "{name}: panel {title:?} has no gridPos inside Grafana's 24 columns: {grid}"
             );
             assert!(panel["type"].is_string(), "{name}: panel {title:?} has no type");
+            assert!(titles.insert(title), "{name}: two panels are titled {title:?}");
         }
     }
 }
