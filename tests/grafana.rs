@@ -57,6 +57,30 @@ pub(crate) fn dashboard_queries() -> Vec<(String, String, String)> {
     queries
 }
 
+/// Every query variable's lookup: (dashboard uid, variable, series selector, label), from its
+/// `label_values(selector, label)` definition; Grafana sends it as `/api/v1/label/<label>/values?match[]=<selector>`
+/// (after [`substitute_variables`] on the selector), which the end-to-end test can do too.
+pub(crate) fn variable_queries() -> Vec<(String, String, String, String)> {
+    let mut queries = Vec::new();
+    for name in DASHBOARDS {
+        for variable in dashboard(name)["templating"]["list"].as_array().into_iter().flatten() {
+            if variable["type"] != "query" {
+                continue;
+            }
+            let definition = variable["definition"].as_str().unwrap_or_default();
+            let args =
+                definition.strip_prefix("label_values(").and_then(|rest| rest.strip_suffix(')')).unwrap_or_else(|| {
+                    panic!("{name}: variable {} is not label_values(…): {definition}", variable["name"])
+                });
+            let (selector, label) =
+                args.rsplit_once(',').unwrap_or_else(|| panic!("{name}: {definition} names no label"));
+            let variable = variable["name"].as_str().unwrap_or_default();
+            queries.push((name.to_owned(), variable.to_owned(), selector.trim().to_owned(), label.trim().to_owned()));
+        }
+    }
+    queries
+}
+
 /// `expr` as Prometheus would get it from Grafana with every device and pack selected (`All` is `.*`) and a
 /// 15 s scrape interval.
 pub(crate) fn substitute_variables(expr: &str) -> String {
@@ -267,6 +291,13 @@ fn variables_are_datasource_device_and_pack_and_queries_use_no_others() {
         let by_name: BTreeMap<&str, &Value> =
             list.iter().map(|v| (v["name"].as_str().unwrap_or_default(), v)).collect();
         assert_eq!(by_name.keys().copied().collect::<Vec<_>>(), ["datasource", "device", "pack"], "{name}");
+        let lookups: Vec<_> = variable_queries().into_iter().filter(|(d, ..)| d == name).collect();
+        let expected =
+            [("device", "bms_up", "device"), ("pack", "bms_pack_voltage_volts{device=~\"$device\"}", "pack")];
+        assert_eq!(lookups.len(), expected.len(), "{name}: {lookups:?}");
+        for ((_, variable, selector, label), (v, s, l)) in lookups.iter().zip(expected) {
+            assert_eq!((variable.as_str(), selector.as_str(), label.as_str()), (v, s, l), "{name}");
+        }
         let datasource = by_name["datasource"];
         assert_eq!((&datasource["type"], &datasource["query"]), (&json!("datasource"), &json!("prometheus")), "{name}");
         for (variable, definition) in [
