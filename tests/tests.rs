@@ -7,6 +7,7 @@ mod config;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod exporter;
+mod grafana;
 mod metrics;
 mod pace_vectors;
 mod readme;
