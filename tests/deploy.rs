@@ -161,19 +161,19 @@ fn env_file_args() -> Vec<String> {
 
 #[test]
 fn the_env_files_arguments_start_the_exporter_and_sigterm_stops_it_cleanly() {
-    let args = env_file_args();
-    let position = |flag: &str| args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("no {flag}"));
-    assert_eq!(args[position("--config") + 1], "/etc/bms_exporter/config.yaml");
-    assert_eq!(args[position("--web.listen-address") + 1], ":10485");
+    let mut args = env_file_args();
+    let position = |flag: &str| args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("no {flag}")) + 1;
+    let (config_at, listen_at) = (position("--config"), position("--web.listen-address"));
+    assert_eq!(args[config_at], "/etc/bms_exporter/config.yaml");
+    assert_eq!(args[listen_at], ":10485");
 
     // The same argument list, with the config and port moved to ones this test owns: a device behind a TCP
     // serial server that is not there, which must not stop the exporter from serving.
     let scratch = Scratch::new("env");
     let config = scratch.write("config.yaml", "devices:\n  - name: house\n    protocol: daly\n    tcp: 127.0.0.1:9\n");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut args = args;
-    args[position("--config") + 1] = config.to_str().unwrap().to_owned();
-    args[position("--web.listen-address") + 1] = addr.clone();
+    args[config_at] = config.to_str().unwrap().to_owned();
+    args[listen_at] = addr.clone();
     let mut child = Killed(Command::new(BIN).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     wait_for("/-/healthy", Duration::from_secs(20), || http_get(&addr, "/-/healthy", &[]).filter(|r| r.status == 200));
 
