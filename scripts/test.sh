@@ -7,9 +7,10 @@ export CARGO_TERM_COLOR=never
 
 echo "== system packages"
 # Real peers the end-to-end tests start (tests/exporter.rs): a Prometheus server, openssl for a test
-# certificate and curl as a TLS client. Installed only when missing; the tests fail loudly without them.
+# certificate, curl as a TLS client, strace to hold the systemd unit's syscall filter against the exporter's calls
+# (tests/deploy.rs). Installed only when missing; the tests fail loudly without them.
 need=()
-for pair in prometheus:prometheus openssl:openssl curl:curl; do
+for pair in prometheus:prometheus openssl:openssl curl:curl strace:strace; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

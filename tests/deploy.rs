@@ -2,13 +2,14 @@
 //! (kubectl kustomize, kubernetes-validate --strict, cross-references the validators cannot see, the embedded
 //! exporter config through `bms_exporter config check`) and the Containerfile's structure (no engine runs here).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Killed, free_port, http_get, required_program, wait_for};
+use crate::util::{Killed, Simulator, free_port, http_get, required_program, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bms_exporter");
 
@@ -174,8 +175,14 @@ fn the_env_files_arguments_start_the_exporter_and_sigterm_stops_it_cleanly() {
     let addr = format!("127.0.0.1:{}", free_port());
     args[config_at] = config.to_str().unwrap().to_owned();
     args[listen_at] = addr.clone();
-    let mut child = Killed(Command::new(BIN).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    wait_for("/-/healthy", Duration::from_secs(20), || http_get(&addr, "/-/healthy", &[]).filter(|r| r.status == 200));
+    let log = std::fs::File::create(scratch.0.join("stderr")).unwrap();
+    let mut child = Killed(Command::new(BIN).args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    wait_for("/-/healthy", Duration::from_secs(20), || {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("the exporter exited ({status}) on the env file's arguments:\n{}", read_log(&scratch));
+        }
+        http_get(&addr, "/-/healthy", &[]).filter(|r| r.status == 200)
+    });
 
     // systemd's KillSignal=SIGTERM: the exporter must exit 0 so Restart=on-failure leaves it stopped.
     let kill = required_program("kill", "procps");
@@ -183,6 +190,108 @@ fn the_env_files_arguments_start_the_exporter_and_sigterm_stops_it_cleanly() {
     assert!(out.status.success(), "kill: {}", text(&out));
     let status = wait_for("the exporter to exit", Duration::from_secs(10), || child.0.try_wait().unwrap());
     assert!(status.success(), "SIGTERM should end the exporter with 0, got {status}");
+}
+
+fn read_log(scratch: &Scratch) -> String {
+    std::fs::read_to_string(scratch.0.join("stderr")).unwrap_or_default()
+}
+
+/// The system calls a `systemd-analyze syscall-filter` group stands for, nested groups expanded.
+fn syscall_group(analyze: &Path, group: &str) -> BTreeSet<String> {
+    let out = run(analyze, &["syscall-filter", group]);
+    assert!(out.status.success(), "syscall-filter {group}: {}", text(&out));
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let mut calls = BTreeSet::new();
+    for item in listing.lines().skip(1).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if item.starts_with('@') {
+            calls.extend(syscall_group(analyze, item));
+        } else {
+            calls.insert(item.to_owned());
+        }
+    }
+    assert!(!calls.is_empty(), "{group} lists no system calls");
+    calls
+}
+
+/// The system call names in an `strace -f` log: `PID name(...` and `PID <... name resumed>` lines.
+fn traced_calls(log: &str) -> BTreeSet<String> {
+    log.lines()
+        .filter_map(|line| line.split_once(' ').map(|(_, rest)| rest))
+        .filter_map(|rest| match rest.strip_prefix("<... ") {
+            Some(resumed) => resumed.split(' ').next(),
+            None => rest.split('(').next(),
+        })
+        .filter(|name| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_system_call_the_exporter_makes_passes_the_units_filter() {
+    // SystemCallFilter= is the one setting `verify` cannot judge: a call outside it fails with EPERM at run time.
+    // So run the exporter under strace through a whole life — start, a serial device (a PTY simulator, which
+    // exercises the termios ioctls and flock), a TCP serial server, scrapes, SIGTERM — and check every call
+    // against the unit's allow list minus its deny list.
+    let settings = unit_settings(&read(UNIT));
+    let filters: Vec<&str> =
+        settings.iter().filter(|(k, _)| k == "SystemCallFilter").map(|(_, v)| v.as_str()).collect();
+    let analyze = required_program("systemd-analyze", "systemd");
+    let (mut allowed, mut denied) = (BTreeSet::new(), BTreeSet::new());
+    for filter in &filters {
+        let (set, groups) = match filter.strip_prefix('~') {
+            Some(groups) => (&mut denied, groups),
+            None => (&mut allowed, *filter),
+        };
+        for group in groups.split_whitespace() {
+            set.extend(syscall_group(&analyze, group));
+        }
+    }
+    assert!(!allowed.is_empty() && !denied.is_empty(), "filters: {filters:?}");
+
+    let (_serial_sim, link) = Simulator::pty("deploy-filter", &["--protocol", "daly", "--time-scale", "0"]);
+    let tcp_sim = Simulator::tcp("deploy-filter-tcp", &["--protocol", "pace", "--packs", "2", "--time-scale", "0"]);
+    let scratch = Scratch::new("filter");
+    let config = scratch.write(
+        "config.yaml",
+        &format!(
+            "devices:\n  - name: usb\n    protocol: daly\n    serial: {}\n  - name: tcp\n    protocol: pace\n    tcp: {}\n",
+            link.display(),
+            tcp_sim.addr.as_deref().unwrap()
+        ),
+    );
+    let strace = required_program("strace", "strace");
+    let trace = scratch.0.join("strace.log");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tracer = Killed(
+        Command::new(strace)
+            .args(["-f", "-qq", "-o", trace.to_str().unwrap(), "--", BIN, "--config", config.to_str().unwrap()])
+            .args(["--web.listen-address", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let metrics = wait_for("both devices up", Duration::from_secs(30), || {
+        assert!(tracer.0.try_wait().unwrap().is_none(), "the exporter exited under strace");
+        http_get(&addr, "/metrics", &[])
+            .filter(|r| r.body.contains("bms_up{device=\"usb\"} 1") && r.body.contains("bms_up{device=\"tcp\"} 1"))
+    });
+    assert!(metrics.body.contains("bms_cell_voltage"), "no cell voltages scraped");
+
+    // The exporter is strace's child; SIGTERM goes to it as systemd would send it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.0.id())).unwrap();
+    let exporter = children.split_whitespace().next().expect("strace's child").to_owned();
+    let out = run(&required_program("kill", "procps"), &["-TERM", &exporter]);
+    assert!(out.status.success(), "kill: {}", text(&out));
+    let status = wait_for("the exporter to exit", Duration::from_secs(10), || tracer.0.try_wait().unwrap());
+    assert!(status.success(), "the traced exporter ended with {status}");
+
+    let used = traced_calls(&std::fs::read_to_string(&trace).unwrap());
+    assert!(used.contains("ioctl") && used.contains("accept4") && used.contains("connect"), "trace: {used:?}");
+    let outside: Vec<&String> = used.iter().filter(|c| !allowed.contains(*c) || denied.contains(*c)).collect();
+    assert!(outside.is_empty(), "system calls the unit's SystemCallFilter refuses: {outside:?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
