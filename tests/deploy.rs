@@ -510,6 +510,21 @@ fn the_containerfile_builds_locked_in_one_stage_and_runs_non_root_in_another() {
     assert_eq!(instruction("EXPOSE"), ["10485"]);
     assert!(instruction("LABEL").iter().any(|l| l.contains("org.opencontainers.image.title=")));
 
+    // Every file copied from the build context exists, and the ignore file lets exactly those in.
+    let ignore = read("deploy/container/Containerfile.dockerignore");
+    for source in copy.iter().filter(|c| !c.starts_with("--from=")).flat_map(|c| {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        words[..words.len() - 1].to_vec()
+    }) {
+        assert!(root().join(source).exists(), "COPY {source}: no such file");
+        let allowed = format!("!{}", source.trim_end_matches('/'));
+        assert!(
+            ignore.lines().any(|l| l.trim_end_matches('/') == allowed),
+            "{source} is copied but the ignore file keeps it out"
+        );
+    }
+    assert!(ignore.lines().any(|l| l == "*"), "the ignore file should start from nothing");
+
     // The config the image carries by default passes the exporter's own check.
     assert!(copy.contains(&"examples/config.yaml /etc/bms_exporter/config.yaml"));
     let out = run(Path::new(BIN), &["config", "check", root().join("examples/config.yaml").to_str().unwrap()]);
