@@ -228,6 +228,27 @@ fn traced_calls(log: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// strace running the exporter. Killing strace alone would detach the exporter and leave it running, so a drop
+/// kills strace's children first.
+struct Tracer(std::process::Child);
+
+impl Tracer {
+    fn children(&self) -> Vec<String> {
+        let list = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.0.id())).unwrap_or_default();
+        list.split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        for child in self.children() {
+            let _ = Command::new("kill").args(["-KILL", &child]).status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn every_system_call_the_exporter_makes_passes_the_units_filter() {
     // SystemCallFilter= is the one setting `verify` cannot judge: a call outside it fails with EPERM at run time.
@@ -264,7 +285,7 @@ fn every_system_call_the_exporter_makes_passes_the_units_filter() {
     let strace = required_program("strace", "strace");
     let trace = scratch.0.join("strace.log");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut tracer = Killed(
+    let mut tracer = Tracer(
         Command::new(strace)
             .args(["-f", "-qq", "-o", trace.to_str().unwrap(), "--", BIN, "--config", config.to_str().unwrap()])
             .args(["--web.listen-address", &addr])
@@ -281,8 +302,7 @@ fn every_system_call_the_exporter_makes_passes_the_units_filter() {
     assert!(metrics.body.contains("bms_cell_voltage"), "no cell voltages scraped");
 
     // The exporter is strace's child; SIGTERM goes to it as systemd would send it.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.0.id())).unwrap();
-    let exporter = children.split_whitespace().next().expect("strace's child").to_owned();
+    let exporter = tracer.children().into_iter().next().expect("strace's child");
     let out = run(&required_program("kill", "procps"), &["-TERM", &exporter]);
     assert!(out.status.success(), "kill: {}", text(&out));
     let status = wait_for("the exporter to exit", Duration::from_secs(10), || tracer.0.try_wait().unwrap());
