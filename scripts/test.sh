@@ -7,9 +7,10 @@ export CARGO_TERM_COLOR=never
 
 echo "== system packages"
 # Real peers the end-to-end tests start (tests/exporter.rs): a Prometheus server, openssl for a test
-# certificate and curl as a TLS client. Installed only when missing; the tests fail loudly without them.
+# certificate, curl as a TLS client, strace to hold the systemd unit's syscall filter against the exporter's calls
+# (tests/deploy.rs). Installed only when missing; the tests fail loudly without them.
 need=()
-for pair in prometheus:prometheus openssl:openssl curl:curl; do
+for pair in prometheus:prometheus openssl:openssl curl:curl strace:strace; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -20,13 +21,14 @@ fi
 
 echo "== python peers"
 # The independent client the simulator must satisfy (issue #4): daly-bms-cli from PyPI, in a venv under target/;
-# and the official Python Prometheus client, whose OpenMetrics parser must accept /metrics (tests/metrics.rs).
+# the official Python Prometheus client, whose OpenMetrics parser must accept /metrics (tests/metrics.rs);
+# kubernetes-validate, whose bundled schemas check deploy/kubernetes offline (tests/deploy.rs).
 venv=target/py
-if ! "$venv/bin/python" -c "import dalybms, serial, prometheus_client" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import dalybms, serial, prometheus_client, kubernetes_validate" 2>/dev/null; then
   rm -rf "$venv"
   mkdir -p target
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check dalybms==0.5.0 pyserial==3.5 prometheus-client==0.26.0
+  "$venv/bin/pip" install --quiet --disable-pip-version-check dalybms==0.5.0 pyserial==3.5 prometheus-client==0.26.0 kubernetes-validate==1.37.0
 fi
 export BMS_DALY_BMS_CLI="$PWD/$venv/bin/daly-bms-cli"
 

@@ -6,6 +6,7 @@ mod cli_decode;
 mod config;
 mod daly_modbus_vectors;
 mod daly_vectors;
+mod deploy;
 mod exporter;
 mod grafana;
 mod metrics;
