@@ -9,6 +9,7 @@ mod daly_vectors;
 mod exporter;
 mod metrics;
 mod pace_vectors;
+mod prometheus_rules;
 mod session;
 mod simulator;
 mod sinowealth_vectors;
