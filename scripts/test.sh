@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 echo "== system packages"
-# Real peers the end-to-end tests start (tests/exporter.rs): a Prometheus server, openssl for a test
+# Real peers the tests start (tests/exporter.rs, prometheus_rules.rs): Prometheus and amtool, openssl for a test
 # certificate and curl as a TLS client. Installed only when missing; the tests fail loudly without them.
 need=()
-for pair in prometheus:prometheus openssl:openssl curl:curl; do
+for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

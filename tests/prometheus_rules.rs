@@ -2,7 +2,8 @@
 //! rules`, the example scrape config (with its commented /probe job uncommented) passes `promtool check config`,
 //! the unit tests in deploy/prometheus/tests/ pass `promtool test rules`, every rule reads only families in
 //! `names::ALL`, and every alert rule is named, labelled, annotated, documented and tested as the README promises.
-//! promtool comes from the Debian package `prometheus`; without it these tests fail, they never skip.
+//! The README's Alertmanager inhibit rules pass `amtool check-config`. promtool comes from the Debian package
+//! `prometheus`, amtool from `prometheus-alertmanager`; without them these tests fail, they never skip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -437,6 +438,23 @@ fn every_alert_rule_fires_in_a_test_and_every_alert_stays_silent_in_one() {
         let record = rule.record.unwrap();
         assert!(tested_exprs.contains(&record), "no promql_expr_test evaluates {record}");
     }
+}
+
+#[test]
+fn the_readmes_alertmanager_inhibit_rules_pass_amtool() {
+    let readme = read(&dir().join("README.md"));
+    let start = readme.find("inhibit_rules:\n").expect("README has no inhibit_rules example");
+    let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
+    let scratch = Scratch::new("alertmanager");
+    let config = scratch.0.join("alertmanager.yml");
+    std::fs::write(&config, format!("route:\n  receiver: default\nreceivers:\n  - name: default\n{snippet}")).unwrap();
+    let out = Command::new("amtool")
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run amtool ({e}): install the Debian package `prometheus-alertmanager`"));
+    let text = text(&out);
+    assert!(out.status.success(), "amtool check-config failed:\n{text}");
+    assert!(text.contains("2 inhibit rules"), "{text}");
 }
 
 #[test]
