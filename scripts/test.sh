@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 echo "== system packages"
-# Real peers the end-to-end tests start (tests/exporter.rs): a Prometheus server, openssl for a test
-# certificate, curl as a TLS client, strace to hold the systemd unit's syscall filter against the exporter's calls
-# (tests/deploy.rs). Installed only when missing; the tests fail loudly without them.
+# Real peers the tests start: a Prometheus server and promtool (tests/exporter.rs, observability.rs,
+# prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, and strace to hold the
+# systemd unit's syscall filter against the exporter's calls (tests/deploy.rs). Installed only when missing; the
+# tests fail loudly without them.
 need=()
-for pair in prometheus:prometheus openssl:openssl curl:curl strace:strace; do
+for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

@@ -145,28 +145,3 @@ fn query_recorded(prometheus: &str) -> usize {
     let (json, _) = ask(prometheus, "count by (__name__) ({__name__=~\".+:.+\"})");
     json["data"]["result"].as_array().map_or(0, Vec::len)
 }
-
-#[test]
-fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
-    let promtool = required_program("promtool", "prometheus");
-    let run = |args: &[&str]| {
-        let out = Process::new(&promtool).args(args).current_dir(repo("deploy/prometheus")).output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool {args:?}:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&["check", "rules", "rules.yml", "alerts.yml"]);
-    let tests: Vec<String> = std::fs::read_dir(repo("deploy/prometheus/tests"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
-        .map(|p| format!("tests/{}", p.file_name().unwrap().to_string_lossy()))
-        .collect();
-    assert!(!tests.is_empty(), "no promtool test files");
-    let mut args = vec!["test", "rules"];
-    args.extend(tests.iter().map(String::as_str));
-    run(&args);
-}
