@@ -2,9 +2,7 @@
 //! simulate` processes, checking every value against the simulator's truth file and every failure against the
 //! worker's counters (tests/tests.rs `mod bus`).
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command as Process, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +20,7 @@ use bms_exporter::protocol::{DecodeOptions, Exchange};
 use bms_exporter::session::Settings;
 use bms_exporter::transport::{self, Parity, SerialSettings, TcpSettings, TransportError, TransportSettings};
 
-use crate::util::{Simulator, scratch};
+use crate::util::Simulator;
 
 const PROTOCOLS: [&str; 4] = ["daly", "daly-modbus", "sinowealth", "pace"];
 
@@ -370,32 +368,12 @@ async fn pace_faults_never_become_values_are_counted_and_pass() {
     fault_matrix("pace").await;
 }
 
-/// A TCP simulator whose stderr lines are kept, for the `requests=… replies=…` line it prints when a client
-/// goes (the bus worker's connection closes when the last handle is dropped).
+/// A TCP simulator and its stderr lines, for the `requests=… replies=…` line it prints when a client goes (the
+/// bus worker's connection closes when the last handle is dropped).
 fn tcp_logged(name: &str, args: &[&str]) -> (Simulator, Arc<Mutex<Vec<String>>>) {
-    let dir = scratch(name);
-    let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-        .args(["simulate", "--tcp", "127.0.0.1:0", "--truth"])
-        .arg(dir.join("truth.json"))
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on 127.0.0.1:"), "{line}");
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    // Keep draining stderr so the simulator never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in stderr.lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (Simulator { child, addr: Some(addr), dir }, lines)
+    let sim = Simulator::tcp(name, args);
+    let lines = Arc::clone(&sim.lines);
+    (sim, lines)
 }
 
 /// The `requests=N` the simulator printed for the first client that went away, waiting up to 5 s for it.

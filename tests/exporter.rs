@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Killed, Simulator, free_port, http_get, required_program, scratch, url_encode, wait_for};
+use crate::util::{
+    Killed, Simulator, free_port, http_get, prometheus, required_program, scratch, url_encode, wait_for,
+};
 use bms_exporter::metrics::names;
 
 /// The exporter binary serving with `args`, its stderr kept in `dir/exporter.log`.
-fn exporter(dir: &Path, args: &[&str]) -> Killed {
+pub(crate) fn exporter(dir: &Path, args: &[&str]) -> Killed {
     let log = std::fs::File::create(dir.join("exporter.log")).unwrap();
     let child =
         Process::new(env!("CARGO_BIN_EXE_bms_exporter")).args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
@@ -26,40 +28,10 @@ fn exporter_log(dir: &Path) -> String {
 }
 
 /// Wait until the exporter at `addr` answers `/-/ready` with 200.
-fn wait_ready(addr: &str, dir: &Path) {
+pub(crate) fn wait_ready(addr: &str, dir: &Path) {
     wait_for(&format!("the exporter at {addr} to be ready:\n{}", exporter_log(dir)), Duration::from_secs(30), || {
         http_get(addr, "/-/ready", &[]).filter(|r| r.status == 200)
     });
-}
-
-/// A real Prometheus scraping `target` every second, with its data in `dir`.
-fn prometheus(dir: &Path, target: &str) -> (Killed, String) {
-    let binary = required_program("prometheus", "prometheus");
-    let port = free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bms\n    \
-             static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Process::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    wait_for("Prometheus to be ready", Duration::from_secs(30), || {
-        http_get(&addr, "/-/ready", &[]).filter(|r| r.status == 200)
-    });
-    (Killed(child), addr)
 }
 
 /// One sample of an instant query: its labels and value.
@@ -299,7 +271,7 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
     let parsed = crate::metrics::parse_with_python(&body.body);
     assert!(parsed.len() >= names::ALL.len(), "the Python parser saw {} families", parsed.len());
 
-    let (_prometheus, prom) = prometheus(&dir, &addr);
+    let (_prometheus, prom) = prometheus(&dir, &addr, &[]);
     // The target is healthy and every family arrived in Prometheus' storage.
     wait_for("Prometheus to scrape the exporter without error", Duration::from_secs(30), || {
         let targets = http_get(&prom, "/api/v1/targets", &[])?;

@@ -4,12 +4,11 @@
 //! dashboard query must return data; Prometheus must have loaded every rule group without an evaluation error.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Killed, free_port, http_get, required_program, scratch, url_encode, wait_for};
+use crate::util::{Killed, free_port, http_get, prometheus, scratch, url_encode, wait_for};
 
 fn repo(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -30,65 +29,17 @@ fn ask(prometheus: &str, expr: &str) -> (Value, usize) {
 
 fn exporter_demo(dir: &Path) -> (Killed, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(dir.join("exporter.log")).unwrap();
-    let child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-        .args(["--demo", "--web.listen-address", &addr, "--log.level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let exporter = Killed(child);
-    wait_for("the demo exporter to be ready", Duration::from_secs(30), || {
-        http_get(&addr, "/-/ready", &[]).filter(|r| r.status == 200)
-    });
+    let exporter = crate::exporter::exporter(dir, &["--demo", "--web.listen-address", &addr, "--log.level", "warn"]);
+    crate::exporter::wait_ready(&addr, dir);
     (exporter, addr)
-}
-
-fn prometheus_with_rules(dir: &Path, target: &str) -> (Killed, String) {
-    let binary = required_program("prometheus", "prometheus");
-    let port = free_port();
-    let config = dir.join("prometheus.yml");
-    let rules = repo("deploy/prometheus/rules.yml");
-    let alerts = repo("deploy/prometheus/alerts.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - {}\n  - {}\n\
-             scrape_configs:\n  - job_name: bms\n    static_configs:\n      - targets: ['{target}']\n",
-            rules.display(),
-            alerts.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Process::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let dir_owned = dir.to_owned();
-    wait_for("Prometheus to be ready", Duration::from_secs(30), || {
-        let ready = http_get(&addr, "/-/ready", &[]).filter(|r| r.status == 200);
-        if ready.is_none() {
-            let log = std::fs::read_to_string(dir_owned.join("prometheus.log")).unwrap_or_default();
-            assert!(!log.contains("level=error"), "Prometheus failed to start:\n{log}");
-        }
-        ready
-    });
-    (Killed(child), addr)
 }
 
 #[test]
 fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_prometheus_scraping_the_demo() {
     let dir = scratch("e2e-observability");
     let (_exporter, target) = exporter_demo(&dir);
-    let (_prometheus, prom) = prometheus_with_rules(&dir, &target);
+    let rules = [repo("deploy/prometheus/rules.yml"), repo("deploy/prometheus/alerts.yml")];
+    let (_prometheus, prom) = prometheus(&dir, &target, &rules);
     // Enough scrapes for rate() over the 1m windows the dashboards use with $__rate_interval.
     wait_for("the demo's series in Prometheus", Duration::from_secs(30), || {
         (ask(&prom, "count(bms_cell_voltage_volts)").1 > 0).then_some(())

@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bms_exporter::model::{DeviceSnapshot, PackSnapshot};
@@ -34,6 +35,8 @@ pub struct Simulator {
     /// `127.0.0.1:PORT` for TCP runs.
     pub addr: Option<String>,
     pub dir: PathBuf,
+    /// Lines the simulator wrote to stderr (TCP runs), e.g. the `requests=… replies=…` line when a client goes.
+    pub lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Simulator {
@@ -53,25 +56,10 @@ pub fn scratch(name: &str) -> PathBuf {
 impl Simulator {
     /// Start on TCP at a free loopback port the simulator picks, and wait until it listens.
     pub fn tcp(name: &str, args: &[&str]) -> Self {
-        let dir = scratch(name);
-        let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-            .args(["simulate", "--tcp", "127.0.0.1:0", "--truth"])
-            .arg(dir.join("truth.json"))
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-        assert!(line.contains("listening on 127.0.0.1:"), "{line}");
-        // Keep draining stderr so the simulator never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr: Some(addr), dir }
+        Self::tcp_at(&scratch(name), "127.0.0.1:0", args)
     }
 
-    /// Start on TCP at a given address (a restart after [`Simulator::stop`] reuses the port), keeping `dir`.
+    /// Start on TCP at `addr` (a restart after [`Simulator::stop`] reuses the port), keeping its truth in `dir`.
     pub fn tcp_at(dir: &Path, addr: &str, args: &[&str]) -> Self {
         let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
             .args(["simulate", "--tcp", addr, "--truth"])
@@ -84,8 +72,18 @@ impl Simulator {
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
         assert!(line.contains("listening on"), "{line}");
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr: Some(addr.to_owned()), dir: dir.to_owned() }
+        // The address it really listens on (the port it picked for `:0`).
+        let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        // Keep draining stderr so the simulator never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, addr: Some(addr), dir: dir.to_owned(), lines }
     }
 
     /// Start on a pseudo-terminal linked at `<scratch>/tty` and wait for the link.
@@ -106,7 +104,7 @@ impl Simulator {
             assert!(Instant::now() < deadline, "the PTY link never appeared");
             std::thread::sleep(Duration::from_millis(20));
         }
-        (Self { child, addr: None, dir }, link)
+        (Self { child, addr: None, dir, lines: Arc::default() }, link)
     }
 
     /// Start on a pseudo-terminal linked at `link` (a restart after [`Simulator::stop`] reuses the path).
@@ -125,7 +123,7 @@ impl Simulator {
             assert!(Instant::now() < deadline, "the PTY link never appeared");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, addr: None, dir: dir.to_owned() }
+        Self { child, addr: None, dir: dir.to_owned(), lines: Arc::default() }
     }
 
     /// Stop the process (SIGKILL) but keep the scratch directory, as a device unplugged.
@@ -281,4 +279,43 @@ pub fn required_program(name: &str, package: &str) -> PathBuf {
     found.unwrap_or_else(|| {
         panic!("{name} is missing: install the Debian package {package} (bash scripts/test.sh does it)")
     })
+}
+
+/// A real Prometheus (Debian package `prometheus`) on a free loopback port, scraping `target` every second as job
+/// `bms`, evaluating `rule_files` every second, with its data and log in `dir`. Returns it and its address.
+pub fn prometheus(dir: &Path, target: &str, rule_files: &[PathBuf]) -> (Killed, String) {
+    let binary = required_program("prometheus", "prometheus");
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    let rules: String = rule_files.iter().map(|f| format!("  - {}\n", f.display())).collect();
+    let rules = if rules.is_empty() { String::new() } else { format!("rule_files:\n{rules}") };
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rules}\
+             scrape_configs:\n  - job_name: bms\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Process::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let prometheus = Killed(child);
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+        let ready = http_get(&addr, "/-/ready", &[]).filter(|r| r.status == 200);
+        if ready.is_none() {
+            let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+            assert!(!log.contains("level=error"), "Prometheus failed to start:\n{log}");
+        }
+        ready
+    });
+    (prometheus, addr)
 }
