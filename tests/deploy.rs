@@ -216,7 +216,8 @@ fn syscall_group(analyze: &Path, group: &str) -> BTreeSet<String> {
 /// The system call names in an `strace -f` log: `PID name(...` and `PID <... name resumed>` lines.
 fn traced_calls(log: &str) -> BTreeSet<String> {
     log.lines()
-        .filter_map(|line| line.split_once(' ').map(|(_, rest)| rest))
+        // strace pads the PID column ("2611  execve(…" but "24566 execve(…"): split on the first run of spaces.
+        .filter_map(|line| line.split_once(' ').map(|(_, rest)| rest.trim_start()))
         .filter_map(|rest| match rest.strip_prefix("<... ") {
             Some(resumed) => resumed.split(' ').next(),
             None => rest.split('(').next(),
@@ -549,4 +550,14 @@ fn the_containerfile_builds_locked_in_one_stage_and_runs_non_root_in_another() {
     assert!(copy.contains(&"examples/config.yaml /etc/bms_exporter/config.yaml"));
     let out = run(Path::new(BIN), &["config", "check", root().join("examples/config.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_trace_reader_takes_call_names_whatever_the_pid_width() {
+    let log = "2611  execve(\"/bin/x\", [], 0x0 /* 1 var */) = 0\n\
+               24566 openat(AT_FDCWD, \"/etc\", O_RDONLY) = 3\n\
+               917   <... read resumed>\"x\", 1) = 1\n\
+               917   +++ exited with 0 +++\n";
+    let calls: Vec<String> = traced_calls(log).into_iter().collect();
+    assert_eq!(calls, ["execve", "openat", "read"]);
 }
