@@ -330,16 +330,7 @@ fn kustomize(dir: &str) -> (String, Vec<Value>) {
 
 /// The Python with kubernetes-validate: $BMS_PYTHON, else the venv scripts/test.sh makes under target/py.
 fn python() -> PathBuf {
-    let python = std::env::var_os("BMS_PYTHON").map_or_else(|| root().join("target/py/bin/python"), PathBuf::from);
-    let ok =
-        Command::new(&python).args(["-c", "import kubernetes_validate"]).output().is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{} cannot import kubernetes_validate: pip install kubernetes-validate==1.37.0 into it \
-         (bash scripts/test.sh does), or point BMS_PYTHON at a Python that has it",
-        python.display()
-    );
-    python
+    crate::util::venv_program("BMS_PYTHON", "python", Some("kubernetes_validate"), "kubernetes-validate==1.37.0")
 }
 
 /// `kubernetes-validate --strict` (unknown fields are errors) on a rendered manifest.

@@ -90,15 +90,7 @@ fn rich_body() -> String {
 }
 
 fn python() -> PathBuf {
-    let path = std::env::var_os("BMS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: run the test command (bash scripts/test.sh), which installs prometheus-client in a venv",
-        path.display()
-    );
-    path
+    crate::util::venv_program("BMS_PYTHON", "python", Some("prometheus_client"), "prometheus-client==0.26.0")
 }
 
 /// Parse `body` with the official parser; the families it saw, as JSON. Bytes go in raw (`sys.stdin.buffer`)

@@ -150,17 +150,28 @@ impl Simulator {
     }
 }
 
-/// Path of `daly-bms-cli` from the venv the test command builds; the test fails loudly without it.
-pub fn daly_bms_cli() -> PathBuf {
-    let path = std::env::var_os("BMS_DALY_BMS_CLI")
+/// A program from the venv the test command builds under `target/py` (or `$var`), checked to exist and, with
+/// `module`, to import it; the test fails loudly, naming the PyPI package, when it does not.
+pub fn venv_program(var: &str, file: &str, module: Option<&str>, package: &str) -> PathBuf {
+    let path = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/daly-bms-cli"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin").join(file));
+    let usable = path.exists()
+        && module.is_none_or(|m| {
+            Process::new(&path).args(["-c", &format!("import {m}")]).output().is_ok_and(|o| o.status.success())
+        });
     assert!(
-        path.exists(),
-        "{} is missing: run the test command (bash scripts/test.sh), which installs dalybms in a venv",
+        usable,
+        "{} is missing or lacks {package}: run the test command (bash scripts/test.sh), which installs it in a venv, \
+         or point {var} at one that has it",
         path.display()
     );
     path
+}
+
+/// Path of `daly-bms-cli` (PyPI dalybms) from the test command's venv.
+pub fn daly_bms_cli() -> PathBuf {
+    venv_program("BMS_DALY_BMS_CLI", "daly-bms-cli", None, "dalybms==0.5.0")
 }
 
 /// Run `daly-bms-cli -d LINK ARGS…` and parse the JSON it prints.
