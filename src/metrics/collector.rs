@@ -329,7 +329,7 @@ impl Scrape {
         })
     }
 
-    /// A per-pack family with two more labels (cell or sensor, then alarm), each series 1.
+    /// A per-pack family with two more labels (cell or sensor, then alarm), each series 0 or 1.
     fn per_level<'p, I>(
         &'p self,
         enc: &mut DescriptorEncoder<'_>,
