@@ -121,9 +121,17 @@ fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: 
             }
         }
         for t in pack["temperatures"].as_array().unwrap() {
-            let Some(probe) = t["sensor"]["probe"].as_u64() else { continue };
-            let got = value(prom, &format!("bms_temperature_celsius{{{sel},sensor=\"{probe:02}\"}}"));
-            close(&what(&format!("probe {probe}")), got, t["celsius"].as_f64().unwrap(), celsius);
+            let want = t["celsius"].as_f64().unwrap();
+            if let Some(probe) = t["sensor"]["probe"].as_u64() {
+                let got = value(prom, &format!("bms_temperature_celsius{{{sel},sensor=\"{probe:02}\"}}"));
+                close(&what(&format!("probe {probe}")), got, want, celsius);
+            } else if let Some(name) = t["sensor"].as_str() {
+                // Named sensors (mosfet, ambient, board) only where the protocol reports them.
+                let got = query(prom, &format!("bms_temperature_celsius{{{sel},sensor=\"{name}\"}}"));
+                if let Some((_, got)) = got.first() {
+                    close(&what(name), *got, want, celsius);
+                }
+            }
         }
         assert_pack_details_match_truth(prom, &sel, &what(""), pack);
     }

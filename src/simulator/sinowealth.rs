@@ -1,7 +1,7 @@
 //! The simulated Sinowealth bus (`protocols/sinowealth.md`): one board answering 3-byte register requests with
 //! the register's data bytes and check byte, built with the codec's own encoder. Pure: no I/O, no clock.
 
-use crate::model::{DeviceSnapshot, PackState};
+use crate::model::{DeviceSnapshot, PackState, SensorId};
 use crate::protocol::sinowealth::registers::{MAX_CELLS, active_flags, flags_from_names};
 use crate::protocol::sinowealth::{
     BATTERY_STATUS_BITS, BatteryStatus, KELVIN_OFFSET_C, PACK_STATUS_BITS, PackStatus, REQUEST_START, Register, Value,
@@ -142,7 +142,15 @@ impl Responder for SinowealthBus {
 
     fn truth(&self) -> DeviceSnapshot {
         let mut device = DeviceSnapshot::default();
-        *device.pack_mut(1) = self.pack.to_snapshot(1);
+        let mut pack = self.pack.to_snapshot(1);
+        // The board sends the simulated MOSFET temperature as its IC temperature 1, which the map files under
+        // the board sensor: the truth names it as a reader of this protocol sees it.
+        for t in &mut pack.temperatures {
+            if t.sensor == SensorId::Mosfet {
+                t.sensor = SensorId::Board;
+            }
+        }
+        *device.pack_mut(1) = pack;
         device
     }
 }
@@ -211,7 +219,7 @@ mod tests {
             close(temperature(decoded, SensorId::Probe(n)), temperature(truth, SensorId::Probe(n)), 0.051);
         }
         // The codec files IC temperature 1 under the board sensor; the simulator sends the MOSFET temperature.
-        close(temperature(decoded, SensorId::Board), temperature(truth, SensorId::Mosfet), 0.051);
+        close(temperature(decoded, SensorId::Board), temperature(truth, SensorId::Board), 0.051);
     }
 
     #[test]

