@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Killed, Simulator, free_port, http_get, required_program, wait_for};
+use crate::util::{Killed, Scratch, Simulator, free_port, http_get, required_program, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bms_exporter");
 
@@ -20,31 +20,6 @@ fn root() -> PathBuf {
 fn read(rel: &str) -> String {
     let path = root().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A scratch directory under target/ (kustomize only follows relative paths, so it must sit inside the
-/// repository), removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = root().join("target").join(format!("deploy-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn run(program: &Path, args: &[&str]) -> Output {
@@ -76,7 +51,7 @@ fn verify(unit: &Path) -> Output {
 
 #[test]
 fn the_systemd_unit_verifies_without_a_word() {
-    let scratch = Scratch::new("verify");
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-verify");
     let out = verify(&unit_copy(&scratch, &read(UNIT)));
     assert!(out.status.success() && text(&out).is_empty(), "systemd-analyze verify:\n{}", text(&out));
 
@@ -90,7 +65,7 @@ fn the_systemd_unit_verifies_without_a_word() {
 fn the_systemd_unit_is_rated_well_below_medium_exposure() {
     // 1.5 "OK" with systemd 252 (see the unit's header); 2.0 leaves room for a newer systemd's weights while
     // still failing if a hardening block is lost (losing the syscall filter alone costs more than 0.5).
-    let scratch = Scratch::new("security");
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-security");
     let unit = unit_copy(&scratch, &read(UNIT));
     let analyze = required_program("systemd-analyze", "systemd");
     let out = run(&analyze, &["security", "--offline=true", "--threshold=20", unit.to_str().unwrap()]);
@@ -170,7 +145,7 @@ fn the_env_files_arguments_start_the_exporter_and_sigterm_stops_it_cleanly() {
 
     // The same argument list, with the config and port moved to ones this test owns: a device behind a TCP
     // serial server that is not there, which must not stop the exporter from serving.
-    let scratch = Scratch::new("env");
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-env");
     let config = scratch.write("config.yaml", "devices:\n  - name: house\n    protocol: daly\n    tcp: 127.0.0.1:9\n");
     let addr = format!("127.0.0.1:{}", free_port());
     args[config_at] = config.to_str().unwrap().to_owned();
@@ -274,7 +249,7 @@ fn every_system_call_the_exporter_makes_passes_the_units_filter() {
 
     let (_serial_sim, link) = Simulator::pty("deploy-filter", &["--protocol", "daly", "--time-scale", "0"]);
     let tcp_sim = Simulator::tcp("deploy-filter-tcp", &["--protocol", "pace", "--packs", "2", "--time-scale", "0"]);
-    let scratch = Scratch::new("filter");
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-filter");
     let config = scratch.write(
         "config.yaml",
         &format!(
@@ -442,7 +417,7 @@ fn assert_wiring_and_hardening(docs: &[Value]) {
 #[test]
 fn the_kubernetes_base_renders_validates_and_reaches_devices_over_tcp_only() {
     let (yaml, docs) = kustomize("deploy/kubernetes");
-    let scratch = Scratch::new("k8s-base");
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-k8s-base");
     assert_validates(&scratch, &yaml);
     assert_wiring_and_hardening(&docs);
     let config = config_check(&scratch, &docs);
@@ -461,7 +436,7 @@ fn the_kubernetes_base_renders_validates_and_reaches_devices_over_tcp_only() {
 fn the_host_serial_component_pins_the_node_and_gets_the_device_without_privileges() {
     // The Component cannot be rendered from inside deploy/kubernetes (kustomize sees a cycle), so this overlay
     // is the one its header tells users to write.
-    let scratch = Scratch::new("k8s-serial");
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-k8s-serial");
     scratch.write(
         "kustomization.yaml",
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\

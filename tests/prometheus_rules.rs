@@ -5,6 +5,7 @@
 //! The README's Alertmanager inhibit rules pass `amtool check-config`. promtool comes from the Debian package
 //! `prometheus`, amtool from `prometheus-alertmanager`; without them these tests fail, they never skip.
 
+use crate::util::Scratch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -165,24 +166,6 @@ fn promtool_ok(args: &[&str]) -> String {
     text
 }
 
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("bms-prometheus-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The metric names an expression reads: identifiers outside string literals, not followed by `(` (functions),
 /// not PromQL keywords or aggregations, not duration units, not label names inside `{}` or
 /// `by (...)`/`without (...)`/`on (...)` lists.
@@ -282,7 +265,7 @@ fn promtool_checks_the_scrape_example_with_the_rule_files_and_its_probe_job() {
     let scrape = read(&dir().join("scrape.yml"));
     let rule_files: String =
         RULE_FILES.iter().map(|f| format!("  - {}\n", dir().join(f).display())).collect::<String>();
-    let scratch = Scratch::new("config");
+    let scratch = Scratch::new("prometheus-config");
 
     let config = scratch.0.join("prometheus.yml");
     std::fs::write(&config, format!("{scrape}\nrule_files:\n{rule_files}")).unwrap();
@@ -327,7 +310,7 @@ fn promtool_unit_tests_pass_and_a_wrong_expectation_fails() {
     assert_eq!(out.matches("SUCCESS").count(), files.len(), "{out}");
 
     // The same tests with one expected annotation changed must fail: promtool really compares them.
-    let scratch = Scratch::new("mutant");
+    let scratch = Scratch::new("prometheus-mutant");
     let original = read(&dir().join("tests/alerts.test.yml"));
     let needle = "Cell 03 of pack 01 on house is at 3.62V";
     assert!(original.contains(needle));
@@ -445,7 +428,7 @@ fn the_readmes_alertmanager_inhibit_rules_pass_amtool() {
     let readme = read(&dir().join("README.md"));
     let start = readme.find("inhibit_rules:\n").expect("README has no inhibit_rules example");
     let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
-    let scratch = Scratch::new("alertmanager");
+    let scratch = Scratch::new("prometheus-alertmanager");
     let config = scratch.0.join("alertmanager.yml");
     std::fs::write(&config, format!("route:\n  receiver: default\nreceivers:\n  - name: default\n{snippet}")).unwrap();
     let out = Command::new("amtool")

@@ -330,3 +330,39 @@ pub fn prometheus(dir: &Path, target: &str, rule_files: &[PathBuf]) -> (Killed, 
     });
     (prometheus, addr)
 }
+
+/// A scratch directory, removed with its contents when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// `bms-NAME-PID` in the system's temporary directory, emptied first.
+    pub fn new(name: &str) -> Self {
+        Self::in_dir(&std::env::temp_dir(), &format!("bms-{name}"))
+    }
+
+    /// `NAME-PID` inside `base` (for tools that want their inputs inside the repository, like kustomize).
+    pub fn in_dir(base: &Path, name: &str) -> Self {
+        let dir = base.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Write `text` to `name` inside the directory and return its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -2,7 +2,8 @@
 //! with and without basic auth, checked with the real `curl` and raw sockets; certificates are made at test time
 //! with the `openssl` CLI, and bad web config files must fail with the specific error.
 
-use std::path::{Path, PathBuf};
+use crate::util::Scratch;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,34 +19,6 @@ const OPENSSL: &str = "/usr/bin/openssl";
 const CURL: &str = "/usr/bin/curl";
 const BODY: &str = "hello from the test router\n";
 const CHALLENGE: &str = "www-authenticate: Basic realm=\"bms_exporter\"";
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("bms-web-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     assert!(Path::new(OPENSSL).exists(), "{OPENSSL} is missing: these tests need the openssl CLI (Debian: openssl)");
@@ -206,7 +179,7 @@ fn tls_config(dir: &Scratch, password: &str, extra: &str) -> WebConfig {
 
 #[tokio::test]
 async fn tls_with_the_right_password_serves_the_body() {
-    let dir = Scratch::new("tls-ok");
+    let dir = Scratch::new("web-tls-ok");
     let web = tls_config(&dir, "correct horse", "");
     assert!(web.tls_enabled() && web.basic_auth_enabled());
     let server = Server::start(Some(web)).await;
@@ -224,7 +197,7 @@ async fn tls_with_the_right_password_serves_the_body() {
 
 #[tokio::test]
 async fn tls_with_a_wrong_password_no_credentials_or_an_unknown_user_is_401_with_the_challenge() {
-    let dir = Scratch::new("tls-401");
+    let dir = Scratch::new("web-tls-401");
     let server = Server::start(Some(tls_config(&dir, "right", ""))).await;
     let cacert = dir.path("server.crt");
     let cacert = cacert.to_str().unwrap();
@@ -248,7 +221,7 @@ async fn tls_with_a_wrong_password_no_credentials_or_an_unknown_user_is_401_with
 
 #[tokio::test]
 async fn plain_http_to_the_tls_port_is_never_served() {
-    let dir = Scratch::new("tls-plain");
+    let dir = Scratch::new("web-tls-plain");
     let server = Server::start(Some(tls_config(&dir, "pw", ""))).await;
     // Raw: a well-formed plain request gets no HTTP answer, and the server closes the connection.
     let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
@@ -271,7 +244,7 @@ async fn plain_http_to_the_tls_port_is_never_served() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_dropped_after_the_timeout() {
-    let dir = Scratch::new("tls-stall");
+    let dir = Scratch::new("web-tls-stall");
     let server = Server::start(Some(tls_config(&dir, "pw", ""))).await;
     let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
     let start = Instant::now();
@@ -287,7 +260,7 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped_after_the_timeout
 
 #[tokio::test]
 async fn basic_auth_without_tls_works_over_plain_http() {
-    let dir = Scratch::new("plain-auth");
+    let dir = Scratch::new("web-plain-auth");
     let path = dir.write("web.yml", &format!("basic_auth_users:\n  alice: {}\n", hash("pw")));
     let web = WebConfig::load(&path).unwrap();
     assert!(!web.tls_enabled() && web.basic_auth_enabled());
@@ -314,7 +287,7 @@ async fn without_a_web_config_it_is_plain_http_and_shuts_down_gracefully() {
 
 #[tokio::test]
 async fn tls_shuts_down_gracefully_and_releases_the_port() {
-    let dir = Scratch::new("tls-stop");
+    let dir = Scratch::new("web-tls-stop");
     let server = Server::start(Some(tls_config(&dir, "pw", ""))).await;
     let port = server.port;
     // A connection in the middle of its handshake must not hold shutdown up.
@@ -327,7 +300,7 @@ async fn tls_shuts_down_gracefully_and_releases_the_port() {
 
 #[tokio::test]
 async fn configured_headers_are_on_every_response_including_401() {
-    let dir = Scratch::new("headers");
+    let dir = Scratch::new("web-headers");
     let path = dir.write(
         "web.yml",
         &format!(
@@ -348,7 +321,7 @@ async fn configured_headers_are_on_every_response_including_401() {
 
 #[tokio::test]
 async fn require_and_verify_client_cert_refuses_clients_without_a_certificate_from_the_ca() {
-    let dir = Scratch::new("mtls");
+    let dir = Scratch::new("web-mtls");
     client_pki(&dir);
     let web = tls_config(&dir, "pw", "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n");
     let server = Server::start(Some(web)).await;
@@ -386,7 +359,7 @@ fn load_err(path: &Path) -> String {
 
 #[test]
 fn a_missing_web_config_file_is_named() {
-    let dir = Scratch::new("cfg-missing");
+    let dir = Scratch::new("web-cfg-missing");
     let path = dir.path("nope.yml");
     let err = WebConfig::load(&path).unwrap_err();
     assert!(matches!(err, WebConfigError::Read { .. }), "{err:?}");
@@ -395,7 +368,7 @@ fn a_missing_web_config_file_is_named() {
 
 #[test]
 fn an_unknown_key_names_the_file_line_and_key() {
-    let dir = Scratch::new("cfg-unknown");
+    let dir = Scratch::new("web-cfg-unknown");
     let path = dir.write("web.yml", "tls_server_config:\n  cert_file: a.crt\n  keyfile: a.key\n");
     let err = load_err(&path);
     assert!(err.starts_with(&format!("web config {}: ", path.display())), "{err}");
@@ -404,7 +377,7 @@ fn an_unknown_key_names_the_file_line_and_key() {
 
 #[test]
 fn an_unsupported_exporter_toolkit_key_says_so() {
-    let dir = Scratch::new("cfg-unsupported");
+    let dir = Scratch::new("web-cfg-unsupported");
     let path = dir.write("web.yml", "rate_limit:\n  interval: 1s\n  burst: 20\n");
     let err = load_err(&path);
     assert!(err.contains("rate_limit is not supported by bms_exporter"), "{err}");
@@ -413,7 +386,7 @@ fn an_unsupported_exporter_toolkit_key_says_so() {
 
 #[test]
 fn a_missing_key_file_names_the_key_line_and_resolved_path() {
-    let dir = Scratch::new("cfg-nokey");
+    let dir = Scratch::new("web-cfg-nokey");
     server_cert(&dir.0);
     let path = dir.write("web.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: absent.key\n");
     let err = load_err(&path);
@@ -427,7 +400,7 @@ fn a_missing_key_file_names_the_key_line_and_resolved_path() {
 
 #[test]
 fn a_certificate_file_that_is_not_pem_is_named() {
-    let dir = Scratch::new("cfg-badpem");
+    let dir = Scratch::new("web-cfg-badpem");
     server_cert(&dir.0);
     dir.write("garbage.crt", "this is not a certificate\n");
     let path = dir.write("web.yml", "tls_server_config:\n  cert_file: garbage.crt\n  key_file: server.key\n");
@@ -449,7 +422,7 @@ fn a_certificate_file_that_is_not_pem_is_named() {
 
 #[test]
 fn a_certificate_given_as_the_key_or_a_key_of_another_certificate_is_refused() {
-    let dir = Scratch::new("cfg-wrongkey");
+    let dir = Scratch::new("web-cfg-wrongkey");
     server_cert(&dir.0);
     let path = dir.write("web.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: server.crt\n");
     let err = load_err(&path);
@@ -466,7 +439,7 @@ fn a_certificate_given_as_the_key_or_a_key_of_another_certificate_is_refused() {
 
 #[test]
 fn relative_file_names_resolve_from_the_web_config_directory_not_the_working_directory() {
-    let dir = Scratch::new("cfg-relative");
+    let dir = Scratch::new("web-cfg-relative");
     let conf = dir.path("conf");
     std::fs::create_dir_all(&conf).unwrap();
     server_cert(&conf);
@@ -483,7 +456,7 @@ fn relative_file_names_resolve_from_the_web_config_directory_not_the_working_dir
 
 #[test]
 fn client_auth_needs_a_ca_and_a_ca_needs_client_auth() {
-    let dir = Scratch::new("cfg-clientauth");
+    let dir = Scratch::new("web-cfg-clientauth");
     server_cert(&dir.0);
     let base = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
     let path = dir.write("web.yml", &format!("{base}  client_auth_type: RequireAndVerifyClientCert\n"));
