@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    Killed, Simulator, free_port, http_get, prometheus, required_program, scratch, url_encode, wait_for,
+    Killed, Scratch, Simulator, free_port, http_get, prometheus, required_program, url_encode, wait_for,
 };
 use bms_exporter::metrics::names;
 
@@ -229,7 +229,8 @@ fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_and_return() {
-    let dir = scratch("e2e-exporter");
+    let scratch = Scratch::new("e2e-exporter");
+    let dir = scratch.0.clone();
     let (daly, daly_tty) = Simulator::pty("e2e-daly", &sim_args("daly", &["--cells", "16", "--temperatures", "4"]));
     let mut pace = Simulator::tcp("e2e-pace", &sim_args("pace", &["--packs", "2", "--cells", "15"]));
     let sinowealth = Simulator::tcp("e2e-sinowealth", &sim_args("sinowealth", &["--cells", "4"]));
@@ -350,7 +351,8 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
 
 #[test]
 fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
-    let dir = scratch("e2e-demo");
+    let scratch = Scratch::new("e2e-demo");
+    let dir = scratch.0.clone();
     let addr = format!("127.0.0.1:{}", free_port());
     let _exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr]);
     wait_ready(&addr, &dir);
@@ -378,7 +380,8 @@ fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
 
 #[test]
 fn a_bad_config_stops_the_start_naming_its_file_and_line() {
-    let dir = scratch("e2e-badconfig");
+    let scratch = Scratch::new("e2e-badconfig");
+    let dir = scratch.0.clone();
     let config = dir.join("bad.yaml");
     std::fs::write(
         &config,
@@ -427,7 +430,8 @@ fn curl_status(url: &str, extra: &[&str]) -> u16 {
 
 #[test]
 fn tls_and_basic_auth_from_the_web_config_file_guard_every_endpoint() {
-    let dir = scratch("e2e-tls");
+    let scratch = Scratch::new("e2e-tls");
+    let dir = scratch.0.clone();
     let (cert, key) = certificate(&dir);
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     let web = dir.join("web.yml");
@@ -459,7 +463,8 @@ fn tls_and_basic_auth_from_the_web_config_file_guard_every_endpoint() {
 
 #[test]
 fn a_scrape_waits_no_longer_than_the_announced_timeout_for_a_device_that_does_not_answer() {
-    let dir = scratch("e2e-deadline");
+    let scratch = Scratch::new("e2e-deadline");
+    let dir = scratch.0.clone();
     // A serial server that accepts connections and never answers: each poll would take many seconds.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();

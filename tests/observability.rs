@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Killed, free_port, http_get, prometheus, scratch, url_encode, wait_for};
+use crate::util::{Killed, Scratch, free_port, http_get, prometheus, url_encode, wait_for};
 
 fn repo(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -36,7 +36,8 @@ fn exporter_demo(dir: &Path) -> (Killed, String) {
 
 #[test]
 fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_prometheus_scraping_the_demo() {
-    let dir = scratch("e2e-observability");
+    let scratch = Scratch::new("e2e-observability");
+    let dir = scratch.0.clone();
     let (_exporter, target) = exporter_demo(&dir);
     let rules = [repo("deploy/prometheus/rules.yml"), repo("deploy/prometheus/alerts.yml")];
     let (_prometheus, prom) = prometheus(&dir, &target, &rules);
