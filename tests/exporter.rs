@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -27,11 +27,19 @@ fn exporter_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("exporter.log")).unwrap_or_default()
 }
 
-/// Wait until the exporter at `addr` answers `/-/ready` with 200.
-pub(crate) fn wait_ready(addr: &str, dir: &Path) {
-    wait_for(&format!("the exporter at {addr} to be ready:\n{}", exporter_log(dir)), Duration::from_secs(30), || {
-        http_get(addr, "/-/ready", &[]).filter(|r| r.status == 200)
-    });
+/// Wait until the exporter at `addr` answers `/-/ready` with 200; fail at once, with its log, if it exits.
+pub(crate) fn wait_ready(exporter: &mut Killed, addr: &str, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http_get(addr, "/-/ready", &[]).is_some_and(|r| r.status == 200) {
+            return;
+        }
+        if let Some(status) = exporter.0.try_wait().unwrap() {
+            panic!("the exporter for {addr} exited ({status}) before it was ready:\n{}", exporter_log(dir));
+        }
+        assert!(Instant::now() < deadline, "the exporter at {addr} was not ready after 30 s:\n{}", exporter_log(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One sample of an instant query: its labels and value.
@@ -254,11 +262,11 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
     .unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _exporter = exporter(
+    let mut exporter = exporter(
         &dir,
         &["serve", "--config", config.to_str().unwrap(), "--web.listen-address", &addr, "--log.level", "warn"],
     );
-    wait_ready(&addr, &dir);
+    wait_ready(&mut exporter, &addr, &dir);
 
     // The body as served: OpenMetrics, every family of the table, and the official Python parser accepts it.
     let body = wait_for("every device up in /metrics", Duration::from_secs(20), || {
@@ -354,8 +362,8 @@ fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
     let scratch = Scratch::new("e2e-demo");
     let dir = scratch.0.clone();
     let addr = format!("127.0.0.1:{}", free_port());
-    let _exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr]);
-    wait_ready(&addr, &dir);
+    let mut exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr]);
+    wait_ready(&mut exporter, &addr, &dir);
     let body = http_get(&addr, "/metrics", &[]).unwrap().body;
     for metric in names::ALL {
         assert!(body.contains(&format!("\n{}{{", metric.name)), "{} missing from the demo:\n{body}", metric.name);
@@ -396,6 +404,19 @@ fn a_bad_config_stops_the_start_naming_its_file_and_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:5:", config.display())), "the error names file and line: {stderr}");
     assert!(stderr.contains("baud"), "{stderr}");
+}
+
+#[test]
+fn a_listen_address_in_use_stops_the_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(["--demo", "--web.listen-address", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("--web.listen-address {addr}: cannot listen")), "{stderr}");
 }
 
 /// A self-signed certificate for 127.0.0.1 made by the openssl CLI: (certificate, key).

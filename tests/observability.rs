@@ -29,8 +29,9 @@ fn ask(prometheus: &str, expr: &str) -> (Value, usize) {
 
 fn exporter_demo(dir: &Path) -> (Killed, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let exporter = crate::exporter::exporter(dir, &["--demo", "--web.listen-address", &addr, "--log.level", "warn"]);
-    crate::exporter::wait_ready(&addr, dir);
+    let mut exporter =
+        crate::exporter::exporter(dir, &["--demo", "--web.listen-address", &addr, "--log.level", "warn"]);
+    crate::exporter::wait_ready(&mut exporter, &addr, dir);
     (exporter, addr)
 }
 

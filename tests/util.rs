@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,10 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 impl Simulator {
-    /// Start on TCP at a free loopback port the simulator picks, and wait until it listens.
+    /// Start on TCP at a free loopback port (outside the ephemeral range, so a restart at the same address after
+    /// [`Simulator::stop`] finds it still free), and wait until it listens.
     pub fn tcp(name: &str, args: &[&str]) -> Self {
-        Self::tcp_at(&scratch(name), "127.0.0.1:0", args)
+        Self::tcp_at(&scratch(name), &format!("127.0.0.1:{}", free_port()), args)
     }
 
     /// Start on TCP at `addr` (a restart after [`Simulator::stop`] reuses the port), keeping its truth in `dir`.
@@ -204,8 +206,27 @@ pub fn snapshot_from_json(value: &Value) -> DeviceSnapshot {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the program under test to take).
+///
+/// Chosen below the kernel's ephemeral range: a port the kernel hands out for `:0` may be given again to the next
+/// `:0` bind or outgoing connection of any program (a simulator, the demo's in-process devices) in the moment
+/// between our release and the program's bind. No port is handed out twice in one test run, and each run starts
+/// at an offset of its own so two suites on one machine rarely meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10_000, low.saturating_sub(10_000).max(1));
+    let start = std::process::id() * 97;
+    for _ in 0..span {
+        let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 between {first} and {low}")
 }
 
 /// A plain HTTP/1.0 response: status code, lower-cased headers and body.

@@ -118,11 +118,13 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let web = args.web_config.as_deref().map(server::WebConfig::load).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
+        // The web port first: a port in use fails the start before any device is opened, and the demo's
+        // devices (on ports the kernel picks) can never take the port asked for.
+        let listener = bind(&args.listen_address).await?;
         let buses = match plan.source {
             Source::Config(config) => config.buses(),
             Source::Demo(settings) => crate::demo::start(settings).await?,
         };
-        let listener = bind(&args.listen_address).await?;
         let scraper = Arc::new(Scraper::spawn(buses, plan.freshness));
         scraper.warm_up();
         let local = listener.local_addr().context("the listening address")?;
