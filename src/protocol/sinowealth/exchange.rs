@@ -142,7 +142,7 @@ impl SinowealthExchange {
         }
     }
 
-    /// The line went quiet (or exactly one reply's worth arrived): the reply is the last bytes received, since
+    /// The line went quiet (or exactly one reply's worth with a right check byte arrived): the reply is the last bytes received, since
     /// a board sends nothing after it. Whatever came before is noise.
     fn settle(&mut self, current: Current) -> Progress {
         let len = reply_len(current.register);
@@ -269,13 +269,13 @@ impl Exchange for SinowealthExchange {
             self.rejections.note(DecodeError::HostEcho { address: super::REQUEST_START });
         }
         // Replies have no start byte and an 8-bit check, so noise before a reply could pass for one at any
-        // offset. Exactly one reply's worth is taken at once (the usual case, no delay); more than that waits
-        // for the line to go quiet and takes the last bytes, which is where a board's reply ends.
+        // offset. Exactly one reply's worth whose check byte is right is taken at once (the usual case, no
+        // delay). Anything else waits for the line to go quiet and takes the last bytes, which is where a
+        // board's reply ends: that includes one reply's worth with a wrong check byte even under the Report
+        // policy, because noise followed by the start of the reply is that too, and its value would be noise.
         match self.buffer.len().cmp(&reply_len(current.register)) {
             std::cmp::Ordering::Less => Progress::Pending,
-            std::cmp::Ordering::Equal if self.check_passes(current.register, &self.buffer).is_ok() => {
-                self.settle(current)
-            }
+            std::cmp::Ordering::Equal if check_byte_matches(current.register, &self.buffer) => self.settle(current),
             _ => Progress::Settling,
         }
     }
@@ -320,6 +320,11 @@ impl Exchange for SinowealthExchange {
     fn snapshot(&self) -> DeviceSnapshot {
         if self.implausible { DeviceSnapshot::default() } else { self.device.clone() }
     }
+}
+
+/// Whether the last byte of `frame` is the check byte of the bytes before it, whatever the policy.
+fn check_byte_matches(register: Register, frame: &[u8]) -> bool {
+    frame.split_last().is_some_and(|(&received, data)| check_byte(register, data) == received)
 }
 
 #[cfg(test)]
@@ -506,8 +511,55 @@ mod tests {
         let request = exchange.next_request().unwrap();
         let mut reply = bus.respond(&request.bytes).unwrap().reply;
         reply[2] ^= 0xFF;
-        assert_eq!(exchange.handle_bytes(&reply), Progress::Complete);
+        // It could be noise and the start of the reply, so it waits for the line to go quiet; then it is kept.
+        assert_eq!(exchange.handle_bytes(&reply), Progress::Settling);
+        assert_eq!(exchange.handle_quiet(), Progress::Complete);
         assert!(exchange.snapshot().packs[0].voltage_volts.is_some());
+    }
+
+    #[test]
+    fn noise_and_the_start_of_a_reply_arriving_as_one_replys_worth_wait_for_the_rest_under_either_policy() {
+        // The CI failure this guards against: 1–8 noise bytes, then the reply, read in pieces; the first read
+        // held exactly one reply's worth (noise and the reply's first bytes). Under the Report policy that was
+        // taken as the reply at once: a noise value, or a rejection and a timeout when the rest came.
+        let mut bus = bus();
+        for policy in [CheckPolicy::Report, CheckPolicy::Verify] {
+            for register in [Register::PackVoltage, Register::Current, Register::BatteryStatus] {
+                let len = reply_len(register);
+                for noise_len in 1..len {
+                    let mut exchange = SinowealthExchange::new(policy);
+                    exchange.begin_poll(Sections::all());
+                    let mut request = exchange.next_request().unwrap();
+                    while decode_request(&request.bytes) != Ok(register) {
+                        request = exchange.next_request().unwrap();
+                    }
+                    let reply = bus.respond(&request.bytes).unwrap().reply;
+                    let mut stream: Vec<u8> = (0..noise_len).map(|i| 0x41 + i as u8).collect();
+                    stream.extend(&reply);
+                    let (first, rest) = stream.split_at(len);
+                    if check_byte_matches(register, first) {
+                        continue; // noise that is a right reply by chance: no framing can tell
+                    }
+                    let case = format!("{policy:?} {register:?} {noise_len} noise bytes");
+                    assert_eq!(exchange.handle_bytes(first), Progress::Settling, "{case}");
+                    assert_eq!(exchange.handle_bytes(rest), Progress::Settling, "{case}");
+                    assert_eq!(exchange.handle_quiet(), Progress::Complete, "{case}");
+                    assert_eq!(exchange.skipped_bytes(), noise_len as u64, "{case}");
+                    let (got, truth) = (exchange.snapshot().packs[0].clone(), bus.truth().packs[0].clone());
+                    match register {
+                        Register::PackVoltage => close(got.voltage_volts, truth.voltage_volts, 0.000_51, &case),
+                        Register::Current => close(got.current_amperes, truth.current_amperes, 0.000_51, &case),
+                        _ => {
+                            let active = |alarms: &[crate::model::Alarm]| -> Vec<&str> {
+                                alarms.iter().filter(|a| a.active).map(|a| a.name).collect()
+                            };
+                            assert_eq!(got.alarms.len(), 11, "{case}: every status bit is an alarm");
+                            assert_eq!(active(&got.alarms), active(&truth.alarms), "{case}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
