@@ -245,7 +245,18 @@ fn a_bad_fault_spec_and_an_impossible_size_are_refused_before_anything_starts() 
 fn daly_bms_cli_sinowealth_mode_reads_the_sinowealth_simulator_over_a_pty() {
     let args = ["--protocol", "sinowealth", "--cells", "8", "--time-scale", "0", "--latency-ms", "2"];
     let (sim, link) = Simulator::pty("sinowealth", &args);
-    let got = daly_bms_cli_json(&link, &["--sinowealth", "--all"]);
+    // The client reads cells until one is not answered within its fixed 0.5 s, so a scheduling stall of that
+    // length on a loaded 2-core machine (seen once in 14 runs of the suite) ends its cell list early. A short
+    // list is read again, at most twice; every value is then checked on the run that read them all.
+    let mut got = daly_bms_cli_json(&link, &["--sinowealth", "--all"]);
+    for _ in 0..2 {
+        let read = got["cell_voltages"].as_object().map_or(0, serde_json::Map::len);
+        if read >= 8 {
+            break;
+        }
+        eprintln!("daly-bms-cli --sinowealth stopped after {read} of 8 cells; reading again");
+        got = daly_bms_cli_json(&link, &["--sinowealth", "--all"]);
+    }
     let truth = &sim.truth().packs[0];
     close("total_voltage", got["soc"]["total_voltage"].as_f64().unwrap(), truth.voltage_volts.unwrap(), 0.001);
     close("current", got["soc"]["current"].as_f64().unwrap(), truth.current_amperes.unwrap(), 0.001);
