@@ -65,7 +65,7 @@ fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 /// timeout that is only ever waited out when a reply is really lost, so it can be generous towards a loaded
 /// test machine.
 fn fast(retries: u32) -> Settings {
-    Settings { timeout: Duration::from_millis(500), retries, request_gap: Duration::ZERO, ..Settings::default() }
+    Settings { timeout: Duration::from_secs(2), retries, request_gap: Duration::ZERO, ..Settings::default() }
 }
 
 fn tcp(addr: &str) -> TransportSettings {
@@ -238,7 +238,7 @@ async fn fault_case(protocol: &'static str, fault: &'static str) -> String {
     let truth = sim.truth();
     // No retries: every struck request fails and is counted, and no retry can paper over a bad value. Strikes
     // that lose a reply cost a timeout each, so it is short here; a fault-free reply still takes well under it.
-    let timeout = if matches!(kind, "garbage" | "echo") { 500 } else { 50 };
+    let timeout = if matches!(kind, "garbage" | "echo") { 2000 } else { 50 };
     let settings = Settings { timeout: Duration::from_millis(timeout), ..fast(0) };
     let bus = poller::spawn(BusSpec {
         transport: tcp(&addr),
