@@ -217,7 +217,9 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768);
-    let (first, span) = (10_000, low.saturating_sub(10_000).max(1));
+    // A machine whose ephemeral range starts too low to leave room falls back to any port above 10000.
+    let low = if low < 12_000 { 65_536 } else { low };
+    let (first, span) = (10_000, low - 10_000);
     let start = std::process::id() * 97;
     for _ in 0..span {
         let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
