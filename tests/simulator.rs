@@ -1,8 +1,7 @@
 //! The simulator as its users meet it: the `simulate` binary on a real pseudo-terminal and on TCP, read by an
 //! independent client (`daly-bms-cli` from PyPI) and by our own decoders, with every fault kind.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
@@ -65,15 +64,15 @@ fn daly_bms_cli_from_pypi_reads_the_simulator_over_a_pty_and_agrees_with_the_tru
 }
 
 /// Send one request that must be answered and collect its reply.
-fn exchange(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
+fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> Vec<u8> {
     // The first byte may take long on a loaded machine; after it, 400 ms of quiet ends the reply, far above the
     // simulator's gaps between chunks (a millisecond at 9600 baud) and above the stalls seen under load.
     exchange_within(stream, request, Duration::from_secs(5), Duration::from_millis(400))
 }
 
 /// Send `request` and collect what comes back until `quiet` passes with nothing new; nothing at all within
-/// `first` is an empty reply (what a fault test expects now and then).
-fn exchange_within(stream: &mut TcpStream, request: &[u8], first: Duration, quiet: Duration) -> Vec<u8> {
+/// `first` is an empty reply (what a fault test expects now and then). `stream` has a short read timeout.
+fn exchange_within(stream: &mut (impl Read + Write), request: &[u8], first: Duration, quiet: Duration) -> Vec<u8> {
     stream.write_all(request).unwrap();
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
@@ -348,22 +347,11 @@ fn our_decoder_reads_a_four_pack_pace_master_over_tcp_with_one_all_packs_request
     assert!(capture.device.packs.iter().all(|p| p.charge_mosfet_enabled == Some(true)));
 }
 
-/// Open a simulator's PTY as a client opens a serial port (9600 8N1, read timeout), send `request`, and collect
-/// the reply until the line is quiet.
+/// Open a simulator's PTY as a client opens a serial port (9600 8N1, a short read timeout like the TCP
+/// helpers'), send `request`, and collect the reply.
 fn pty_exchange(link: &Path, request: &[u8]) -> Vec<u8> {
-    let mut port = tokio_serial::new(link.to_string_lossy(), 9600).timeout(Duration::from_millis(400)).open().unwrap();
-    port.write_all(request).unwrap();
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 512];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match port.read(&mut buf) {
-            Ok(n) if n > 0 => reply.extend_from_slice(&buf[..n]),
-            _ if !reply.is_empty() => break,
-            _ => {}
-        }
-    }
-    reply
+    let mut port = tokio_serial::new(link.to_string_lossy(), 9600).timeout(Duration::from_millis(50)).open().unwrap();
+    exchange(&mut port, request)
 }
 
 #[test]
