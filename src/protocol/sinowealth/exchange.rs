@@ -264,7 +264,9 @@ impl Exchange for SinowealthExchange {
         // A half-duplex adapter loops the request back first. A 2-byte reply is as long as the request, so
         // bytes equal to the request are an echo unless their check byte makes them a valid reply.
         let request = encode_request(current.register);
-        if self.buffer.starts_with(&request) && self.check_passes(current.register, &request).is_err() {
+        // The check is the byte's own, whatever the policy: under Report every frame "passes", and an echo
+        // left in the buffer would make the reply wait for the line to go quiet.
+        if self.buffer.starts_with(&request) && !check_byte_matches(current.register, &request) {
             self.buffer.drain(..request.len());
             self.rejections.note(DecodeError::HostEcho { address: super::REQUEST_START });
         }
@@ -560,6 +562,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_echo_is_dropped_under_the_report_policy_too_and_the_reply_is_taken_without_waiting() {
+        let mut bus = bus();
+        let mut exchange = SinowealthExchange::new(CheckPolicy::Report);
+        exchange.begin_poll(sections(&[Section::Soc]));
+        let request = exchange.next_request().unwrap();
+        let reply = bus.respond(&request.bytes).unwrap().reply;
+        assert_eq!(exchange.handle_bytes(&request.bytes), Progress::Pending, "the echo is no reply");
+        assert_eq!(exchange.handle_bytes(&reply), Progress::Complete, "no wait for the quiet");
+        close(exchange.snapshot().packs[0].voltage_volts, bus.truth().packs[0].voltage_volts, 0.000_51, "voltage");
     }
 
     #[test]
