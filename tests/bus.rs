@@ -257,10 +257,12 @@ async fn fault_case(protocol: &'static str, fault: &'static str) -> String {
         assert!(
             Instant::now() < deadline,
             "{protocol} {kind}: after {polls} polls: {strikes} strikes seen as {}, recovered {recovered}; \
-             failures {:?}, resync {}",
+             failures {:?}, resync {}; last failures {:?}; the simulator said:\n{}",
             evidence(kind),
             before.failures_total,
-            before.resync_bytes_total
+            before.resync_bytes_total,
+            before.last.failures,
+            sim.lines.lock().unwrap().join("\n")
         );
         let after = poll(&bus, 0).await;
         polls += 1;

@@ -55,27 +55,45 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 impl Simulator {
-    /// Start on TCP at a free loopback port (outside the ephemeral range, so a restart at the same address after
-    /// [`Simulator::stop`] finds it still free), and wait until it listens.
+    /// Start on TCP at a free loopback port from [`free_port`] (outside the ephemeral range, so a restart at the
+    /// same address after [`Simulator::stop`] is not met by the kernel lending the port to an outgoing
+    /// connection), and wait until it listens.
     pub fn tcp(name: &str, args: &[&str]) -> Self {
         Self::tcp_at(&scratch(name), &format!("127.0.0.1:{}", free_port()), args)
     }
 
     /// Start on TCP at `addr` (a restart after [`Simulator::stop`] reuses the port), keeping its truth in `dir`.
+    ///
+    /// A port held by something else for a moment (seen about once in 2,000 starts under load, the holder gone
+    /// a few milliseconds later) is tried again for up to 5 s.
     pub fn tcp_at(dir: &Path, addr: &str, args: &[&str]) -> Self {
-        let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-            .args(["simulate", "--tcp", addr, "--truth"])
-            .arg(dir.join("truth.json"))
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("listening on"), "{line}");
-        // The address it really listens on (the port it picked for `:0`).
-        let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (child, stderr, addr) = loop {
+            let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+                .args(["simulate", "--tcp", addr, "--truth"])
+                .arg(dir.join("truth.json"))
+                .args(args)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stderr = BufReader::new(child.stderr.take().unwrap());
+            let mut line = String::new();
+            stderr.read_line(&mut line).unwrap();
+            // The address it really listens on (the port it picked for `:0`); anything else is its start-up error.
+            if let Some(bound) = line
+                .trim()
+                .strip_prefix("simulator: listening on ")
+                .filter(|bound| bound.parse::<std::net::SocketAddr>().is_ok())
+            {
+                break (child, stderr, bound.to_owned());
+            }
+            let _ = child.wait();
+            assert!(
+                line.contains("Address already in use") && Instant::now() < deadline,
+                "the simulator did not start listening on {addr}: {line}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
         // Keep draining stderr so the simulator never blocks on a full pipe.
@@ -319,7 +337,6 @@ pub fn required_program(name: &str, package: &str) -> PathBuf {
 /// `bms`, evaluating `rule_files` every second, with its data and log in `dir`. Returns it and its address.
 pub fn prometheus(dir: &Path, target: &str, rule_files: &[PathBuf]) -> (Killed, String) {
     let binary = required_program("prometheus", "prometheus");
-    let port = free_port();
     let config = dir.join("prometheus.yml");
     let rules: String = rule_files.iter().map(|f| format!("  - {}\n", f.display())).collect();
     let rules = if rules.is_empty() { String::new() } else { format!("rule_files:\n{rules}") };
@@ -331,27 +348,37 @@ pub fn prometheus(dir: &Path, target: &str, rule_files: &[PathBuf]) -> (Killed, 
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Process::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let prometheus = Killed(child);
-    let addr = format!("127.0.0.1:{port}");
-    wait_for("Prometheus to be ready", Duration::from_secs(30), || {
-        let ready = http_get(&addr, "/-/ready", &[]).filter(|r| r.status == 200);
-        if ready.is_none() {
+    // A port taken by something else in the moment between free_port and Prometheus' bind: try another.
+    for _ in 0..3 {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Process::new(&binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let prometheus = Killed(child);
+        let addr = format!("127.0.0.1:{port}");
+        let started = wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+            if http_get(&addr, "/-/ready", &[]).is_some_and(|r| r.status == 200) {
+                return Some(true);
+            }
             let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+            if log.contains("address already in use") {
+                return Some(false);
+            }
             assert!(!log.contains("level=error"), "Prometheus failed to start:\n{log}");
+            None
+        });
+        if started {
+            return (prometheus, addr);
         }
-        ready
-    });
-    (prometheus, addr)
+    }
+    panic!("Prometheus found its port taken three times")
 }
 
 /// A scratch directory, removed with its contents when dropped.
