@@ -1,5 +1,6 @@
 //! `/metrics` render time and size for 16 packs × 16 cells, laid out two ways: one Pace master with 16 packs,
-//! and 16 single-pack Daly devices (the simulators' truth, so every alarm table and sensor is filled).
+//! and 16 single-pack Daly devices (the simulators' truth, so every alarm table and sensor is filled); each
+//! iteration is what a scrape does: the last good values younger than `stale_after`, then the render.
 //! Run: `cargo bench --bench scrape` (goal: one render well under 1 ms).
 
 use std::collections::BTreeMap;
@@ -7,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bms_exporter::metrics::{DeviceView, render};
-use bms_exporter::model::DeviceSnapshot;
+use bms_exporter::model::{DeviceSnapshot, Retained};
 use bms_exporter::poller::DeviceStatus;
 use bms_exporter::protocol::Protocol;
 use bms_exporter::session::PollReport;
@@ -16,8 +17,13 @@ use bms_exporter::simulator::daly::DalyBus;
 use bms_exporter::simulator::pace::PaceBus;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+/// When the benchmarked statuses were polled (Unix seconds).
+const POLLED_AT: f64 = 1_700_000_000.0;
+
 fn status(name: String, device: DeviceSnapshot) -> DeviceStatus {
     let started = Instant::now();
+    let mut values = Retained::default();
+    values.update(&device, POLLED_AT);
     DeviceStatus {
         name,
         last: PollReport {
@@ -37,23 +43,37 @@ fn status(name: String, device: DeviceSnapshot) -> DeviceStatus {
         polls_total: 1000,
         failures_total: BTreeMap::from([("timeout", 3)]),
         resync_bytes_total: 12,
+        values,
     }
 }
 
 fn bench_layout(c: &mut Criterion, label: &str, protocol: Protocol, statuses: &[DeviceStatus]) {
-    let views: Vec<DeviceView<'_>> = statuses
-        .iter()
-        .map(|s| DeviceView { name: &s.name, protocol, transport: "serial", status: Some(s), fresh: true })
-        .collect();
+    // What a scrape does: each device's last good values younger than `stale_after`, then the render.
+    let scrape = |out: &mut String| {
+        let values: Vec<DeviceSnapshot> = statuses.iter().map(|s| s.values.view(POLLED_AT + 1.0, 60.0)).collect();
+        let views: Vec<DeviceView<'_>> = statuses
+            .iter()
+            .zip(&values)
+            .map(|(s, v)| DeviceView {
+                name: &s.name,
+                protocol,
+                transport: "serial",
+                status: Some(s),
+                fresh: true,
+                values: Some(v),
+            })
+            .collect();
+        render(&views, out).unwrap();
+    };
     let mut body = String::new();
-    render(&views, &mut body).unwrap();
+    scrape(&mut body);
     let mut group = c.benchmark_group("scrape");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function(label, |b| {
         let mut out = String::with_capacity(body.len());
         b.iter(|| {
             out.clear();
-            render(black_box(&views), &mut out).unwrap();
+            scrape(black_box(&mut out));
             black_box(out.len())
         });
     });

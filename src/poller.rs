@@ -1,6 +1,6 @@
 //! One worker task per bus (a serial path or a TCP endpoint): it owns the port, runs every device's poll on
-//! it one after the other with the bus's quiet gap, reconnects with exponential backoff when the link fails,
-//! and answers [`BusHandle::snapshot`] requests. A request accepts any poll that finished no earlier than
+//! it one after the other with the bus's quiet gap, reopens the link when a poll finds it down (at most once
+//! per [`RECONNECT_INTERVAL`], waiting for that moment when the caller's deadline allows), and answers [`BusHandle::snapshot`] requests. A request accepts any poll that finished no earlier than
 //! `max_age` before it was asked, so callers that arrive while a poll runs share that poll (single-flight).
 //!
 //! [`drive`] is the loop that feeds a pure [`Session`] from a [`Link`]; the `set` command uses it directly.
@@ -13,10 +13,16 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::model::Sections;
+use crate::model::{Retained, Sections};
 use crate::protocol::{Exchange, to_hex};
 use crate::session::{PollReport, RequestFailure, Session, Settings};
-use crate::transport::{self, Backoff, Link, TransportSettings};
+use crate::transport::{self, Link, TransportSettings};
+
+/// The shortest time between two attempts to open a bus's link. Polls run only when a caller asks, so a
+/// device that comes back is seen by the first scrape after it (that scrape waits for the next permitted
+/// attempt if its deadline allows), while a device that stays away costs at most one attempt (and one log
+/// line) per interval, however many scrapes and probes arrive.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// One device on a bus.
 #[derive(Debug)]
@@ -47,6 +53,8 @@ pub struct DeviceStatus {
     pub name: String,
     /// The latest poll (its snapshot holds only what that poll and the caches provided).
     pub last: PollReport,
+    /// Every value any poll provided, each with the time it was last confirmed (what `/metrics` serves).
+    pub values: Retained,
     /// Unix time when the latest poll ended.
     pub last_poll_unix: f64,
     /// Unix time of the latest poll in which every request was answered.
@@ -70,6 +78,8 @@ struct Ask {
     device: usize,
     max_age: Duration,
     asked_at: Instant,
+    /// When the caller stops waiting (`None`: it waits for the poll, however long).
+    deadline: Option<Instant>,
     reply: oneshot::Sender<Arc<DeviceStatus>>,
 }
 
@@ -90,8 +100,30 @@ impl BusHandle {
     /// The status of device `device` after a poll that ended no more than `max_age` before this call; runs a
     /// poll if there is none, or joins the one in progress.
     pub async fn snapshot(&self, device: usize, max_age: Duration) -> Result<Arc<DeviceStatus>, WorkerGone> {
+        self.ask(device, max_age, None).await
+    }
+
+    /// [`BusHandle::snapshot`] for a caller that stops waiting at `deadline`: a poll that finds the link down
+    /// waits for the next permitted reconnect attempt only if that comes before `deadline`. The caller still
+    /// bounds its own wait (the poll itself may take longer).
+    pub async fn snapshot_until(
+        &self,
+        device: usize,
+        max_age: Duration,
+        deadline: Instant,
+    ) -> Result<Arc<DeviceStatus>, WorkerGone> {
+        self.ask(device, max_age, Some(deadline)).await
+    }
+
+    async fn ask(
+        &self,
+        device: usize,
+        max_age: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<DeviceStatus>, WorkerGone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Ask { device, max_age, asked_at: Instant::now(), reply }).await.map_err(|_| WorkerGone)?;
+        let ask = Ask { device, max_age, asked_at: Instant::now(), deadline, reply };
+        self.tx.send(ask).await.map_err(|_| WorkerGone)?;
         rx.await.map_err(|_| WorkerGone)
     }
 }
@@ -110,25 +142,28 @@ pub fn spawn(spec: BusSpec) -> BusHandle {
 struct Port {
     transport: TransportSettings,
     link: Option<Link>,
-    backoff: Backoff,
+    /// The earliest time the next attempt to open the link may be made.
     retry_at: Option<Instant>,
     last_error: Option<String>,
 }
 
 impl Port {
-    /// The open link, opening it if the backoff allows; the error says why there is none.
-    async fn link(&mut self) -> Result<&mut Link, String> {
+    /// The open link, opening it if the last attempt is [`RECONNECT_INTERVAL`] old (waiting for that moment
+    /// when it comes before `deadline`); the error says why there is none.
+    async fn link(&mut self, deadline: Option<Instant>) -> Result<&mut Link, String> {
         if self.link.is_none() {
             let now = Instant::now();
             if let Some(at) = self.retry_at.filter(|at| now < *at) {
-                let last = self.last_error.as_deref().unwrap_or("the link failed");
-                return Err(format!("{last}; reconnecting in {:.1} s", (at - now).as_secs_f64()));
+                if deadline.is_some_and(|d| d <= at) {
+                    let last = self.last_error.as_deref().unwrap_or("the link failed");
+                    return Err(format!("{last}; next attempt in {:.1} s", (at - now).as_secs_f64()));
+                }
+                sleep_until(at).await;
             }
             match transport::open(&self.transport).await {
                 Ok(link) => {
                     tracing::info!(transport = %self.transport.describe(), "connected");
                     self.link = Some(link);
-                    self.backoff.reset();
                     self.retry_at = None;
                 }
                 Err(error) => {
@@ -145,8 +180,7 @@ impl Port {
         if self.link.take().is_some() {
             tracing::warn!(transport = %self.transport.describe(), error = message, "link lost");
         }
-        let delay = self.backoff.next_delay();
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry_at = Some(Instant::now() + RECONNECT_INTERVAL);
         self.last_error = Some(message.to_owned());
     }
 }
@@ -166,13 +200,7 @@ impl Worker {
     fn new(spec: BusSpec) -> Self {
         let count = spec.devices.len();
         Self {
-            port: Port {
-                transport: spec.transport,
-                link: None,
-                backoff: Backoff::new(),
-                retry_at: None,
-                last_error: None,
-            },
+            port: Port { transport: spec.transport, link: None, retry_at: None, last_error: None },
             settings: spec.settings,
             devices: spec.devices,
             status: vec![None; count],
@@ -188,7 +216,7 @@ impl Worker {
             });
             let status = match fresh {
                 Some(status) => Arc::clone(status),
-                None => match self.poll(ask.device).await {
+                None => match self.poll(ask.device, ask.deadline).await {
                     Some(status) => status,
                     None => continue, // no such device: dropping the sender tells the caller
                 },
@@ -198,15 +226,17 @@ impl Worker {
         }
     }
 
-    /// Poll device `index` now and record the result.
-    async fn poll(&mut self, index: usize) -> Option<Arc<DeviceStatus>> {
+    /// Poll device `index` now and record the result; `deadline` is when the asking caller stops waiting.
+    async fn poll(&mut self, index: usize, deadline: Option<Instant>) -> Option<Arc<DeviceStatus>> {
         let device = self.devices.get_mut(index)?;
+        // A wait for the next reconnect attempt comes before the poll's start, not inside its duration.
+        let linked = self.port.link(deadline).await;
         // The gap counts from the bus's last exchange, but a poll never starts in the past: its duration is
         // reported as `bms_poll_duration_seconds`.
         let now = Instant::now();
         let not_before = self.bus_quiet_since.map_or(now, |t| (t + self.settings.request_gap).max(now));
         let mut session = Session::new(device.exchange.as_mut(), device.sections, self.settings, not_before.into_std());
-        let report = match self.port.link().await {
+        let report = match linked {
             Ok(link) => {
                 drain(link).await;
                 match drive(link, &mut session).await {
@@ -235,7 +265,13 @@ impl Worker {
 fn record(name: &str, previous: Option<&DeviceStatus>, report: PollReport) -> DeviceStatus {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let mut failures_total = previous.map(|p| p.failures_total.clone()).unwrap_or_default();
-    for failure in &report.failures {
+    let mut values = previous.map(|p| p.values.clone()).unwrap_or_default();
+    // A poll that got no answer holds only what the exchange had cached (counts, identity): nothing in it was
+    // confirmed now, so it must not keep those values fresh.
+    if report.answered > 0 {
+        values.update(&report.device, now);
+    }
+    for failure in report.failures.iter().filter(|f| f.error.is_failure()) {
         *failures_total.entry(failure.error.reason()).or_default() += 1;
     }
     DeviceStatus {
@@ -245,6 +281,7 @@ fn record(name: &str, previous: Option<&DeviceStatus>, report: PollReport) -> De
         polls_total: previous.map_or(0, |p| p.polls_total) + 1,
         failures_total,
         resync_bytes_total: previous.map_or(0, |p| p.resync_bytes_total) + report.skipped_bytes,
+        values,
         last: report,
     }
 }

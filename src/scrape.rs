@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::model::DeviceSnapshot;
 use crate::poller::{self, BusHandle, BusSpec, DeviceStatus};
 use crate::protocol::Protocol;
 
@@ -44,6 +45,8 @@ pub struct Seen {
     pub status: Option<Arc<DeviceStatus>>,
     /// Whether its last successful poll is younger than `stale_after`.
     pub fresh: bool,
+    /// Its last good values that are younger than `stale_after`, field by field (a failed poll removes none).
+    pub values: DeviceSnapshot,
 }
 
 /// Every target, with the last status each worker gave. Shared by the HTTP handlers.
@@ -119,7 +122,9 @@ impl Scraper {
             let Some(target) = self.targets.get(index) else { continue };
             let bus = target.bus.clone();
             let (device, max_age) = (target.index, self.freshness.max_age);
-            asks.spawn(async move { (index, tokio::time::timeout_at(deadline, bus.snapshot(device, max_age)).await) });
+            asks.spawn(async move {
+                (index, tokio::time::timeout_at(deadline, bus.snapshot_until(device, max_age, deadline)).await)
+            });
         }
         while let Some(joined) = asks.join_next().await {
             // A worker that is gone or too slow leaves the last status in place.
@@ -136,7 +141,11 @@ impl Scraper {
                 let status =
                     self.last.get(index).and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone());
                 let fresh = status.as_deref().is_some_and(|s| self.is_fresh(s, now));
-                (index, Seen { status, fresh })
+                let values = status
+                    .as_deref()
+                    .map(|s| s.values.view(now, self.freshness.stale_after.as_secs_f64()))
+                    .unwrap_or_default();
+                (index, Seen { status, fresh, values })
             })
             .collect()
     }

@@ -60,15 +60,23 @@ pub enum PollError {
 }
 
 impl PollError {
-    /// The bounded `reason` label: timeout, checksum, truncated, unexpected_reply, io, decode, implausible.
+    /// The bounded `reason` label: timeout, checksum, truncated, unexpected_reply, io, decode, implausible,
+    /// echo; `not_sent` for a request that was never sent (see [`PollError::is_failure`]).
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Timeout { .. } => "timeout",
             Self::Invalid(e) | Self::Refused(e) => e.reason(),
-            // Requests are only skipped once the link has failed.
-            Self::Io(_) | Self::Skipped(_) => "io",
+            Self::Io(_) => "io",
+            Self::Skipped(_) => "not_sent",
         }
+    }
+
+    /// Whether this counts in `bms_poll_failures_total`: a request never sent because the link had already
+    /// failed is not a failure of its own (the link failure is counted once, as `io`).
+    #[must_use]
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::Skipped(_))
     }
 }
 
@@ -302,11 +310,13 @@ impl<'e> Session<'e> {
         self.advance(now);
     }
 
-    /// The link failed at `now`: the request in flight and every later one fail with `message`.
+    /// The link failed at `now` (or was down before the poll began): one `io` failure for the request in
+    /// flight, or the first one due, and every later request is marked not sent.
     pub fn handle_link_error(&mut self, now: Instant, message: &str) {
-        if self.current.is_some() {
-            self.fail_current(PollError::Io(message.to_owned()));
+        if self.current.is_none() {
+            self.advance(now);
         }
+        self.fail_current(PollError::Io(message.to_owned()));
         while let Some(outgoing) = self.exchange.next_request() {
             self.report.failures.push(RequestFailure {
                 label: outgoing.label,

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bms_exporter::metrics::names::{self, Scope};
 use bms_exporter::metrics::{DeviceView, render};
-use bms_exporter::model::{CurrentSign, LevelAlarm, LevelAlarmKind, Sections};
+use bms_exporter::model::{CurrentSign, LevelAlarm, LevelAlarmKind, Retained, Sections};
 use bms_exporter::poller::DeviceStatus;
 use bms_exporter::protocol::daly::exchange::DalyExchange;
 use bms_exporter::protocol::daly::{Address, Filler};
@@ -55,6 +55,7 @@ fn status(name: &str, last: PollReport) -> DeviceStatus {
         polls_total: 7,
         failures_total: BTreeMap::from([("timeout", 2)]),
         resync_bytes_total: 5,
+        values: Retained::default(),
     }
 }
 
@@ -79,10 +80,32 @@ fn rich_body() -> String {
             transport: "serial",
             status: Some(&daly),
             fresh: true,
+            values: Some(&daly.last.device),
         },
-        DeviceView { name: "rack", protocol: Protocol::Pace, transport: "tcp", status: Some(&rack), fresh: true },
-        DeviceView { name: "stale", protocol: Protocol::Pace, transport: "tcp", status: Some(&stale), fresh: false },
-        DeviceView { name: "new", protocol: Protocol::Sinowealth, transport: "serial", status: None, fresh: false },
+        DeviceView {
+            name: "rack",
+            protocol: Protocol::Pace,
+            transport: "tcp",
+            status: Some(&rack),
+            fresh: true,
+            values: Some(&rack.last.device),
+        },
+        DeviceView {
+            name: "stale",
+            protocol: Protocol::Pace,
+            transport: "tcp",
+            status: Some(&stale),
+            fresh: false,
+            values: None,
+        },
+        DeviceView {
+            name: "new",
+            protocol: Protocol::Sinowealth,
+            transport: "serial",
+            status: None,
+            fresh: false,
+            values: None,
+        },
     ];
     let mut body = String::new();
     render(&views, &mut body).unwrap();
@@ -185,7 +208,14 @@ fn the_official_python_parser_accepts_a_rich_body_with_every_family() {
 
 #[test]
 fn the_official_python_parser_accepts_a_body_whose_value_families_are_empty() {
-    let views = [DeviceView { name: "new", protocol: Protocol::Daly, transport: "serial", status: None, fresh: false }];
+    let views = [DeviceView {
+        name: "new",
+        protocol: Protocol::Daly,
+        transport: "serial",
+        status: None,
+        fresh: false,
+        values: None,
+    }];
     let mut body = String::new();
     render(&views, &mut body).unwrap();
     let families = parse_with_python(&body);

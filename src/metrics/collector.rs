@@ -38,7 +38,7 @@ struct Device {
     transport: &'static str,
     up: bool,
     health: Health,
-    /// Online packs by number; empty unless the device is fresh.
+    /// Online packs by number, with the values the view passed.
     packs: Vec<Pack>,
 }
 
@@ -79,9 +79,9 @@ impl Scrape {
 impl Device {
     fn new(view: &DeviceView<'_>) -> Self {
         let status = view.status;
-        let packs = match status {
-            Some(s) if view.fresh => {
-                let mut packs: Vec<&PackSnapshot> = s.last.device.packs.iter().filter(|p| p.online).collect();
+        let packs = match view.values {
+            Some(values) => {
+                let mut packs: Vec<&PackSnapshot> = values.packs.iter().filter(|p| p.online).collect();
                 packs.sort_by_key(|p| p.pack);
                 packs.dedup_by_key(|p| p.pack);
                 // Pace reports a level per cell and sensor, so its limit series exist (0 or 1) on every scrape.
@@ -481,7 +481,7 @@ mod tests {
     use super::*;
     use crate::metrics::{CONTENT_TYPE, render};
     use crate::model::{
-        Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, LevelAlarm, LevelAlarmKind, PackInfo, Temperature,
+        Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, LevelAlarm, LevelAlarmKind, PackInfo, Retained, Temperature,
     };
     use crate::protocol::Protocol;
     use crate::session::{PollError, PollReport, RequestFailure};
@@ -634,11 +634,15 @@ mod tests {
             polls_total: 42,
             failures_total: BTreeMap::from([("timeout", 3), ("checksum", 1)]),
             resync_bytes_total: 17,
+            values: Retained::default(),
         }
     }
 
+    /// A view whose values are the status's last poll while `fresh` (what the scraper passes for a device
+    /// whose every value was confirmed within `stale_after`), none otherwise.
     fn view<'a>(name: &'a str, status: Option<&'a DeviceStatus>, fresh: bool) -> DeviceView<'a> {
-        DeviceView { name, protocol: Protocol::Pace, transport: "tcp", status, fresh }
+        let values = status.filter(|_| fresh).map(|s| &s.last.device);
+        DeviceView { name, protocol: Protocol::Pace, transport: "tcp", status, fresh, values }
     }
 
     fn body(views: &[DeviceView<'_>]) -> String {

@@ -3,13 +3,14 @@
 //!
 //! Pure: the caller gathers the statuses (and decides freshness from its clock); rendering only formats them.
 //! Health series (`bms_up`, poll timing and counters, `bms_device_info`) are present for every configured
-//! device; value series only while the device is fresh, and only for its online packs.
+//! device; value series for the values the caller passes (each field's last good value until `stale_after`).
 
 mod collector;
 pub mod names;
 
 use prometheus_client::registry::Registry;
 
+use crate::model::DeviceSnapshot;
 use crate::poller::DeviceStatus;
 use crate::protocol::Protocol;
 
@@ -27,8 +28,10 @@ pub struct DeviceView<'a> {
     pub transport: &'static str,
     /// The latest status; `None` until its first poll has ended.
     pub status: Option<&'a DeviceStatus>,
-    /// Whether its last successful poll is within `stale_after`: only then are its values rendered.
+    /// Whether its last successful poll is within `stale_after` (with a successful last poll: `bms_up`).
     pub fresh: bool,
+    /// The values to render: each field's last good value while younger than `stale_after`.
+    pub values: Option<&'a DeviceSnapshot>,
 }
 
 /// Append the whole body for `devices` (in their order) to `out`; it ends with `# EOF`.

@@ -103,8 +103,8 @@ const fn health(name: &'static str, kind: Kind, unit: Option<&'static str>, help
 
 /// The bounded `reason` label values of `bms_poll_failures_total` (`PollError::reason`); each is rendered for
 /// every device, 0 until it happens, so `rate()` and alerts see the series from the first scrape.
-pub const FAILURE_REASONS: [&str; 7] =
-    ["timeout", "checksum", "truncated", "unexpected_reply", "io", "decode", "implausible"];
+pub const FAILURE_REASONS: [&str; 8] =
+    ["timeout", "checksum", "truncated", "unexpected_reply", "io", "decode", "implausible", "echo"];
 
 /// The `revision` label of `bms_exporter_build_info`: `BMS_EXPORTER_REVISION` at build time, else "unknown".
 pub const REVISION: &str = match option_env!("BMS_EXPORTER_REVISION") {
@@ -155,7 +155,7 @@ pub const POLL_FAILURES: Metric = Metric {
     name: "bms_poll_failures_total",
     kind: Kind::Counter,
     unit: None,
-    help: "Requests that got no valid reply after their retries, by reason: timeout, checksum, truncated, unexpected_reply, io, decode, implausible",
+    help: "Requests that got no valid reply after their retries, by reason: timeout, checksum, truncated, unexpected_reply, io (once per poll that found the link down or lost it), decode, implausible, echo (only our own request came back)",
     labels: &["device", "reason"],
     scope: Scope::Device,
 };
@@ -427,14 +427,17 @@ mod tests {
         let errors = [
             PollError::Timeout { timeout: std::time::Duration::from_secs(1) },
             PollError::Io("gone".to_owned()),
-            PollError::Skipped("link lost"),
+            PollError::Invalid(DecodeError::HostEcho { address: 0x40 }),
             PollError::Invalid(DecodeError::Truncated { have: 4, need: 13 }),
             PollError::Invalid(DecodeError::Checksum { computed: 1, received: 2 }),
             PollError::Invalid(DecodeError::Implausible { why: "cell above 5 V" }),
             PollError::Refused(DecodeError::NoPacks),
         ];
         for e in &errors {
+            assert!(e.is_failure(), "{e}");
             assert!(FAILURE_REASONS.contains(&e.reason()), "{} is not in the bounded set", e.reason());
         }
+        // A request never sent is not counted at all.
+        assert!(!PollError::Skipped("link lost").is_failure());
     }
 }

@@ -6,9 +6,11 @@
 //! `None` until a reply has provided it, so a partial poll never invents a value.
 
 mod alarm;
+mod retained;
 mod section;
 
 pub use alarm::{Alarm, AlarmSeverity, LevelAlarm, LevelAlarmKind};
+pub use retained::Retained;
 pub use section::{Section, Sections, UnknownSection};
 
 use serde::Serialize;

@@ -220,11 +220,13 @@ impl DecodeError {
             Self::Truncated { .. } | Self::NoFrame { .. } => "truncated",
             Self::UnexpectedCommand { .. }
             | Self::UnknownCommand { .. }
-            | Self::HostEcho { .. }
             | Self::UnexpectedAddress { .. }
             | Self::ModbusException { .. }
             | Self::ReturnCode { .. } => "unexpected_reply",
             Self::Implausible { .. } => "implausible",
+            // Only our own request came back (a half-duplex adapter echoing it): a wiring/adapter matter, told
+            // apart from a device that answers wrongly.
+            Self::HostEcho { .. } => "echo",
             Self::BadStart { .. }
             | Self::MissingEnd { .. }
             | Self::BadLength { .. }

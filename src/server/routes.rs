@@ -77,6 +77,7 @@ fn render(scraper: &Scraper, seen: &[(usize, Seen)]) -> Response {
                 transport: target.transport,
                 status: seen.status.as_deref(),
                 fresh: seen.fresh,
+                values: Some(&seen.values),
             })
         })
         .collect();

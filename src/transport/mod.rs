@@ -278,62 +278,10 @@ pub async fn open(settings: &TransportSettings) -> Result<Link, TransportError> 
     }
 }
 
-/// Delays between reconnect attempts: 0.5 s, 1 s, 2 s, … doubling up to 30 s; pure, the caller sleeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    /// The first delay, and the delay after [`Backoff::reset`].
-    initial: Duration,
-    /// The ceiling no delay exceeds.
-    max: Duration,
-    /// What [`Backoff::next_delay`] returns next.
-    next: Duration,
-}
-
-impl Backoff {
-    /// The first reconnect delay.
-    pub const INITIAL: Duration = Duration::from_millis(500);
-    /// The longest reconnect delay.
-    pub const MAX: Duration = Duration::from_secs(30);
-
-    /// A backoff starting at [`Backoff::INITIAL`] and capped at [`Backoff::MAX`].
-    #[must_use]
-    pub fn new() -> Self {
-        Backoff { initial: Self::INITIAL, max: Self::MAX, next: Self::INITIAL }
-    }
-
-    /// The delay to wait before the next attempt; each call doubles the following one, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Starts over from the initial delay (call after a successful connection).
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn backoff_doubles_from_half_a_second_caps_at_thirty_and_resets() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<u64> = (0..10).map(|_| backoff.next_delay().as_millis() as u64).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(500));
-        assert_eq!(backoff.next_delay(), Duration::from_secs(1));
-    }
 
     #[test]
     fn parity_parses_its_three_names_and_prints_them_back() {

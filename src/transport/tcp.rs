@@ -3,7 +3,7 @@
 //! Resolution and each connection attempt are bounded by the configured timeout, so a dead box or a hanging
 //! resolver cannot stall a bus worker. Keepalive is switched on so a box that vanished without a FIN is eventually
 //! noticed even on an idle link (the kernel's default idle time applies; the poller's reply timeouts notice sooner
-//! while polling). Reconnecting is the caller's job, paced by [`super::Backoff`].
+//! while polling). Reconnecting is the caller's job (the bus worker paces it).
 
 use std::net::SocketAddr;
 use std::time::Duration;
