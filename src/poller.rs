@@ -18,7 +18,7 @@ use crate::protocol::{Exchange, to_hex};
 use crate::session::{PollReport, RequestFailure, Session, Settings};
 use crate::transport::{self, Link, TransportSettings};
 
-/// The shortest time between two attempts to open a bus's link. Polls run only when a caller asks, so a
+/// The shortest time between two failed attempts to open a bus's link. Polls run only when a caller asks, so a
 /// device that comes back is seen by the first scrape after it (that scrape waits for the next permitted
 /// attempt if its deadline allows), while a device that stays away costs at most one attempt (and one log
 /// line) per interval, however many scrapes and probes arrive.
@@ -176,11 +176,16 @@ impl Port {
         self.link.as_mut().ok_or_else(|| "no link".to_owned())
     }
 
+    /// The link failed (`message` says how). A link that was open is reopened by the next poll at once (a
+    /// serial server that dropped the connection usually takes the next one); a failed attempt to open it
+    /// waits [`RECONNECT_INTERVAL`].
     fn lost(&mut self, message: &str) {
         if self.link.take().is_some() {
             tracing::warn!(transport = %self.transport.describe(), error = message, "link lost");
+            self.retry_at = None;
+        } else {
+            self.retry_at = Some(Instant::now() + RECONNECT_INTERVAL);
         }
-        self.retry_at = Some(Instant::now() + RECONNECT_INTERVAL);
         self.last_error = Some(message.to_owned());
     }
 }

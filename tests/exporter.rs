@@ -522,3 +522,124 @@ fn a_scrape_waits_no_longer_than_the_announced_timeout_for_a_device_that_does_no
     }
     drop(held);
 }
+
+/// The value series of `device` in a `/metrics` body (pack-scope families), each with its value as text.
+fn value_series(body: &str, device: &str) -> BTreeMap<String, String> {
+    let pack_families: Vec<&str> =
+        names::ALL.iter().filter(|m| m.scope == names::Scope::Pack).map(|m| m.name).collect();
+    let tag = format!("device=\"{device}\"");
+    body.lines()
+        .filter(|l| l.contains(&tag) && pack_families.iter().any(|f| l.starts_with(f)))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, value)| (series.to_owned(), value.to_owned())))
+        .collect()
+}
+
+fn scrape_body(addr: &str) -> String {
+    let r = http_get(addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", "5")]).unwrap();
+    assert_eq!(r.status, 200);
+    r.body
+}
+
+fn up(body: &str, device: &str) -> bool {
+    body.contains(&format!("bms_up{{device=\"{device}\"}} 1"))
+}
+
+#[test]
+fn a_device_that_goes_away_keeps_every_value_until_stale_after_and_is_up_on_the_first_scrape_back() {
+    const STALE_S: u64 = 8;
+    let scratch = Scratch::new("e2e-away");
+    let dir = scratch.0.clone();
+    let daly_args = sim_args("daly", &["--cells", "8", "--temperatures", "2"]);
+    let pace_args = sim_args("pace", &["--packs", "2", "--cells", "8"]);
+    let (mut daly, tty) = Simulator::pty("e2e-away-daly", &daly_args);
+    let mut pace = Simulator::tcp("e2e-away-pace", &pace_args);
+    let pace_addr = pace.addr.clone().unwrap();
+    let config = scratch.write(
+        "bms.yaml",
+        &format!(
+            "defaults:\n  timeout: 300ms\n  retries: 1\n  request_gap: 0ms\n  max_age: 0s\n  stale_after: {STALE_S}s\n\
+             devices:\n\
+             \x20 - name: daly\n    protocol: daly\n    serial: {tty}\n\
+             \x20 - name: pace\n    protocol: pace\n    tcp: {pace_addr}\n    pace: {{ address: 1, packs: all }}\n",
+            tty = tty.display(),
+        ),
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut exporter = exporter(&dir, &["--config", config.to_str().unwrap(), "--web.listen-address", &addr]);
+    wait_ready(&mut exporter, &addr, &dir);
+    let (before, confirmed) = wait_for("both devices up", Duration::from_secs(20), || {
+        // Every value in this body was confirmed by a poll that ran after `asked` (max_age is 0).
+        let asked = Instant::now();
+        let body = scrape_body(&addr);
+        (up(&body, "daly") && up(&body, "pace")).then_some((body, asked))
+    });
+    let series: Vec<(&str, BTreeMap<String, String>)> =
+        ["daly", "pace"].into_iter().map(|d| (d, value_series(&before, d))).collect();
+    for (device, s) in &series {
+        assert!(s.len() > 40, "{device} has only {} value series", s.len());
+    }
+
+    // Both go away (the PTY's link disappears as an unplugged adapter's node does). Until stale_after every
+    // value series stays with its value (the battery is frozen: --time-scale 0), and bms_up says 0.
+    daly.stop();
+    let _ = std::fs::remove_file(&tty);
+    pace.stop();
+    let expires = confirmed + Duration::from_secs(STALE_S);
+    let mut scrapes = 0;
+    // A scrape that finds a link down may wait up to 2 s for the next reconnect attempt: the values it serves
+    // are judged at its end, so only scrapes that ended well before the values could expire count.
+    while Instant::now() + Duration::from_millis(3000) < expires {
+        let body = scrape_body(&addr);
+        if Instant::now() + Duration::from_millis(500) >= expires {
+            break;
+        }
+        scrapes += 1;
+        for (device, expected) in &series {
+            assert!(!up(&body, device), "{device} up while away");
+            assert_eq!(
+                &value_series(&body, device),
+                expected,
+                "{device} lost or changed values after {scrapes} scrapes"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(scrapes >= 5, "only {scrapes} scrapes in the window");
+    let body = scrape_body(&addr);
+    let io = |body: &str, device: &str| -> f64 {
+        let line = format!("bms_poll_failures_total{{device=\"{device}\",reason=\"io\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&line)).unwrap().parse().unwrap()
+    };
+    let polls = |body: &str, device: &str| -> f64 {
+        let line = format!("bms_polls_total{{device=\"{device}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&line)).unwrap().parse().unwrap()
+    };
+    for device in ["daly", "pace"] {
+        // One io failure per poll that found the link down, never one per planned request.
+        assert!(io(&body, device) >= 1.0 && io(&body, device) <= polls(&body, device), "{device}");
+    }
+
+    // Past stale_after the values vanish; health stays.
+    std::thread::sleep(expires.saturating_duration_since(Instant::now()) + Duration::from_millis(500));
+    let body = scrape_body(&addr);
+    for device in ["daly", "pace"] {
+        assert!(value_series(&body, device).is_empty(), "{device} still has values past stale_after");
+        assert!(body.contains(&format!("bms_polls_total{{device=\"{device}\"}}")), "{device} health");
+    }
+
+    // They come back: the first scrape after that finds both up (a reconnect attempt within its deadline).
+    let daly = Simulator::pty_at(&daly.dir.clone(), &tty, &daly_args);
+    let pace = Simulator::tcp_at(&pace.dir.clone(), &pace_addr, &pace_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let body = scrape_body(&addr);
+    assert!(
+        up(&body, "daly") && up(&body, "pace"),
+        "not up on the first scrape back ({:?}):\n{body}",
+        started.elapsed()
+    );
+    for (device, expected) in &series {
+        assert_eq!(&value_series(&body, device), expected, "{device} values back");
+    }
+    drop((daly, pace));
+}
