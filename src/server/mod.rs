@@ -6,8 +6,10 @@ mod auth;
 mod connections;
 mod idle;
 mod listener;
+mod nofile;
 pub mod routes;
 mod web_config;
 
 pub use listener::{Limits, serve, serve_with};
+pub use nofile::{OpenFileLimit, raise_open_file_limit};
 pub use web_config::{WebConfig, WebConfigError};
