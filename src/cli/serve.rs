@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config;
 use crate::scrape::{Freshness, Scraper};
@@ -221,6 +221,12 @@ fn telemetry_path(path: &str) -> anyhow::Result<String> {
     Ok(path.to_owned())
 }
 
+/// Connections the kernel may hold completed but not yet accepted. mio's default of 128 (the standard library's)
+/// overflows when a burst of connections meets a full connection cap, and an overflowing queue drops SYNs, which
+/// costs the dropped client (maybe Prometheus) a retransmission of a second or more. Go listens with the kernel's
+/// somaxconn (4096 on current kernels); the kernel caps this value at somaxconn too.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Bind `--web.listen-address`: `:PORT` means every interface (IPv6 and IPv4 where the host has IPv6).
 async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     let candidates: Vec<String> = match address.strip_prefix(':') {
@@ -229,19 +235,34 @@ async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     };
     let mut last = None;
     for candidate in &candidates {
-        let parsed: Result<SocketAddr, _> = candidate.parse();
-        let result = match parsed {
-            Ok(socket) => TcpListener::bind(socket).await,
+        let sockets: Vec<SocketAddr> = match candidate.parse() {
+            Ok(socket) => vec![socket],
             // A host name: let the resolver have it.
-            Err(_) => TcpListener::bind(candidate.as_str()).await,
+            Err(_) => match tokio::net::lookup_host(candidate.as_str()).await {
+                Ok(found) => found.collect(),
+                Err(error) => {
+                    last = Some(error);
+                    continue;
+                }
+            },
         };
-        match result {
-            Ok(listener) => return Ok(listener),
-            Err(error) => last = Some(error),
+        for socket in sockets {
+            match listen(socket) {
+                Ok(listener) => return Ok(listener),
+                Err(error) => last = Some(error),
+            }
         }
     }
     let error = last.map_or_else(|| "no address to bind".to_owned(), |e| e.to_string());
     bail!("--web.listen-address {address}: cannot listen: {error}")
+}
+
+/// Listen on `address` with [`LISTEN_BACKLOG`], reusing a port left in TIME_WAIT as `TcpListener::bind` does.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (Ctrl-C).
@@ -286,6 +307,16 @@ mod tests {
         for bad in ["0s", "500ms", "11m", "5", "soon"] {
             assert!(header_read_timeout(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_listen_address_takes_an_address_or_a_host_name_and_a_taken_port_is_named() {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let taken = listener.local_addr().unwrap();
+        assert!(taken.ip().is_loopback() && taken.port() != 0);
+        assert!(bind("localhost:0").await.is_ok());
+        let e = bind(&taken.to_string()).await.unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--web.listen-address {taken}: cannot listen: ")), "{e}");
     }
 
     #[test]
