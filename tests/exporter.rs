@@ -380,6 +380,11 @@ fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.contains("demo-daly"), "the error lists the configured devices: {}", unknown.body);
     assert_eq!(http_get(&addr, "/probe", &[]).unwrap().status, 400);
+    // Several targets are refused, not answered for the first one.
+    let several = http_get(&addr, "/probe?target=demo-pace&target=demo-daly", &[]).unwrap();
+    assert_eq!(several.status, 400, "{}", several.body);
+    assert!(several.body.contains("2 target parameters: /probe takes exactly one"), "{}", several.body);
+    assert!(!several.body.contains("bms_up"), "{}", several.body);
     let landing = http_get(&addr, "/", &[]).unwrap();
     assert_eq!(landing.status, 200);
     assert!(landing.body.contains("href=\"/metrics\"") && landing.body.contains("/probe?target=demo-pace"));

@@ -4,6 +4,7 @@ mod bus;
 mod cli_commands;
 mod cli_decode;
 mod config;
+mod connections;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod deploy;

@@ -1,19 +1,25 @@
 //! `--web.config.file` end to end: `bms_exporter::server::serve` with a tiny router, over plain HTTP and TLS,
 //! with and without basic auth, checked with the real `curl` and raw sockets; certificates are made at test time
-//! with the `openssl` CLI, and bad web config files must fail with the specific error.
+//! with the `openssl` CLI, and bad web config files must fail with the specific error. Also the connection limits
+//! on both paths: the cap that closes the longest-idle connection for a newcomer, and the header read timeout.
 
 use crate::util::Scratch;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use bms_exporter::server::{WebConfig, WebConfigError, serve};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use bms_exporter::server::{Limits, WebConfig, WebConfigError, serve, serve_with};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 const OPENSSL: &str = "/usr/bin/openssl";
 const CURL: &str = "/usr/bin/curl";
@@ -28,28 +34,36 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A self-signed P-256 server certificate for localhost and 127.0.0.1: `server.crt` and `server.key`.
 fn server_cert(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-    );
+    self_signed(dir, &[]);
+}
+
+/// A self-signed server certificate as [`server_cert`], marked as no CA: rustls, unlike curl, accepts a
+/// self-signed certificate as its own trust anchor only then.
+fn leaf_server_cert(dir: &Path) {
+    self_signed(dir, &["-addext", "basicConstraints=critical,CA:FALSE"]);
+}
+
+fn self_signed(dir: &Path, extra: &[&str]) {
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ];
+    openssl(dir, &[&args[..], extra].concat());
 }
 
 /// A client CA (`ca.crt`) and a client certificate it signed (`client.crt`, `client.key`).
@@ -105,6 +119,24 @@ impl Server {
         let app = Router::new().route("/", get(|| async { BODY }));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app, web, async {
+            let _ = rx.await;
+        }));
+        Self { port, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Like [`Server::start`] under `limits`, with a `/slow` route that answers after a second.
+    async fn start_with(web: Option<WebConfig>, limits: Limits) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = Router::new().route("/", get(|| async { BODY })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                BODY
+            }),
+        );
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_with(listener, app, web, limits, async {
             let _ = rx.await;
         }));
         Self { port, shutdown: Some(tx), task: Some(task) }
@@ -345,6 +377,128 @@ async fn require_and_verify_client_cert_refuses_clients_without_a_certificate_fr
             .await;
     assert_eq!(foreign.status, 0, "served with a certificate from another issuer: {foreign:?}");
     assert!(foreign.stderr.contains("alert"), "expected a TLS alert from the server: {foreign:?}");
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Connection limits, on the plain and the TLS path alike.
+
+/// A TLS client connection to `port` that trusts `ca` (the test's self-signed server certificate).
+async fn tls_connect(port: u16, ca: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+/// Send a request head one byte every `gap` until the server closes the connection: how long that took, how many
+/// bytes went out, and whatever came back. Fails if the connection is still open after `limit`.
+async fn trickle(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    gap: Duration,
+    limit: Duration,
+) -> (Duration, usize, String) {
+    let head = format!("GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: {}\r\n\r\n", "a".repeat(200));
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    for (sent, byte) in head.bytes().enumerate() {
+        if stream.write_all(&[byte]).await.is_err() || stream.flush().await.is_err() {
+            return (start.elapsed(), sent, String::from_utf8_lossy(&answer).into_owned());
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(gap, stream.read(&mut buf)).await {
+            Err(_) => {} // nothing back yet: the next byte
+            Ok(Ok(0) | Err(_)) => return (start.elapsed(), sent + 1, String::from_utf8_lossy(&answer).into_owned()),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+        assert!(start.elapsed() < limit, "a trickling client was still connected after {limit:?}");
+    }
+    panic!("the whole trickled head went through: {}", String::from_utf8_lossy(&answer))
+}
+
+#[tokio::test]
+async fn a_request_head_trickled_a_byte_a_second_is_cut_off_at_the_header_read_timeout() {
+    let dir = Scratch::new("web-trickle");
+    let timeout = Duration::from_secs(2);
+    let limits = Limits { header_read_timeout: timeout, ..Limits::default() };
+    for tls in [false, true] {
+        let web = tls.then(|| {
+            leaf_server_cert(&dir.0);
+            let path = dir.write("web.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n");
+            WebConfig::load(&path).unwrap()
+        });
+        let server = Server::start_with(web, limits).await;
+        let (took, sent, answer) = if tls {
+            // The timeout counts from the end of the handshake, which is quick here.
+            let stream = tls_connect(server.port, &dir.path("server.crt")).await;
+            trickle(stream, Duration::from_secs(1), Duration::from_secs(10)).await
+        } else {
+            let stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+            trickle(stream, Duration::from_secs(1), Duration::from_secs(10)).await
+        };
+        assert!(took >= timeout - Duration::from_millis(100), "tls={tls}: closed after {took:?}, before the timeout");
+        assert!(took < timeout + Duration::from_millis(1500), "tls={tls}: closed only after {took:?}");
+        assert!(sent <= 4, "tls={tls}: {sent} bytes went out before the close");
+        assert!(!answer.contains(BODY.trim()), "tls={tls}: a trickled request was answered: {answer}");
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_the_longest_idle_connection_makes_room_for_a_scrape() {
+    let dir = Scratch::new("web-cap");
+    // A long header timeout: only the cap may close the idle connections here.
+    let limits = Limits { max_connections: 4, header_read_timeout: Duration::from_secs(60) };
+    for tls in [false, true] {
+        let web = tls.then(|| tls_config(&dir, "pw", ""));
+        let server = Server::start_with(web, limits).await;
+        // Four connections that say nothing (on the TLS port: not even a ClientHello) fill the cap.
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(("127.0.0.1", server.port)).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let cacert = dir.path("server.crt");
+        let (url, args) = if tls {
+            (
+                format!("https://127.0.0.1:{}/", server.port),
+                vec!["--cacert", cacert.to_str().unwrap(), "-u", "alice:pw"],
+            )
+        } else {
+            (format!("http://127.0.0.1:{}/", server.port), vec![])
+        };
+        let started = Instant::now();
+        let reply = curl(&args, &url).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, BODY), "tls={tls}: {reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "tls={tls}: answered after {:?}", started.elapsed());
+        // The oldest idle connection was closed to make room; the others are still open.
+        let mut byte = [0u8; 1];
+        let oldest = tokio::time::timeout(Duration::from_secs(2), idle[0].read(&mut byte)).await;
+        assert!(matches!(oldest, Ok(Ok(0) | Err(_))), "tls={tls}: the longest-idle connection is still open");
+        for (i, newer) in idle.iter_mut().enumerate().skip(1) {
+            let open = tokio::time::timeout(Duration::from_millis(200), newer.read(&mut byte)).await.is_err();
+            assert!(open, "tls={tls}: idle connection {i} was closed although the cap had room");
+        }
+        // Shutdown answers a request in progress and closes the idle connections without waiting for them.
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let stopping = Instant::now();
+            server.stop().await.unwrap();
+            stopping.elapsed()
+        };
+        let slow_url = format!("{url}slow");
+        let (slow, stop_took) = tokio::join!(curl(&args, &slow_url), stop);
+        assert!(stop_took < Duration::from_secs(3), "tls={tls}: shutdown took {stop_took:?}");
+        assert_eq!((slow.status, slow.body.as_str()), (200, BODY), "tls={tls}: {slow:?}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------------------------

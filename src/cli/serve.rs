@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config;
 use crate::scrape::{Freshness, Scraper};
@@ -34,6 +34,23 @@ pub struct ServeArgs {
     /// Web configuration (exporter-toolkit format): TLS certificate and key, basic_auth_users with bcrypt hashes.
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config: Option<PathBuf>,
+    /// Most HTTP connections open at once; at the limit the longest-idle connection is closed to admit a new one.
+    /// Lowered to fit the open-file limit when that is too small.
+    #[arg(
+        long = "web.max-connections",
+        value_name = "N",
+        default_value_t = server::Limits::DEFAULT_MAX_CONNECTIONS,
+        value_parser = max_connections,
+    )]
+    pub max_connections: usize,
+    /// Close a connection that has not sent a complete request head within this time (e.g. 5s, 500ms, 1m).
+    #[arg(
+        long = "web.header-read-timeout",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = header_read_timeout,
+    )]
+    pub header_read_timeout: Duration,
     /// Only log messages with this level or above.
     #[arg(long = "log.level", value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -102,6 +119,8 @@ enum Source {
 
 /// Run the exporter until a shutdown signal.
 pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    // First, before any descriptor is opened; it logs what it did.
+    let open_files = server::raise_open_file_limit();
     let plan = match (&args.config, args.demo) {
         (Some(path), false) => {
             let config = config::load(path)?;
@@ -134,11 +153,61 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             devices = scraper.targets().len(),
             "listening"
         );
+        let limits = server::Limits {
+            max_connections: fit_connections(args.max_connections, open_files.map(|l| l.soft), scraper.targets().len()),
+            header_read_timeout: args.header_read_timeout,
+        };
         let app = server::routes::router(Arc::clone(&scraper), &telemetry_path);
-        server::serve(listener, app, web, shutdown_signal()).await?;
+        server::serve_with(listener, app, web, limits, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Descriptors kept for everything but HTTP connections: standard streams, the runtime, the listener, the MQTT
+/// link, files read at start-up, with room to spare.
+const FD_RESERVE: u64 = 64;
+
+/// Descriptors kept per configured device: its port or TCP link (shared buses need fewer; the demo's in-process
+/// simulators need a listener and a link each).
+const FD_PER_DEVICE: u64 = 2;
+
+/// The connection cap in force: `wanted`, lowered (with a warning) so connections can never take the descriptors
+/// the devices and the exporter itself need under the soft open-file limit `soft`.
+fn fit_connections(wanted: usize, soft: Option<u64>, devices: usize) -> usize {
+    let Some(soft) = soft else { return wanted };
+    let reserve = FD_RESERVE.saturating_add(FD_PER_DEVICE.saturating_mul(devices as u64));
+    // One more than the cap can be open for a moment: the connection waiting while an idle one closes for it.
+    let room = usize::try_from(soft.saturating_sub(reserve).saturating_sub(1)).unwrap_or(usize::MAX).max(1);
+    if wanted <= room {
+        return wanted;
+    }
+    tracing::warn!(
+        wanted,
+        allowed = room,
+        open_file_limit = soft,
+        devices,
+        "--web.max-connections {wanted} does not fit the open-file limit of {soft} descriptors; using {room} \
+         (raise the limit, e.g. LimitNOFILE= in the systemd unit, to allow more)"
+    );
+    room
+}
+
+/// `--web.max-connections`: a whole number from 1 up.
+fn max_connections(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?}: expected a number of connections from 1 to 1000000")),
+    }
+}
+
+/// `--web.header-read-timeout`: a duration from 1 s to 10 min.
+fn header_read_timeout(text: &str) -> Result<Duration, String> {
+    match config::parse_duration(text) {
+        Some(d) if (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) => Ok(d),
+        Some(_) => Err(format!("{text:?} is outside 1s–10m")),
+        None => Err(format!("{text:?} is not a duration: write a number and a unit, like 5s, 1500ms or 1m")),
+    }
 }
 
 /// Check `--web.telemetry-path`: an absolute path that does not hide another route.
@@ -152,6 +221,12 @@ fn telemetry_path(path: &str) -> anyhow::Result<String> {
     Ok(path.to_owned())
 }
 
+/// Connections the kernel may hold completed but not yet accepted. mio's default of 128 (the standard library's)
+/// overflows when a burst of connections meets a full connection cap, and an overflowing queue drops SYNs, which
+/// costs the dropped client (maybe Prometheus) a retransmission of a second or more. Go listens with the kernel's
+/// somaxconn (4096 on current kernels); the kernel caps this value at somaxconn too.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Bind `--web.listen-address`: `:PORT` means every interface (IPv6 and IPv4 where the host has IPv6).
 async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     let candidates: Vec<String> = match address.strip_prefix(':') {
@@ -160,19 +235,34 @@ async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     };
     let mut last = None;
     for candidate in &candidates {
-        let parsed: Result<SocketAddr, _> = candidate.parse();
-        let result = match parsed {
-            Ok(socket) => TcpListener::bind(socket).await,
+        let sockets: Vec<SocketAddr> = match candidate.parse() {
+            Ok(socket) => vec![socket],
             // A host name: let the resolver have it.
-            Err(_) => TcpListener::bind(candidate.as_str()).await,
+            Err(_) => match tokio::net::lookup_host(candidate.as_str()).await {
+                Ok(found) => found.collect(),
+                Err(error) => {
+                    last = Some(error);
+                    continue;
+                }
+            },
         };
-        match result {
-            Ok(listener) => return Ok(listener),
-            Err(error) => last = Some(error),
+        for socket in sockets {
+            match listen(socket) {
+                Ok(listener) => return Ok(listener),
+                Err(error) => last = Some(error),
+            }
         }
     }
     let error = last.map_or_else(|| "no address to bind".to_owned(), |e| e.to_string());
     bail!("--web.listen-address {address}: cannot listen: {error}")
+}
+
+/// Listen on `address` with [`LISTEN_BACKLOG`], reusing a port left in TIME_WAIT as `TcpListener::bind` does.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (Ctrl-C).
@@ -195,6 +285,39 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connection_cap_is_lowered_to_fit_the_open_file_limit() {
+        assert_eq!(fit_connections(512, Some(1024), 3), 512);
+        assert_eq!(fit_connections(512, None, 3), 512, "an unknown limit leaves the cap as asked");
+        // 1,024 descriptors, 64 + 2 × 10 kept, 1 for the connection being admitted.
+        assert_eq!(fit_connections(2000, Some(1024), 10), 1024 - 64 - 20 - 1);
+        assert_eq!(fit_connections(512, Some(256), 3), 256 - 64 - 6 - 1);
+        assert_eq!(fit_connections(512, Some(16), 3), 1, "never below one connection");
+    }
+
+    #[test]
+    fn the_connection_flags_take_sensible_values_only() {
+        assert_eq!(max_connections("100"), Ok(100));
+        for bad in ["0", "-1", "many", ""] {
+            assert!(max_connections(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(header_read_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(header_read_timeout("1500ms"), Ok(Duration::from_millis(1500)));
+        for bad in ["0s", "500ms", "11m", "5", "soon"] {
+            assert!(header_read_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_listen_address_takes_an_address_or_a_host_name_and_a_taken_port_is_named() {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let taken = listener.local_addr().unwrap();
+        assert!(taken.ip().is_loopback() && taken.port() != 0);
+        assert!(bind("localhost:0").await.is_ok());
+        let e = bind(&taken.to_string()).await.unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--web.listen-address {taken}: cannot listen: ")), "{e}");
+    }
 
     #[test]
     fn the_telemetry_path_must_be_absolute_and_free() {

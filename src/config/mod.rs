@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::{Budget, Options, Spanned};
 
 pub use error::{ConfigError, Located};
+pub(crate) use resolve::parse_duration;
 pub use resolve::{Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT};
 
 use locate::{PathIndex, Position};

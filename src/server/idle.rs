@@ -1,6 +1,7 @@
-//! An idle limit for connections: `axum::serve` gives hyper no timer, so a client that stops sending (a dead
-//! peer that never sent FIN, a slow-header attack) would hold its connection and task forever. [`Idle`] fails
-//! a read or write once nothing has moved in either direction for the limit, and hyper then closes it.
+//! An idle limit for connections in the middle of a request: hyper's header read timeout bounds the wait for a
+//! request head, but not a request body that stops arriving or a client that stops reading its answer, which would
+//! hold the connection and its task forever (a dead peer that never sent FIN). [`Idle`] fails a read or write once
+//! nothing has moved in either direction for the limit, and hyper then closes the connection.
 
 use std::future::Future as _;
 use std::io;

@@ -1,7 +1,9 @@
-//! Serving a router: plain HTTP straight through `axum::serve`, or TLS through [`TlsListener`], which completes
-//! rustls handshakes in their own tasks (bounded in number and in time) and hands finished streams to
-//! `axum::serve`. Both paths so share hyper's connection handling and graceful shutdown, and both put an idle
-//! limit on every connection. Basic auth and the configured headers are layered around the caller's routes here.
+//! Serving a router: one accept loop for plain HTTP and TLS that admits each connection under the connection cap
+//! (see [`connections`](super::connections)), completes the TLS handshake where configured (bounded in time), and
+//! serves it with hyper's HTTP/1 connection, which closes a connection whose request head does not arrive within
+//! the header read timeout. An idle limit guards every connection mid-request, and shutdown is graceful: the
+//! listener closes at once, open requests are answered, and idle connections close. Basic auth and the configured
+//! headers are layered around the caller's routes here.
 
 use std::future::Future;
 use std::io;
@@ -12,42 +14,84 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Request};
 use axum::middleware;
 use axum::response::Response;
-use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::server::TlsStream;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::auth;
+use super::connections::{Connections, Slot};
 use super::idle::Idle;
 use super::web_config::WebConfig;
 
 /// How long a client may take to complete the TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a connection may carry no bytes either way before it is closed. Far above any scrape's duration
-/// and above common scrape intervals, so keep-alive connections of a scraper are reused, not cut.
+/// How long a connection may carry no bytes either way while a request is being read or answered (a body that
+/// stops arriving, a client that stops reading its answer). Waiting for a request head is bounded by the header
+/// read timeout instead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 256;
+/// How long shutdown waits for requests in progress before closing their connections anyway: well inside
+/// systemd's stop timeout of the shipped unit (20 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serve `app` on `listener` until `shutdown` completes, then stop accepting and let open requests finish.
+/// Bounds on connections: how many may be open, and how long one may take to send a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once (`--web.max-connections`); at the cap the longest-idle one is closed for a new one.
+    pub max_connections: usize,
+    /// Time for a complete request head (`--web.header-read-timeout`), counted from the connection's start (after
+    /// the TLS handshake) or from the end of the previous answer on a kept-alive connection.
+    pub header_read_timeout: Duration,
+}
+
+impl Limits {
+    /// The default cap: Prometheus's own `--web.max-connections` default, far below the usual 1,024-descriptor
+    /// soft limit, so connections cannot take the descriptors the devices and the runtime need.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+    /// The default header read timeout: a scraper sends its whole request head at once, so a few seconds is
+    /// generous, and a client trickling bytes or holding connections silent loses them soon.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: Self::DEFAULT_MAX_CONNECTIONS, header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT }
+    }
+}
+
+/// Serve `app` on `listener` with the default [`Limits`] until `shutdown` completes; see [`serve_with`].
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    web: Option<WebConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(listener, app, web, Limits::default(), shutdown).await
+}
+
+/// Serve `app` on `listener` under `limits` until `shutdown` completes, then stop accepting, let open requests
+/// finish (for at most 10 s) and close every connection.
 ///
 /// Without `web` (or with a web config that sets no TLS) this is plain HTTP; with TLS configured only TLS is
 /// spoken: a plain-HTTP request fails the handshake and its connection is closed without an HTTP answer. Basic
 /// auth, when configured, guards every path (unknown paths included); the configured headers go on every
 /// response.
-pub async fn serve(
+pub async fn serve_with(
     listener: TcpListener,
     app: Router,
     web: Option<WebConfig>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("the listening socket has no local address")?;
@@ -55,18 +99,125 @@ pub async fn serve(
         Some(web) => (wrap(app, web), web.tls(), web.basic_auth_enabled()),
         None => (app, None, false),
     };
-    match tls {
-        None => {
-            info!(address = %local, basic_auth, "serving HTTP (TLS off)");
-            axum::serve(PlainListener(listener), app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("the HTTP server failed")
+    let header_read_timeout = format!("{:?}", limits.header_read_timeout);
+    let max_connections = limits.max_connections;
+    if tls.is_some() {
+        info!(address = %local, basic_auth, max_connections, header_read_timeout, "serving HTTPS");
+    } else {
+        info!(address = %local, basic_auth, max_connections, header_read_timeout, "serving HTTP (TLS off)");
+    }
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let shared = Arc::new(Shared { app, http, tls: tls.map(TlsAcceptor::from) });
+    let connections = Connections::new(limits.max_connections);
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tasks = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_per_connection(&e) => {
+                    debug!(error = %e, "a connection failed before it was accepted");
+                    continue;
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    error!(error = %e, "accepting a connection failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = connections.admit() => slot,
+        };
+        tasks.spawn(connection(Arc::clone(&shared), tcp, peer, slot));
+    }
+
+    // Release the port first, so a restarted exporter can bind it while this one finishes its answers.
+    drop(listener);
+    connections.close_all();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(
+            open = connections.open(),
+            "requests still unanswered {} s after shutdown; closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        tasks.shutdown().await;
+    }
+    Ok(())
+}
+
+/// What every connection task needs.
+struct Shared {
+    app: Router,
+    http: http1::Builder,
+    tls: Option<TlsAcceptor>,
+}
+
+/// One connection from accept to close: the TLS handshake where configured, then HTTP/1.
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, slot: Slot) {
+    set_nodelay(&tcp);
+    let io = Idle::new(tcp, IDLE_TIMEOUT);
+    let Some(acceptor) = &shared.tls else {
+        return http(&shared, io, peer, slot).await;
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed (plain HTTP to the HTTPS port?)"),
+            Err(_) => return debug!(%peer, "TLS handshake timed out after {} s", HANDSHAKE_TIMEOUT.as_secs()),
+        },
+        () = slot.close_requested() => return debug!(%peer, "closed during the TLS handshake"),
+    };
+    http(&shared, tls, peer, slot).await;
+}
+
+/// Serve HTTP/1 on an established connection until the client goes, the header read timeout or idle limit
+/// strikes, or the connection is asked to close.
+async fn http<I>(shared: &Shared, io: I, peer: SocketAddr, slot: Slot)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let slot = Arc::new(slot);
+    let router = TowerToHyperService::new(shared.app.clone());
+    let tracked = Arc::clone(&slot);
+    let service = service_fn(move |request: Request<Incoming>| {
+        // Marked here, when hyper hands the request over, so a connection with a request is never taken for idle.
+        let busy = tracked.begin_request();
+        let response = router.call(request);
+        async move {
+            let response = response.await;
+            drop(busy);
+            response
         }
-        Some(config) => {
-            info!(address = %local, basic_auth, "serving HTTPS");
-            let listener = TlsListener::new(listener, config, local);
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("the HTTPS server failed")
+    });
+    let conn = shared.http.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    debug!(%peer, error = %e, "connection closed");
+                }
+                return;
+            }
+            () = slot.close_requested(), if !closing => {
+                closing = true;
+                if !slot.served_any() {
+                    // Nothing was asked of it (at most part of a request head arrived): closing loses nothing.
+                    return debug!(%peer, "closed a connection that had sent no request");
+                }
+                // hyper closes it at once if it is between requests, or after the answer in progress.
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }
@@ -94,110 +245,6 @@ async fn add_headers(State(headers): State<Arc<[(HeaderName, HeaderValue)]>>, mu
 fn set_nodelay(tcp: &TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-}
-
-/// Plain TCP with the idle limit on each connection.
-struct PlainListener(TcpListener);
-
-impl Listener for PlainListener {
-    type Io = Idle<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own TcpListener impl retries accept errors (with a back-off for resource exhaustion).
-        let (tcp, peer) = Listener::accept(&mut self.0).await;
-        set_nodelay(&tcp);
-        (Idle::new(tcp, IDLE_TIMEOUT), peer)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// A listener yielding only connections whose TLS handshake has completed. The accept loop runs in its own
-/// task, stopped (with every handshake still in progress) when this is dropped, which is what `axum::serve`
-/// does on graceful shutdown.
-struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<Idle<TcpStream>>, SocketAddr)>,
-    local: SocketAddr,
-    accepting: JoinHandle<()>,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, config: Arc<ServerConfig>, local: SocketAddr) -> Self {
-        let (tx, ready) = mpsc::channel(64);
-        let accepting = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
-        Self { ready, local, accepting }
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<Idle<TcpStream>>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        if let Some(conn) = self.ready.recv().await {
-            return conn;
-        }
-        // The accept loop only ends when this listener is dropped; if it died anyway, accept nothing more but
-        // let graceful shutdown still complete.
-        error!("the TLS accept loop stopped; no new connections will be accepted");
-        std::future::pending().await
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Accept TCP connections and start a bounded handshake task for each; finished streams go to `ready`.
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<Idle<TcpStream>>, SocketAddr)>,
-) {
-    let mut handshakes = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = ready.closed() => break,
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = tcp.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
-                Ok((stream, peer)) => {
-                    handshakes.spawn(handshake(acceptor.clone(), stream, peer, ready.clone()));
-                }
-                Err(e) if is_per_connection(&e) => debug!(error = %e, "a connection failed before it was accepted"),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    error!(error = %e, "accepting a connection failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-        }
-    }
-}
-
-async fn handshake(
-    acceptor: TlsAcceptor,
-    stream: TcpStream,
-    peer: SocketAddr,
-    ready: mpsc::Sender<(TlsStream<Idle<TcpStream>>, SocketAddr)>,
-) {
-    set_nodelay(&stream);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Idle::new(stream, IDLE_TIMEOUT))).await {
-        Ok(Ok(tls)) => {
-            // Fails only when the server is shutting down; the connection is then simply closed.
-            let _ = ready.send((tls, peer)).await;
-        }
-        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed (plain HTTP to the HTTPS port?)"),
-        Err(_) => debug!(%peer, "TLS handshake timed out after {} s", HANDSHAKE_TIMEOUT.as_secs()),
     }
 }
 

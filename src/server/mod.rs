@@ -1,11 +1,15 @@
 //! The HTTP server shell: serves a caller-built axum [`Router`](axum::Router) over plain HTTP or TLS, with the
-//! basic auth and headers of an exporter-toolkit `--web.config.file`. It knows no routes; the caller mounts them.
+//! basic auth and headers of an exporter-toolkit `--web.config.file`, a cap on open connections and a header read
+//! timeout. It knows no routes; the caller mounts them.
 
 mod auth;
+mod connections;
 mod idle;
 mod listener;
+mod nofile;
 pub mod routes;
 mod web_config;
 
-pub use listener::serve;
+pub use listener::{Limits, serve, serve_with};
+pub use nofile::{OpenFileLimit, raise_open_file_limit};
 pub use web_config::{WebConfig, WebConfigError};

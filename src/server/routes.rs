@@ -46,10 +46,21 @@ async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 /// `/probe?target=NAME`: one configured device (the multi-target pattern of blackbox and snmp exporters).
 async fn probe(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
-    let Some(target) = query_param(uri.query().unwrap_or_default(), "target") else {
-        return (StatusCode::BAD_REQUEST, "missing the target parameter: /probe?target=DEVICE_NAME\n").into_response();
+    let targets = query_params(uri.query().unwrap_or_default(), "target");
+    let target = match targets.as_slice() {
+        [one] if !one.is_empty() => one,
+        [] | [_] => {
+            return (StatusCode::BAD_REQUEST, "missing the target parameter: /probe?target=DEVICE_NAME\n")
+                .into_response();
+        }
+        // Taking the first would answer for a device the caller may not have meant; say so instead.
+        several => {
+            let body =
+                format!("{} target parameters: /probe takes exactly one (/probe?target=DEVICE_NAME)\n", several.len());
+            return (StatusCode::BAD_REQUEST, body).into_response();
+        }
     };
-    let Some(index) = app.scraper.find(&target) else {
+    let Some(index) = app.scraper.find(target) else {
         let mut known: Vec<&str> = app.scraper.targets().iter().map(|t| t.name.as_str()).collect();
         known.sort_unstable();
         let body = format!("unknown target {target:?}: configured devices are {}\n", known.join(", "));
@@ -127,12 +138,15 @@ async fn landing(State(app): State<Arc<App>>) -> Html<String> {
     Html(page)
 }
 
-/// The value of `key` in a URL query string, percent-decoded; `None` when absent or empty.
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key && !v.is_empty()).then(|| percent_decode(v))
-    })
+/// Every value of `key` in a URL query string, in order and percent-decoded (an empty one included).
+fn query_params(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == key).then(|| percent_decode(v))
+        })
+        .collect()
 }
 
 /// Decode `%XX` escapes and `+` (a space in a form-encoded query); a malformed escape is kept as it is.
@@ -182,13 +196,22 @@ mod tests {
 
     #[test]
     fn the_target_parameter_is_found_and_decoded() {
-        assert_eq!(query_param("target=house", "target").as_deref(), Some("house"));
-        assert_eq!(query_param("a=1&target=rack-2&b", "target").as_deref(), Some("rack-2"));
-        assert_eq!(query_param("target=my%2dbms", "target").as_deref(), Some("my-bms"));
-        assert_eq!(query_param("target=a+b%zz", "target").as_deref(), Some("a b%zz"));
-        assert_eq!(query_param("target=", "target"), None);
-        assert_eq!(query_param("targets=x", "target"), None);
-        assert_eq!(query_param("", "target"), None);
+        assert_eq!(query_params("target=house", "target"), ["house"]);
+        assert_eq!(query_params("a=1&target=rack-2&b", "target"), ["rack-2"]);
+        assert_eq!(query_params("target=my%2dbms", "target"), ["my-bms"]);
+        assert_eq!(query_params("target=a+b%zz", "target"), ["a b%zz"]);
+        assert_eq!(query_params("target=", "target"), [""]);
+        assert_eq!(query_params("target", "target"), [""]);
+        assert!(query_params("targets=x", "target").is_empty());
+        assert!(query_params("", "target").is_empty());
+    }
+
+    #[test]
+    fn every_target_parameter_is_found_so_several_can_be_refused() {
+        assert_eq!(query_params("target=a&target=b", "target"), ["a", "b"]);
+        assert_eq!(query_params("target=a&x=1&target=a", "target"), ["a", "a"]);
+        // An encoded key is the same key: it cannot smuggle a second target past the check.
+        assert_eq!(query_params("target=a&%74arget=b", "target"), ["a", "b"]);
     }
 
     #[test]
