@@ -85,9 +85,10 @@ pub trait Exchange: Send + fmt::Debug {
     fn snapshot(&self) -> DeviceSnapshot;
 }
 
-/// The most telling rejection seen since a request was sent, for [`Exchange::clear_reply`]: a frame that was
-/// there but wrong (checksum, other command, other device) tells more than a cut frame, and a cut frame more than
-/// the echo of our own request, which half-duplex adapters produce on every request.
+/// The most telling rejection seen since a request was sent, for [`Exchange::clear_reply`]: a reply that passed
+/// every check of the wire but holds values that cannot be physical tells most (it is the device's reply, read
+/// wrong), a frame that was there but wrong (checksum, other command, other device) more than a cut frame, and a
+/// cut frame more than the echo of our own request, which half-duplex adapters produce on every request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Rejections {
     most_telling: Option<DecodeError>,
@@ -111,6 +112,7 @@ fn rank(error: &DecodeError) -> u8 {
     match error {
         DecodeError::HostEcho { .. } => 0,
         DecodeError::Truncated { .. } | DecodeError::NoFrame { .. } => 1,
+        DecodeError::Implausible { .. } => 3,
         _ => 2,
     }
 }
@@ -184,6 +186,27 @@ pub(crate) mod test_support {
         assert_eq!(decoded.cell_volts.len(), truth.cell_volts.len(), "cell count");
         for (i, (d, t)) in decoded.cell_volts.iter().zip(&truth.cell_volts).enumerate() {
             close(*d, *t, tolerance, &format!("cell {}", i + 1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_implausible_reply_is_the_most_telling_rejection_whatever_the_order() {
+        let checksum = DecodeError::Checksum { computed: 1, received: 2 };
+        let implausible = DecodeError::Implausible { why: "cell voltage outside 0–5 V" };
+        for order in [[checksum, implausible], [implausible, checksum]] {
+            let mut rejections = Rejections::default();
+            rejections.note(DecodeError::HostEcho { address: 0x40 });
+            for error in order {
+                rejections.note(error);
+            }
+            rejections.note(DecodeError::Truncated { have: 1, need: 13 });
+            assert_eq!(rejections.take(), Some(implausible), "{order:?}");
+            assert_eq!(rejections.take(), None);
         }
     }
 }
