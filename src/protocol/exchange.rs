@@ -38,6 +38,10 @@ pub enum Progress {
     Settling,
     /// A complete, valid reply that refuses the request (Modbus exception, Pace RTN error): do not retry.
     Refused(DecodeError),
+    /// A complete reply passed the wire's checks but was rejected (values that cannot be physical,
+    /// [`crate::protocol::plausible`]): nothing more is coming for this attempt, so the session sends the request
+    /// again now, as a retry that counts, instead of waiting out the reply timeout first.
+    Retry(DecodeError),
     /// A valid refusal the exchange has taken in as knowledge, not a failure: the device lacks an optional
     /// read (identity registers) or a fallback has been planned in its place (Daly Modbus 62-register block,
     /// Pace pack-by-pack reads). Move on; the exchange will not ask it again.
@@ -126,8 +130,9 @@ pub(crate) mod test_support {
     use crate::simulator::Responder;
 
     /// Run one poll the way the session does, feeding each reply through `feed`; a request the bus does not
-    /// answer, or whose reply stays pending, is given up after `clear_reply`. Returns the requests sent and
-    /// the progress each ended with (`None` when given up).
+    /// answer, or whose reply stays pending or is rejected ([`Progress::Retry`]), is given up after
+    /// `clear_reply` (the stand-in does not retry). Returns the requests sent and the progress each ended with
+    /// (`None` when given up unanswered).
     pub(crate) fn poll_with(
         exchange: &mut dyn Exchange,
         bus: &mut dyn Responder,
@@ -145,7 +150,7 @@ pub(crate) mod test_support {
                 },
                 None => None,
             };
-            if progress.is_none() {
+            if matches!(progress, None | Some(Progress::Retry(_))) {
                 exchange.clear_reply();
             }
             sent.push((outgoing, progress));
