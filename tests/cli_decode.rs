@@ -58,3 +58,22 @@ fn bytes_with_no_frame_in_them_fail_without_printing_json() {
         assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "), "{protocol}");
     }
 }
+
+#[test]
+fn an_implausible_reply_is_reported_as_rejected_with_its_reason() {
+    // Issue 12: noise whose first three bytes pass the Sinowealth check byte (1,423.55 °C) before the reply.
+    let out = decode().args(["--protocol", "sinowealth", "--request", "0a0e02", "42476c5e7f0bf181"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["replies"][0]["temperature_c"], 32.55);
+    assert_eq!(json["rejected"][0]["kind"], "implausible");
+    assert!(json["rejected"][0]["message"].as_str().unwrap().contains("temperature outside"), "{json}");
+    // Alone, the noise is no reply at all.
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "sinowealth", "--request", "0a0e02", "42476c"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("implausible reply: temperature outside −50…150 °C (implausible)"), "{stderr}");
+    // A Daly 0x90 frame whose checksum survived a raised current byte and a lowered SOC byte: beyond 3000 A.
+    let (code, stderr) = stderr_of(decode().args(["--protocol", "daly", "a501900802030000f72403b819"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("current beyond ±2000 A (implausible)"), "{stderr}");
+}
