@@ -248,6 +248,9 @@ proptest! {
     #[test]
     fn single_frame_replies_round_trip(command in single_frame_command(), data in any::<[u8; 8]>(), board in 1u8..=16) {
         let message = Message::decode_single(command, data).unwrap().unwrap();
+        // The codec round-trips every value; the capture may refuse an implausible one.
+        let frame = Frame::parse(&message.encode(board)).unwrap();
+        prop_assert_eq!((frame.address, Message::decode_single(command, frame.data).unwrap().unwrap()), (board, message.clone()));
         if let Some((decoded_board, decoded)) = decoded_unless_implausible(&message.encode(board), &DecodeOptions::default()) {
             prop_assert_eq!(decoded_board, board);
             prop_assert_eq!(decoded, message);
@@ -277,6 +280,8 @@ proptest! {
         let temperatures = raw.iter().map(|&r| Some(i16::from(r) - 40)).collect();
         let message = Message::Temperatures(Temperatures::new(temperatures));
         let options = DecodeOptions { temperature_sensor_count: Some(raw.len() as u16), ..DecodeOptions::default() };
+        let frames: Vec<[u8; 8]> = message.encode(board).chunks(13).map(|f| Frame::parse(f).unwrap().data).collect();
+        prop_assert_eq!(Message::Temperatures(Temperatures::decode(&frames, Some(raw.len() as u16)).unwrap()), message.clone());
         // Raw 191 and above read over 150 °C: the whole reply is refused, not only that sensor.
         match decoded_unless_implausible(&message.encode(board), &options) {
             Some(decoded) => prop_assert_eq!(decoded, (board, message)),
