@@ -586,7 +586,8 @@ mod tests {
     #[test]
     fn cells_that_contradict_the_pack_voltage_are_asked_again_and_if_none_agree_neither_is_exported() {
         let sections = Sections::none().with(Section::Soc).with(Section::Cells);
-        // The cells are right and the 0x90 voltage says 40 V (16 cells of ~3.3 V sum to ~53 V): plausible alone.
+        // The cells are right and the 0x90 voltage says 40 V (16 cells of ~3.3 V sum to ~53 V, 24 % more):
+        // plausible alone.
         let mut bus = DalyBus::new(1, 16, 4, 7);
         let (mut x, _soc) = counted(&mut bus, sections);
         let wrong_soc = Message::Soc(super::super::Soc::new(40.0, 2.0, 50.0)).encode(1);
@@ -605,8 +606,8 @@ mod tests {
         assert_eq!((pack.voltage_volts, pack.current_amperes, pack.cell_volts.len()), (None, None, 0));
         assert!(pack.remaining_capacity_ampere_hours.is_some(), "0x93 was not part of it");
 
-        // The 0x90 voltage is right and the first 0x95 reply has four cells 1.5 V high (each still below 5 V):
-        // the retry agrees, so both are kept.
+        // The 0x90 voltage is right and the first 0x95 reply has nine cells 1.5 V high (each still below 5 V, the
+        // sum 26 % high): the retry agrees, so both are kept.
         let mut bus = DalyBus::new(1, 16, 4, 7);
         let (mut x, soc) = counted(&mut bus, sections);
         assert_eq!(x.handle_bytes(&bus.respond(&soc.bytes).unwrap().reply), Progress::Complete);
@@ -615,10 +616,11 @@ mod tests {
         let cells = x.next_request().unwrap();
         let good = bus.respond(&cells.bytes).unwrap().reply;
         let mut high = good.clone();
-        for frame in 0..2 {
-            // Cells 1, 2 and 4, 5: data bytes 1 and 3 (frame bytes 5 and 7) carry their high bytes; +6 is +1.536 V.
-            gross(&mut high, frame, 5, 11, 6);
-            gross(&mut high, frame, 7, 11, 6);
+        for frame in 0..3 {
+            // Cells 1–9: data bytes 1, 3 and 5 (frame bytes 5, 7, 9) carry their high bytes; +6 is +1.536 V.
+            for raise in [5, 7, 9] {
+                gross(&mut high, frame, raise, 11, 6);
+            }
         }
         assert!(matches!(x.handle_bytes(&high), Progress::Retry(DecodeError::Implausible { .. })));
         x.clear_reply();
