@@ -300,8 +300,8 @@ impl Exchange for SinowealthExchange {
         // A half-duplex adapter loops the request back first. A 2-byte reply is as long as the request, so
         // bytes equal to the request are an echo unless their check byte makes them a valid reply.
         let request = encode_request(current.register);
-        // The check is the byte's own, whatever the policy: under Report every frame "passes", and an echo
-        // left in the buffer would make the reply wait for the line to go quiet.
+        // The check is the byte's own, whatever the policy: under Report every frame "passes", and an echo left
+        // in the buffer would be taken for the reply if the board stayed silent after it.
         if self.buffer.starts_with(&request) && !check_byte_matches(current.register, &request) {
             self.buffer.drain(..request.len());
             self.rejections.note(DecodeError::HostEcho { address: super::REQUEST_START });
