@@ -370,6 +370,16 @@ impl<'e> Session<'e> {
                 self.state = State::Gap { send_at: now + self.settings.request_gap };
                 self.advance(now);
             }
+            Progress::Retry(error) => {
+                // The reply is complete and was rejected: waiting out the timeout would only delay the retry.
+                let error = self.exchange.clear_reply().unwrap_or(error);
+                let Some(current) = self.current.as_ref() else { return };
+                self.state = State::Gap { send_at: now + self.settings.request_gap };
+                if current.attempts > self.settings.retries {
+                    self.fail_current(PollError::Invalid(error));
+                    self.advance(now);
+                }
+            }
         }
     }
 

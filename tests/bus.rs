@@ -238,7 +238,15 @@ async fn fault_case(protocol: &'static str, fault: &'static str) -> String {
     let truth = sim.truth();
     // No retries: every struck request fails and is counted, and no retry can paper over a bad value. Strikes
     // that lose a reply cost a timeout each, so it is short here; a fault-free reply still takes well under it.
-    let timeout = if matches!(kind, "garbage" | "echo") { 2000 } else { 50 };
+    // A Sinowealth reply is taken only once the line has been quiet for the drain time (100 ms: its replies
+    // have no start byte, so only their end frames them), so its timeout must exceed that, and its polls are
+    // slower.
+    let sinowealth = protocol == "sinowealth";
+    let timeout = match kind {
+        "garbage" | "echo" => 2000,
+        _ if sinowealth => 150,
+        _ => 50,
+    };
     let settings = Settings { timeout: Duration::from_millis(timeout), ..fast(0) };
     let bus = poller::spawn(BusSpec {
         transport: tcp(&addr),
@@ -246,7 +254,7 @@ async fn fault_case(protocol: &'static str, fault: &'static str) -> String {
         devices: vec![DeviceSpec { name: name.clone(), exchange: exchange(protocol), sections: matrix_sections() }],
     });
 
-    let deadline = Instant::now() + Duration::from_secs(4);
+    let deadline = Instant::now() + Duration::from_secs(if sinowealth { 10 } else { 4 });
     let mut before = poll(&bus, 0).await;
     assert_snapshot_true(protocol, &before.last.device, &truth);
     let (mut strikes, mut recovered, mut polls) = (0, false, 1);

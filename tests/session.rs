@@ -107,6 +107,50 @@ fn a_corrupt_reply_is_retried_and_reported_as_a_checksum_failure_only_if_every_t
 }
 
 #[test]
+fn an_implausible_reply_is_asked_again_at_once_and_reported_as_implausible_only_if_every_try_fails() {
+    // The 0x90 current's high byte raised by 0x80 and the SOC's low byte lowered by as much: the checksum holds,
+    // the current reads beyond 3000 A.
+    let gross = |reply: &mut Vec<u8>| {
+        reply[8] = reply[8].wrapping_add(0x80);
+        reply[11] = reply[11].wrapping_sub(0x80);
+    };
+    let soc = Sections::none().with(Section::Soc);
+    let settings = Settings { retries: 2, ..Settings::default() };
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let mut tries = 0;
+    let (report, elapsed) = run(&mut x, soc, settings, Duration::ZERO, |r| {
+        let mut reply = bus.respond(r).unwrap().reply;
+        if r[2] == 0x90 {
+            tries += 1;
+            if tries < 3 {
+                gross(&mut reply);
+            }
+        }
+        reply
+    });
+    assert!(report.succeeded(), "the third try is plausible: {:?}", report.failures);
+    assert_eq!(report.requests_sent, 4, "0x90 three times, then 0x93");
+    assert!(elapsed < settings.timeout, "a rejected reply is asked again without waiting out the timeout: {elapsed:?}");
+    assert!((report.device.packs[0].current_amperes.unwrap()).abs() < 2000.0);
+
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let (report, _) = run(&mut x, soc, settings, Duration::ZERO, |r| {
+        let mut reply = bus.respond(r).unwrap().reply;
+        if r[2] == 0x90 {
+            gross(&mut reply);
+        }
+        reply
+    });
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].attempts, 3);
+    assert_eq!(report.failures[0].error.reason(), "implausible");
+    let pack = &report.device.packs[0];
+    assert_eq!((pack.voltage_volts, pack.current_amperes), (None, None), "nothing of the reply is exported");
+}
+
+#[test]
 fn a_silent_device_costs_one_request_not_the_whole_poll() {
     let mut x = daly(&[Address::Rs485]);
     let settings = Settings::default();

@@ -38,6 +38,10 @@ pub enum Progress {
     Settling,
     /// A complete, valid reply that refuses the request (Modbus exception, Pace RTN error): do not retry.
     Refused(DecodeError),
+    /// A complete reply passed the wire's checks but was rejected (values that cannot be physical,
+    /// [`crate::protocol::plausible`]): nothing more is coming for this attempt, so the session sends the request
+    /// again now, as a retry that counts, instead of waiting out the reply timeout first.
+    Retry(DecodeError),
     /// A valid refusal the exchange has taken in as knowledge, not a failure: the device lacks an optional
     /// read (identity registers) or a fallback has been planned in its place (Daly Modbus 62-register block,
     /// Pace pack-by-pack reads). Move on; the exchange will not ask it again.
@@ -85,9 +89,10 @@ pub trait Exchange: Send + fmt::Debug {
     fn snapshot(&self) -> DeviceSnapshot;
 }
 
-/// The most telling rejection seen since a request was sent, for [`Exchange::clear_reply`]: a frame that was
-/// there but wrong (checksum, other command, other device) tells more than a cut frame, and a cut frame more than
-/// the echo of our own request, which half-duplex adapters produce on every request.
+/// The most telling rejection seen since a request was sent, for [`Exchange::clear_reply`]: a reply that passed
+/// every check of the wire but holds values that cannot be physical tells most (it is the device's reply, read
+/// wrong), a frame that was there but wrong (checksum, other command, other device) more than a cut frame, and a
+/// cut frame more than the echo of our own request, which half-duplex adapters produce on every request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Rejections {
     most_telling: Option<DecodeError>,
@@ -111,6 +116,7 @@ fn rank(error: &DecodeError) -> u8 {
     match error {
         DecodeError::HostEcho { .. } => 0,
         DecodeError::Truncated { .. } | DecodeError::NoFrame { .. } => 1,
+        DecodeError::Implausible { .. } => 3,
         _ => 2,
     }
 }
@@ -124,8 +130,9 @@ pub(crate) mod test_support {
     use crate::simulator::Responder;
 
     /// Run one poll the way the session does, feeding each reply through `feed`; a request the bus does not
-    /// answer, or whose reply stays pending, is given up after `clear_reply`. Returns the requests sent and
-    /// the progress each ended with (`None` when given up).
+    /// answer, or whose reply stays pending or is rejected ([`Progress::Retry`]), is given up after
+    /// `clear_reply` (the stand-in does not retry). Returns the requests sent and the progress each ended with
+    /// (`None` when given up unanswered).
     pub(crate) fn poll_with(
         exchange: &mut dyn Exchange,
         bus: &mut dyn Responder,
@@ -143,7 +150,7 @@ pub(crate) mod test_support {
                 },
                 None => None,
             };
-            if progress.is_none() {
+            if matches!(progress, None | Some(Progress::Retry(_))) {
                 exchange.clear_reply();
             }
             sent.push((outgoing, progress));
@@ -184,6 +191,27 @@ pub(crate) mod test_support {
         assert_eq!(decoded.cell_volts.len(), truth.cell_volts.len(), "cell count");
         for (i, (d, t)) in decoded.cell_volts.iter().zip(&truth.cell_volts).enumerate() {
             close(*d, *t, tolerance, &format!("cell {}", i + 1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_implausible_reply_is_the_most_telling_rejection_whatever_the_order() {
+        let checksum = DecodeError::Checksum { computed: 1, received: 2 };
+        let implausible = DecodeError::Implausible { why: "cell voltage outside 0–5 V" };
+        for order in [[checksum, implausible], [implausible, checksum]] {
+            let mut rejections = Rejections::default();
+            rejections.note(DecodeError::HostEcho { address: 0x40 });
+            for error in order {
+                rejections.note(error);
+            }
+            rejections.note(DecodeError::Truncated { have: 1, need: 13 });
+            assert_eq!(rejections.take(), Some(implausible), "{order:?}");
+            assert_eq!(rejections.take(), None);
         }
     }
 }

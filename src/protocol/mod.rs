@@ -12,6 +12,7 @@ pub mod deframer;
 mod error;
 pub mod exchange;
 pub mod pace;
+pub mod plausible;
 pub mod reader;
 pub mod sinowealth;
 

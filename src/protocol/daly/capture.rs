@@ -1,11 +1,12 @@
 //! Decoding a captured A5 byte stream (daly.md §5): deframe it, check each frame against the request (board,
-//! command, echo), group multi-frame replies, decode, and apply to the model.
+//! command, echo), group multi-frame replies, decode, judge their plausibility, and apply to the model.
 
 use super::multiframe::{CellVoltages, Temperatures, Text};
 use super::response::{Message, Reply};
 use super::{A5Framing, Command, DecodeError, Frame, Request, apply};
 use crate::model::DeviceSnapshot;
 use crate::protocol::deframer::{Deframer, Event};
+use crate::protocol::plausible::{self, CELL_VOLTS_MAX, Conflict, PACK_VOLTS_MAX};
 use crate::protocol::{Capture, DecodeOptions, Protocol, Rejection};
 
 /// Decode the reply bytes `response` to `request` (if known). Without a request any board and command is
@@ -46,7 +47,14 @@ pub fn decode_chunks(
         }
     }
     errors.extend(deframer.finish());
-    let replies = decode_frames(&frames, options, &mut errors);
+    let mut replies: Vec<Reply> = Vec::new();
+    for reply in decode_frames(&frames, options, &mut errors) {
+        // As in a poll: a reply is judged alone and against the replies accepted before it.
+        match check_plausible(&replies, &reply, options) {
+            Ok(()) => replies.push(reply),
+            Err((error, _)) => errors.push(error),
+        }
+    }
     if replies.is_empty() {
         let len = chunks.iter().map(|c| c.len()).sum();
         return Err(errors.first().copied().unwrap_or(DecodeError::NoFrame { len }));
@@ -127,6 +135,60 @@ pub(crate) fn decode_frames(
         }
     }
     replies
+}
+
+/// The commands whose replies provide the values a consistency rule involves.
+pub(crate) fn conflict_commands(conflict: Conflict) -> &'static [Command] {
+    match conflict {
+        Conflict::PackVoltageAndCells => &[Command::Soc, Command::CellVoltages],
+        Conflict::RemainingAndFull => &[Command::Mosfet],
+    }
+}
+
+/// Judge `reply` by the limits of [`plausible`]: alone (its own values, and the decoded values the model does not
+/// keep, such as the 0x90 gathered voltage, so that a frame whose checksum a raised byte and a lowered byte keep
+/// intact is rejected whole), then together with `accepted` (the replies already taken from the same board:
+/// a 0x95 reply against the 0x90 voltage). `Err` names the rejection and, when the reply is plausible alone but
+/// contradicts what was accepted, the values involved.
+pub(crate) fn check_plausible(
+    accepted: &[Reply],
+    reply: &Reply,
+    options: &DecodeOptions,
+) -> Result<(), (DecodeError, Option<Conflict>)> {
+    check_message(&reply.message).map_err(|e| (e, None))?;
+    let alone = |replies: &[Reply]| {
+        let mut device = DeviceSnapshot::default();
+        apply(&mut device, replies, options);
+        device
+    };
+    plausible::check_device(&alone(std::slice::from_ref(reply))).map_err(|e| (e, None))?;
+    let mut together: Vec<Reply> = accepted.iter().filter(|r| r.board == reply.board).cloned().collect();
+    together.push(reply.clone());
+    let device = alone(&together);
+    plausible::check_device(&device)
+        .map_err(|e| (e, device.packs.iter().find(|p| p.pack == reply.board).and_then(plausible::conflict)))
+}
+
+/// The limits for decoded values the model does not keep (see [`check_plausible`]).
+fn check_message(message: &Message) -> Result<(), DecodeError> {
+    let cell = |v: f64| (0.0..=CELL_VOLTS_MAX).contains(&v);
+    let temperature =
+        |c: i16| (plausible::TEMPERATURE_MIN_CELSIUS..=plausible::TEMPERATURE_MAX_CELSIUS).contains(&f64::from(c));
+    let (ok, why) = match message {
+        Message::Soc(s) => {
+            ((0.0..=PACK_VOLTS_MAX).contains(&s.acquisition_voltage_v), "0x90 gathered voltage outside 0–240 V")
+        }
+        Message::CellRange(r) => {
+            (cell(r.max_cell_voltage_v) && cell(r.min_cell_voltage_v), "0x91 cell voltage outside 0–5 V")
+        }
+        Message::TemperatureRange(r) => (
+            temperature(r.max_temperature_c) && temperature(r.min_temperature_c),
+            "0x92 temperature outside −50…150 °C",
+        ),
+        Message::Rated(r) => (cell(r.nominal_cell_voltage_v), "0x50 nominal cell voltage outside 0–5 V"),
+        _ => (true, ""),
+    };
+    if ok { Ok(()) } else { Err(DecodeError::Implausible { why }) }
 }
 
 #[cfg(test)]

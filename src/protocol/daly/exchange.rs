@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 
-use super::capture::{check_reply, decode_frames, is_multi_frame};
+use super::capture::{check_plausible, check_reply, conflict_commands, decode_frames, is_multi_frame};
 use super::response::{Message, Reply};
 use super::{A5Framing, Address, Command, Filler, Frame, Request, apply};
 use crate::model::{DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
+use crate::protocol::plausible::Conflict;
 use crate::protocol::{DecodeError, DecodeOptions, Exchange, Outgoing, Progress, Protocol};
 
 /// 0x94 is asked again after this many polls, to follow cycles, charger and load state.
@@ -62,6 +63,9 @@ struct Current {
     expected: Option<usize>,
     /// The most telling rejection since the request was sent.
     rejection: Option<DecodeError>,
+    /// The last reply was plausible alone but contradicted a reply this poll had accepted (see
+    /// [`DalyExchange::take_reply`]): which values.
+    contradiction: Option<Conflict>,
 }
 
 /// Polls one or more Daly boards (each board is a pack) on one bus. See the module documentation.
@@ -161,23 +165,54 @@ impl DalyExchange {
         DecodeOptions { cell_count, temperature_sensor_count, ..self.options }
     }
 
-    /// Decode the collected frames into one reply and take it in.
+    /// The replies of this poll from `board`, with the cached ones standing in for commands not sent.
+    fn accepted(&self, board: usize) -> Vec<Reply> {
+        let Some(address) = self.addresses.get(board) else { return Vec::new() };
+        let pack = address.reply_board();
+        let mut replies: Vec<Reply> = self.replies.iter().filter(|r| r.board == pack).cloned().collect();
+        if let Some(memory) = self.memory.get(board) {
+            for cached in memory.status.iter().chain(&memory.info) {
+                if !replies.iter().any(|r| r.message.command() == cached.message.command()) {
+                    replies.push(cached.clone());
+                }
+            }
+        }
+        replies
+    }
+
+    /// Decode the collected frames into one reply, judge its plausibility and take it in.
+    ///
+    /// A reply whose values cannot be physical is rejected whole — every frame of a 0x95/0x96 reply with it —
+    /// and asked again at once ([`Progress::Retry`]). One that is plausible alone but contradicts a reply this
+    /// poll already accepted (0x95 cells against the 0x90 voltage) is the later one, so it is the one rejected
+    /// and asked again; if no retry agrees, the accepted values it contradicted are dropped from the poll too
+    /// ([`DalyExchange::settle_contradiction`]), because which side is wrong cannot be known.
     fn take_reply(&mut self) -> Progress {
-        let Some(current) = self.current.as_mut() else { return Progress::Pending };
-        let options = {
-            let (cell_count, temperature_sensor_count) =
-                self.memory.get(current.board).map(Memory::counts).unwrap_or_default();
-            DecodeOptions { cell_count, temperature_sensor_count, ..self.options }
-        };
+        let Some(current) = self.current.as_ref() else { return Progress::Pending };
+        let board = current.board;
+        let options = self.options_for(board);
         let mut errors = Vec::new();
         let decoded = decode_frames(&current.frames, &options, &mut errors);
-        let Some(reply) = decoded.into_iter().next() else {
-            // Complete frames that do not decode (an implausible value): a bad reply, worth a retry.
-            current.rejection = errors.first().copied().or(current.rejection);
-            current.frames.clear();
-            return Progress::Pending;
+        let judged = decoded.into_iter().next().map(|reply| {
+            let verdict = check_plausible(&self.accepted(board), &reply, &options);
+            (reply, verdict)
+        });
+        let Some(current) = self.current.as_mut() else { return Progress::Pending };
+        let reply = match judged {
+            Some((reply, Ok(()))) => reply,
+            Some((_, Err((error, contradiction)))) => {
+                current.rejection = Some(error);
+                current.contradiction = contradiction;
+                current.frames.clear();
+                return Progress::Retry(error);
+            }
+            None => {
+                // Complete frames that do not decode: a bad reply, worth a retry.
+                current.rejection = errors.first().copied().or(current.rejection);
+                current.frames.clear();
+                return Progress::Pending;
+            }
         };
-        let board = current.board;
         if let Some(answered) = self.answered.get_mut(board) {
             *answered = true;
         }
@@ -197,6 +232,19 @@ impl DalyExchange {
         self.replies.push(reply);
         self.current = None;
         Progress::Complete
+    }
+
+    /// The request in flight is given up: if its last reply contradicted values this poll had accepted, no
+    /// retry settled which side is right, so those values leave the poll as well (their whole replies: a 0x90
+    /// reply takes its current and SOC along, as any of its bytes may be the wrong one).
+    fn settle_contradiction(&mut self) {
+        let Some(current) = self.current.take() else { return };
+        let (Some(conflict), Some(address)) = (current.contradiction, self.addresses.get(current.board)) else {
+            return;
+        };
+        let pack = address.reply_board();
+        let commands = conflict_commands(conflict);
+        self.replies.retain(|r| r.board != pack || !commands.contains(&r.message.command()));
     }
 
     fn expected_frames(&self, board: usize, command: Command) -> Option<usize> {
@@ -231,9 +279,12 @@ impl Exchange for DalyExchange {
     }
 
     fn next_request(&mut self) -> Option<Outgoing> {
+        // A request still current was given up (a completed one is taken by `take_reply`).
+        self.settle_contradiction();
         let (board, request) = self.plan.pop_front()?;
         let expected = self.expected_frames(board, request.command);
-        self.current = Some(Current { board, request, frames: Vec::new(), expected, rejection: None });
+        self.current =
+            Some(Current { board, request, frames: Vec::new(), expected, rejection: None, contradiction: None });
         // Whatever is still buffered belongs to an earlier request.
         self.deframer.clear();
         let label = format!("0x{:02x} board {}", request.command.code(), request.address.reply_board());
@@ -325,15 +376,8 @@ impl Exchange for DalyExchange {
                 device.pack_mut(pack).online = false;
                 continue;
             }
-            let mut replies: Vec<Reply> = self.replies.iter().filter(|r| r.board == pack).cloned().collect();
-            if let Some(memory) = self.memory.get(board) {
-                // Cached replies stand in for the commands this poll did not send.
-                for cached in memory.status.iter().chain(&memory.info) {
-                    if !replies.iter().any(|r| r.message.command() == cached.message.command()) {
-                        replies.push(cached.clone());
-                    }
-                }
-            }
+            // Cached replies stand in for the commands this poll did not send.
+            let replies = self.accepted(board);
             device.pack_mut(pack);
             apply(&mut device, &replies, &self.options_for(board));
         }
@@ -472,6 +516,119 @@ mod tests {
         assert!(x.next_request().is_some(), "0x93 follows 0x90");
         let snapshot = x.snapshot();
         assert!(snapshot.packs[0].voltage_volts.is_some());
+    }
+
+    /// Raise frame byte `raise` of the frame at `frame` by `by` and lower byte `lower` by as much: the additive
+    /// checksum still matches, which is what a gross line corruption can do.
+    fn gross(bytes: &mut [u8], frame: usize, raise: usize, lower: usize, by: u8) {
+        let at = frame * super::super::FRAME_LEN;
+        bytes[at + raise] = bytes[at + raise].wrapping_add(by);
+        bytes[at + lower] = bytes[at + lower].wrapping_sub(by);
+        assert!(super::super::Frame::parse(&bytes[at..at + 13]).is_ok(), "the checksum still matches");
+    }
+
+    /// An exchange with the counts known (0x94 answered) and `sections` begun, at its first request.
+    fn counted(bus: &mut DalyBus, sections: Sections) -> (DalyExchange, Outgoing) {
+        let mut x = exchange(&[Address::Rs485]);
+        poll(&mut x, bus, Sections::none().with(Section::Status));
+        x.begin_poll(sections);
+        let request = x.next_request().unwrap();
+        (x, request)
+    }
+
+    #[test]
+    fn a_checksum_valid_reply_with_an_implausible_value_is_rejected_whole_and_a_later_good_one_is_taken() {
+        // Data byte 4 (current high byte) raised by 0x80: beyond 3000 A. Data byte 1 (voltage low byte) raised
+        // and byte 3 (gathered voltage low) lowered: the gathered voltage wraps to 6553 V, which the model never
+        // shows, but the total voltage beside it is 25.6 V off, so the whole frame must go.
+        for (raise, lower) in [(8, 11), (6, 5)] {
+            let mut bus = DalyBus::new(1, 16, 4, 7);
+            let (mut x, request) = counted(&mut bus, Sections::none().with(Section::Soc));
+            let good = bus.respond(&request.bytes).unwrap().reply;
+            let mut bad = good.clone();
+            gross(&mut bad, 0, raise, lower, 0x80);
+            let progress = x.handle_bytes(&bad);
+            assert!(matches!(progress, Progress::Retry(DecodeError::Implausible { .. })), "{raise}: {progress:?}");
+            assert_eq!(x.clear_reply().map(|e| e.reason()), Some("implausible"));
+            let pack = x.snapshot().packs[0].clone();
+            assert_eq!((pack.voltage_volts, pack.current_amperes, pack.state_of_charge_ratio), (None, None, None));
+            assert_eq!(x.handle_bytes(&good), Progress::Complete);
+            let truth = bus.truth().packs[0].clone();
+            assert!((x.snapshot().packs[0].voltage_volts.unwrap() - truth.voltage_volts.unwrap()).abs() < 0.051);
+        }
+    }
+
+    #[test]
+    fn one_implausible_frame_of_a_multi_frame_reply_rejects_every_frame_of_it() {
+        // 0x95: cell 7 (frame 3, data bytes 1–2) raised by 16.4 V, and the same frame's reserved byte lowered.
+        // 0x96: sensor 1 raised by 192 °C, an unused slot of the same frame lowered.
+        for (section, frame, by) in [(Section::Cells, 2, 0x40), (Section::Temperatures, 0, 0xC0)] {
+            let mut bus = DalyBus::new(1, 16, 4, 7);
+            let (mut x, request) = counted(&mut bus, Sections::none().with(section));
+            let good = bus.respond(&request.bytes).unwrap().reply;
+            let mut bad = good.clone();
+            gross(&mut bad, frame, 5, 11, by);
+            assert!(matches!(x.handle_bytes(&bad), Progress::Retry(DecodeError::Implausible { .. })), "{section:?}");
+            x.clear_reply();
+            let pack = x.snapshot().packs[0].clone();
+            assert!(pack.cell_volts.is_empty() && pack.temperatures.is_empty(), "{section:?}: nothing of it is kept");
+            assert_eq!(x.handle_bytes(&good), Progress::Complete, "{section:?}");
+            let pack = x.snapshot().packs[0].clone();
+            let read = if section == Section::Cells {
+                pack.cell_volts.iter().flatten().count()
+            } else {
+                pack.temperatures.len()
+            };
+            assert_eq!(read, if section == Section::Cells { 16 } else { 4 });
+        }
+    }
+
+    #[test]
+    fn cells_that_contradict_the_pack_voltage_are_asked_again_and_if_none_agree_neither_is_exported() {
+        let sections = Sections::none().with(Section::Soc).with(Section::Cells);
+        // The cells are right and the 0x90 voltage says 40 V (16 cells of ~3.3 V sum to ~53 V, 24 % more):
+        // plausible alone.
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let (mut x, _soc) = counted(&mut bus, sections);
+        let wrong_soc = Message::Soc(super::super::Soc::new(40.0, 2.0, 50.0)).encode(1);
+        assert_eq!(x.handle_bytes(&wrong_soc), Progress::Complete);
+        let mosfet = x.next_request().unwrap();
+        assert_eq!(x.handle_bytes(&bus.respond(&mosfet.bytes).unwrap().reply), Progress::Complete);
+        let cells = x.next_request().unwrap();
+        let good = bus.respond(&cells.bytes).unwrap().reply;
+        for _ in 0..3 {
+            assert!(matches!(x.handle_bytes(&good), Progress::Retry(DecodeError::Implausible { .. })));
+            assert_eq!(x.clear_reply().map(|e| e.kind()), Some("implausible"));
+        }
+        // The session gives the request up and asks for the next: both sides of the contradiction leave the poll.
+        assert!(x.next_request().is_none());
+        let pack = x.snapshot().packs[0].clone();
+        assert_eq!((pack.voltage_volts, pack.current_amperes, pack.cell_volts.len()), (None, None, 0));
+        assert!(pack.remaining_capacity_ampere_hours.is_some(), "0x93 was not part of it");
+
+        // The 0x90 voltage is right and the first 0x95 reply has nine cells 1.5 V high (each still below 5 V, the
+        // sum 26 % high): the retry agrees, so both are kept.
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let (mut x, soc) = counted(&mut bus, sections);
+        assert_eq!(x.handle_bytes(&bus.respond(&soc.bytes).unwrap().reply), Progress::Complete);
+        let mosfet = x.next_request().unwrap();
+        assert_eq!(x.handle_bytes(&bus.respond(&mosfet.bytes).unwrap().reply), Progress::Complete);
+        let cells = x.next_request().unwrap();
+        let good = bus.respond(&cells.bytes).unwrap().reply;
+        let mut high = good.clone();
+        for frame in 0..3 {
+            // Cells 1–9: data bytes 1, 3 and 5 (frame bytes 5, 7, 9) carry their high bytes; +6 is +1.536 V.
+            for raise in [5, 7, 9] {
+                gross(&mut high, frame, raise, 11, 6);
+            }
+        }
+        assert!(matches!(x.handle_bytes(&high), Progress::Retry(DecodeError::Implausible { .. })));
+        x.clear_reply();
+        assert_eq!(x.handle_bytes(&good), Progress::Complete);
+        assert!(x.next_request().is_none());
+        let pack = x.snapshot().packs[0].clone();
+        assert!(pack.voltage_volts.is_some());
+        assert_eq!(pack.cell_volts.iter().flatten().count(), 16);
     }
 
     #[test]

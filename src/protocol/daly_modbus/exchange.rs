@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Map, Pdu, Registers, Reply, Request, d2, p81, parse_frame};
+use super::{Map, Pdu, Registers, Reply, Request, check_plausible, d2, p81, parse_frame};
 use super::{ModbusFraming, READ, WRITE, encode_request};
 use crate::model::{DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
@@ -113,6 +113,11 @@ impl DalyModbusExchange {
             Err(error) => return Err(error),
         };
         let reply = Reply::from_block(self.map, Registers { start, values }, &self.options)?;
+        if let Err(error) = check_plausible(self.map, &reply, &self.device) {
+            // The CRC held, so this is the board's whole reply, read wrong: ask again now. Nothing of it is
+            // kept, not even the counts it carries.
+            return Ok(Progress::Retry(error));
+        }
         match (&reply, current.block) {
             (Reply::D2Realtime(r), Block::D2Realtime) => {
                 self.options.cell_count = Some(r.cell_count);
@@ -237,6 +242,11 @@ impl Exchange for DalyModbusExchange {
                 Event::Rejected(error) => Err(error),
             };
             match result {
+                Ok(Progress::Retry(error)) => {
+                    // Not an outcome: the retry's reply is handled afresh.
+                    self.rejections.note(error);
+                    return Progress::Retry(error);
+                }
                 Ok(progress) => {
                     if let Some(c) = self.current.as_mut() {
                         c.outcome = Some(progress);
@@ -419,6 +429,50 @@ mod tests {
         assert!(exchange.snapshot().packs[0].voltage_volts.is_some());
         assert_eq!(exchange.next_request(), None);
         assert!(exchange.skipped_bytes() > 0);
+    }
+
+    /// `reply` (a read reply of `map`) with register `index` of its block set to `value`, and a right CRC.
+    fn with_register(map: Map, reply: &[u8], index: usize, value: u16) -> Vec<u8> {
+        let Ok(Pdu::Read(mut values)) = parse_frame(map, reply) else { panic!("not a read reply") };
+        values[index] = value;
+        encode_read_reply(map, &values)
+    }
+
+    #[test]
+    fn a_reply_with_a_right_crc_and_an_implausible_value_is_rejected_whole_and_a_later_good_one_taken() {
+        // D2 block: cell 1 at 17.009 V; probe 1 at 1,582 °C; a pack voltage of 99.9 V for cells summing ~53 V;
+        // a highest-cell summary of 9 V, which the model does not keep but which makes the block suspect.
+        for (index, value) in [(0x00, 17009), (0x20, 1622), (0x28, 999), (0x2B, 9000)] {
+            let mut bus = bus();
+            let mut exchange = exchange();
+            exchange.begin_poll(sections(&[Section::Soc, Section::Cells, Section::Temperatures]));
+            let request = exchange.next_request().unwrap();
+            let good = bus.respond(&request.bytes).unwrap().reply;
+            let bad = with_register(Map::D2, &good, index, value);
+            let progress = exchange.handle_bytes(&bad);
+            assert!(
+                matches!(progress, Progress::Retry(DecodeError::Implausible { .. })),
+                "0x{index:02x}: {progress:?}"
+            );
+            assert_eq!(exchange.clear_reply().map(|e| e.reason()), Some("implausible"));
+            let pack = &exchange.snapshot().packs[0];
+            assert_eq!((pack.voltage_volts, pack.cell_volts.len(), pack.cell_count), (None, 0, None), "0x{index:02x}");
+            assert_eq!(exchange.handle_bytes(&good), Progress::Complete, "0x{index:02x}");
+            assert_matches_truth(&exchange.snapshot().packs[0], &bus.truth().packs[0]);
+        }
+        // p81 low window: cell 3 at 17.009 V.
+        let mut board = P81Board::new();
+        let map = Map::p81(2).unwrap();
+        let mut exchange = DalyModbusExchange::new(map, DecodeOptions::default());
+        exchange.begin_poll(sections(&[Section::Soc]));
+        let request = exchange.next_request().unwrap();
+        let good = board.respond(&request.bytes).unwrap().reply;
+        let progress = exchange.handle_bytes(&with_register(map, &good, 2, 17009));
+        assert!(matches!(progress, Progress::Retry(DecodeError::Implausible { .. })), "{progress:?}");
+        exchange.clear_reply();
+        assert_eq!(exchange.snapshot().packs[0].voltage_volts, None);
+        assert_eq!(exchange.handle_bytes(&good), Progress::Complete);
+        assert_eq!(exchange.snapshot().packs[0].voltage_volts, Some(26.5));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub use framing::{
 
 use crate::model::{DeviceSnapshot, PackSnapshot, PackState, SensorId, Temperature};
 use crate::protocol::deframer::{Deframer, Event};
+use crate::protocol::plausible::{self, CELL_VOLTS_MAX, TEMPERATURE_MAX_CELSIUS, TEMPERATURE_MIN_CELSIUS};
 use crate::protocol::{Capture, DecodeError, DecodeOptions, Protocol};
 
 /// Highest p81 board number whose addresses stay in the documented ranges (0x81–0x90, 0x51–0x60).
@@ -245,6 +246,46 @@ impl Reply {
     }
 }
 
+/// Judge `reply` from the board of `map` by the limits of [`plausible`]: the values it gives the model, alone and
+/// on top of `accepted` (what the same poll or capture already took), and the summaries the model does not keep
+/// (highest, lowest and average cell voltage, highest and lowest temperature), so that no value of a rejected
+/// block is kept and none of an accepted block is out of range.
+pub fn check_plausible(map: Map, reply: &Reply, accepted: &DeviceSnapshot) -> Result<(), DecodeError> {
+    let (cells, temperatures) = match reply {
+        Reply::D2Realtime(r) => (
+            vec![Some(r.max_cell_voltage_v), Some(r.min_cell_voltage_v), Some(r.average_cell_voltage_v)],
+            // Without probes the summary registers hold nothing measured.
+            if r.temperature_sensor_count > 0 {
+                vec![Some(r.max_temperature_c), Some(r.min_temperature_c)]
+            } else {
+                Vec::new()
+            },
+        ),
+        Reply::P81Realtime(r) => (
+            vec![r.max_cell_voltage_v, r.min_cell_voltage_v, r.average_cell_voltage_v],
+            if r.temperature_sensor_count.is_some_and(|n| n > 0) {
+                vec![r.max_temperature_c, r.min_temperature_c]
+            } else {
+                Vec::new()
+            },
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
+    if !cells.into_iter().flatten().all(|v| (0.0..=CELL_VOLTS_MAX).contains(&v)) {
+        return Err(DecodeError::Implausible { why: "highest, lowest or average cell voltage outside 0–5 V" });
+    }
+    if !temperatures.into_iter().flatten().all(|c| (TEMPERATURE_MIN_CELSIUS..=TEMPERATURE_MAX_CELSIUS).contains(&c)) {
+        return Err(DecodeError::Implausible { why: "highest or lowest temperature outside −50…150 °C" });
+    }
+    let pack = map.pack_number();
+    let mut alone = PackSnapshot::new(pack);
+    reply.apply(&mut alone);
+    plausible::check_pack(&alone)?;
+    let mut merged = accepted.packs.iter().find(|p| p.pack == pack).cloned().unwrap_or_else(|| PackSnapshot::new(pack));
+    reply.apply(&mut merged);
+    plausible::check_pack(&merged)
+}
+
 /// Decodes a reply stream pushed in any chunking; [`decode_capture`] is this with one push.
 #[derive(Debug)]
 pub struct CaptureDecoder {
@@ -324,10 +365,19 @@ impl CaptureDecoder {
                 Err(DecodeError::UnexpectedCommand { expected: framing::READ, found: framing::WRITE })
             }
         });
-        match decoded {
+        match decoded.and_then(|reply| self.accept(map, reply)) {
             Ok(reply) => self.replies.push((map, reply)),
             Err(error) => self.errors.push(error),
         }
+    }
+
+    /// `reply` if it is plausible, alone and with the replies decoded before it (as a poll judges it).
+    fn accept(&self, map: Map, reply: Reply) -> Result<Reply, DecodeError> {
+        let mut accepted = DeviceSnapshot::default();
+        for (m, r) in self.replies.iter().filter(|(m, _)| *m == map) {
+            r.apply(accepted.pack_mut(m.pack_number()));
+        }
+        check_plausible(map, &reply, &accepted).map(|()| reply)
     }
 
     /// End of input: report a cut tail, apply the replies and return the capture (Err when nothing decoded).

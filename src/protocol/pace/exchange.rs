@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use super::apply::apply;
 use super::frame::PaceFraming;
 use super::request::{ALL_PACKS, Command, Request, VER_PYLON};
-use super::{Reply, decode_reply};
+use super::{Reply, check_plausible, decode_reply};
 use crate::model::{CurrentSign, DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
 use crate::protocol::exchange::Rejections;
@@ -158,6 +158,10 @@ impl PaceExchange {
             Err(error) => return Err(error),
         };
         check_answers(&reply, request.command)?;
+        if let Err(error) = check_plausible(&reply, &self.device) {
+            // The CHKSUM held, so this is the BMS's whole reply, read wrong: ask again now, keep nothing of it.
+            return Ok(Progress::Retry(error));
+        }
         match &reply {
             Reply::PackCount(r) => self.pack_count = Some(r.pack_count),
             Reply::SoftwareVersion(_) | Reply::ProductInfo(_) => self.info.push(reply.clone()),
@@ -293,6 +297,11 @@ impl Exchange for PaceExchange {
                 Event::Rejected(error) => Err(error),
             };
             match result {
+                Ok(Progress::Retry(error)) => {
+                    // Not an outcome: the retry's reply is handled afresh.
+                    self.rejections.note(error);
+                    return Progress::Retry(error);
+                }
                 Ok(progress) => {
                     if let Some(c) = self.current.as_mut() {
                         c.outcome = Some(progress);
@@ -608,6 +617,43 @@ mod tests {
         assert_eq!(exchange.handle_bytes(&reply), Progress::Pending);
         assert_eq!(exchange.clear_reply().map(|e| e.kind()), Some("implausible"));
         assert!(exchange.snapshot().packs.is_empty());
+    }
+
+    #[test]
+    fn a_reply_with_a_right_chksum_and_an_implausible_value_is_rejected_whole_and_a_later_good_one_taken() {
+        // One block of the all-packs reply changed, the frame re-encoded with a right CHKSUM: pack 3's cell 1 at
+        // 17.009 V; its probe 1 at 1,582.6 °C; its pack voltage twice its cell sum; its remaining capacity far
+        // above its full capacity (the current cannot leave the limits: 10 mA in 16 bits ends at ±327 A).
+        let changes: [fn(&mut PackBlock); 4] = [
+            |b| b.cells_mv[0] = 17_009,
+            |b| b.temps_raw[0] = 2730 + 15_826,
+            |b| b.voltage_mv = b.voltage_mv.saturating_mul(2),
+            |b| b.remaining_raw = u16::MAX,
+        ];
+        for (i, change) in changes.into_iter().enumerate() {
+            let mut bus = bus();
+            let mut exchange = all();
+            exchange.begin_poll(sections(&[Section::Soc, Section::Cells, Section::Temperatures]));
+            let request = exchange.next_request().unwrap();
+            let good = bus.respond(&request.bytes).unwrap().reply;
+            let Ok(Reply::Analog(analog)) = decode_reply(&good, Some(&Request::decode(&request.bytes).unwrap())) else {
+                panic!("not an analog reply")
+            };
+            let mut blocks: Vec<PackBlock> = analog.packs.iter().map(|p| p.block.clone()).collect();
+            change(&mut blocks[2]);
+            let bad = encode_analog(analog.header, analog.info_flag, analog.count_or_command, &blocks).unwrap();
+            let progress = exchange.handle_bytes(&bad);
+            assert!(matches!(progress, Progress::Retry(DecodeError::Implausible { .. })), "change {i}: {progress:?}");
+            assert_eq!(exchange.clear_reply().map(|e| e.reason()), Some("implausible"));
+            assert!(exchange.snapshot().packs.iter().all(|p| p.voltage_volts.is_none()), "no pack of it is kept");
+            assert_eq!(exchange.handle_bytes(&good), Progress::Complete, "change {i}");
+            let (got, truth) = (exchange.snapshot(), bus.truth());
+            for (g, t) in got.packs.iter().zip(&truth.packs) {
+                close(g.voltage_volts, t.voltage_volts, 0.000_51, &format!("change {i} pack {}", g.pack));
+                cells_close(g, t, 0.000_51);
+            }
+            assert_eq!(got.packs.len(), usize::from(PACKS));
+        }
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub use request::{ALL_PACKS, CID1_BATTERY, Command, Request, VER_PACE, VER_PYLON
 pub use status::{StatusBlock, StatusPack, StatusReply, encode_status};
 
 use super::deframer::{Deframer, Event};
+use super::plausible::{self, CURRENT_MAX_AMPERES, PACK_VOLTS_MAX, STATE_OF_HEALTH_MAX_RATIO};
 use super::{Capture, DecodeError, DecodeOptions, Protocol, parse_hex};
-use crate::model::DeviceSnapshot;
+use crate::model::{CurrentSign, DeviceSnapshot};
 
 /// CID1 of EG4's 0x20 variant, whose INFO layouts this decoder does not read (§9).
 const CID1_EG4: u8 = 0x4A;
@@ -191,6 +192,34 @@ pub fn infer(frame: &Frame, variant: Variant) -> Result<Reply, DecodeError> {
     }
 }
 
+/// Judge `reply` by the limits of [`plausible`]: the values it gives the model, alone and on top of `accepted`
+/// (what the same poll or capture already took), and the readings of a 0x42 block the model does not keep (the
+/// SOC and SOH the BMS itself reports, the port voltage and current). One implausible pack block rejects the
+/// whole reply: the hex-text CHKSUM is a plain sum, which a digit raised and another lowered leave intact.
+pub fn check_plausible(reply: &Reply, accepted: &DeviceSnapshot) -> Result<(), DecodeError> {
+    if let Reply::Analog(r) = reply {
+        for reported in r.packs.iter().filter(|p| p.online).filter_map(|p| p.reported) {
+            let within = |value: Option<f64>, high: f64| value.is_none_or(|v| (-high..=high).contains(&v));
+            let ok = reported.soc_pct.is_none_or(|soc| soc <= 100)
+                && within(reported.soh_pct.map(f64::from), STATE_OF_HEALTH_MAX_RATIO * 100.0)
+                && within(reported.port_voltage_v, PACK_VOLTS_MAX)
+                && within(reported.port_current_a, CURRENT_MAX_AMPERES);
+            if !ok {
+                return Err(DecodeError::Implausible {
+                    why: "reported SOC or SOH above 100 % / 150 %, or port voltage or current out of range",
+                });
+            }
+        }
+    }
+    // The sign does not matter to the limits, which are symmetric.
+    let mut alone = DeviceSnapshot::default();
+    apply::apply(reply, CurrentSign::ChargePositive, &mut alone);
+    plausible::check_device(&alone)?;
+    let mut merged = accepted.clone();
+    apply::apply(reply, CurrentSign::ChargePositive, &mut merged);
+    plausible::check_device(&merged)
+}
+
 /// Decode a captured stream: one frame or several, with garbage, echoes and cut frames in between. Each reply is
 /// decoded as the answer to `request` when given (a request frame for a command this decoder does not read, such
 /// as a write, still selects the variant and is recognised as an echo; its replies are inferred). Errors of single
@@ -216,10 +245,17 @@ pub fn decode_capture(
     let mut rejected = Vec::new();
     let (mut decode_error, mut framing_error, mut echo) = (None, None, None);
     let events: Vec<Event> = std::iter::from_fn(|| deframer.poll()).collect();
+    let mut accepted = DeviceSnapshot::default();
     for event in events {
         match event {
-            Event::Frame(bytes) => match decode_for(&bytes, command, request_ver) {
-                Ok(reply) => replies.push(reply),
+            // As in a poll: each reply is judged alone and against the ones before it.
+            Event::Frame(bytes) => match decode_for(&bytes, command, request_ver)
+                .and_then(|reply| check_plausible(&reply, &accepted).map(|()| reply))
+            {
+                Ok(reply) => {
+                    apply::apply(&reply, options.current_sign, &mut accepted);
+                    replies.push(reply);
+                }
                 Err(error) => {
                     decode_error.get_or_insert(error);
                     rejected.push(error.into());
@@ -243,9 +279,11 @@ pub fn decode_capture(
     if replies.is_empty() {
         return Err(decode_error.or(framing_error).or(echo).unwrap_or(DecodeError::NoFrame { len: response.len() }));
     }
-    let mut device = DeviceSnapshot::default();
-    for reply in &replies {
-        apply::apply(reply, options.current_sign, &mut device);
-    }
-    Ok(Capture { protocol: Protocol::Pace, replies, rejected, skipped_bytes: deframer.skipped_bytes(), device })
+    Ok(Capture {
+        protocol: Protocol::Pace,
+        replies,
+        rejected,
+        skipped_bytes: deframer.skipped_bytes(),
+        device: accepted,
+    })
 }

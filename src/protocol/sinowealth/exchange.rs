@@ -6,13 +6,20 @@
 //! `info` full capacity; `balancing` has no register on this variant. The static registers (pack config, full
 //! capacity) are cached after their first success. Cells are asked before the pack voltage so that a board of
 //! another map (pack voltage ≈ one cell, `protocols/sinowealth.md` §4) is caught and its poll refused.
+//!
+//! A reply is taken only once the line has gone quiet, and it is the last bytes received: replies have no start
+//! byte and an 8-bit check byte, so noise before a reply can pass for one (issue 12), and only the end of what
+//! the board sent frames its reply. That costs the drain time once per register; the value must also be
+//! plausible ([`crate::protocol::plausible`]), alone and against what this poll already accepted.
 
 use std::collections::VecDeque;
 
 use super::registers::MAX_CELLS;
-use super::{CheckPolicy, Register, Value, apply, check_byte, decode_reply, encode_request};
+use super::{CheckPolicy, Register, Value, apply, check_alone, check_byte, check_byte_matches, decode_reply};
+use super::{encode_request, reply_len};
 use crate::model::{DeviceSnapshot, Section, Sections};
 use crate::protocol::exchange::Rejections;
+use crate::protocol::plausible::{self, Conflict};
 use crate::protocol::{DecodeError, Exchange, Outgoing, Progress, Protocol};
 
 /// External temperature probes of the register map.
@@ -28,11 +35,6 @@ enum Step {
     Register(Register),
     /// Ask every cell: 1…n when the cell count is known, else one by one until a cell does not answer.
     Cells,
-}
-
-/// Bytes of a reply to `register`: its data and the check byte.
-fn reply_len(register: Register) -> usize {
-    usize::from(register.data_len()) + 1
 }
 
 /// The request in flight and what has come of it.
@@ -74,6 +76,9 @@ pub struct SinowealthExchange {
     highest_cell_v: Option<f64>,
     /// This poll found the board to use another register map: its values are not exported.
     implausible: bool,
+    /// The last reply to the request in flight was plausible alone but contradicted values this poll had
+    /// accepted: which ones (see [`SinowealthExchange::settle_contradiction`]).
+    contradiction: Option<Conflict>,
     /// Cached pack config reply (cell count).
     cell_count: Option<u16>,
     /// Cached full capacity.
@@ -94,6 +99,7 @@ impl SinowealthExchange {
             device: DeviceSnapshot::default(),
             highest_cell_v: None,
             implausible: false,
+            contradiction: None,
             cell_count: None,
             full_capacity_ah: None,
         }
@@ -142,8 +148,9 @@ impl SinowealthExchange {
         }
     }
 
-    /// The line went quiet (or exactly one reply's worth with a right check byte arrived): the reply is the last bytes received, since
-    /// a board sends nothing after it. Whatever came before is noise.
+    /// The line went quiet: the reply is the last bytes received, since a board sends nothing after it, and
+    /// whatever came before is noise. A wrong check byte leaves the request waiting (a slow board's reply may
+    /// still come after noise); an implausible value is a complete, wrong reply, asked again at once.
     fn settle(&mut self, current: Current) -> Progress {
         let len = reply_len(current.register);
         let Some(frame) = self.buffer.len().checked_sub(len).and_then(|at| self.buffer.get(at..)) else {
@@ -159,19 +166,41 @@ impl SinowealthExchange {
                 outcome.into()
             }
             Err(error) => {
-                // Not a reply: drop it all and keep listening until the timeout, which retries.
                 self.rejections.note(error);
                 self.skipped += self.buffer.len() as u64;
                 self.buffer.clear();
-                Progress::Pending
+                match error {
+                    DecodeError::Implausible { .. } => Progress::Retry(error),
+                    // Not a reply: keep listening until the timeout, which retries.
+                    _ => Progress::Pending,
+                }
             }
         }
     }
 
-    /// Take in a reply frame to `register`.
+    /// Take in a reply frame to `register`: decode it, judge it alone and against this poll's values.
     fn on_frame(&mut self, register: Register, frame: &[u8]) -> Result<ProgressKind, DecodeError> {
-        // Under the Report policy a mismatching check byte is kept here (Verify refused it in the framing).
+        // Under the Report policy a mismatching check byte is kept here (Verify refused it in `check_passes`).
         let reply = decode_reply(register, frame, self.policy)?;
+        check_alone(&reply)?;
+        if let Value::PackVoltage { pack_voltage_v } = reply.value
+            && self.highest_cell_v.is_some_and(|cell| pack_voltage_v < cell * PLAUSIBLE_PACK_TO_CELL)
+        {
+            // Not a wrong reply but a board this map does not describe: asking again would not help.
+            self.implausible = true;
+            self.plan.clear();
+            return Ok(ProgressKind::Refused(DecodeError::Implausible {
+                why: "pack voltage is within 10 % of one cell's voltage: a board with more than 10 cells and another register map",
+            }));
+        }
+        let mut merged = self.device.pack_mut(1).clone();
+        apply(&reply, &mut merged);
+        if let Err(error) = plausible::check_pack(&merged) {
+            // Plausible alone, so it contradicts what this poll accepted before; this later reply is the one
+            // asked again.
+            self.contradiction = plausible::conflict(&merged);
+            return Err(error);
+        }
         match reply.value {
             Value::CellVoltage { cell, cell_voltage_v } => {
                 self.highest_cell_v = Some(self.highest_cell_v.map_or(cell_voltage_v, |v| v.max(cell_voltage_v)));
@@ -179,21 +208,26 @@ impl SinowealthExchange {
                     self.plan.push_front(Step::Register(Register::Cell(cell + 1)));
                 }
             }
-            Value::PackVoltage { pack_voltage_v }
-                if self.highest_cell_v.is_some_and(|cell| pack_voltage_v < cell * PLAUSIBLE_PACK_TO_CELL) =>
-            {
-                self.implausible = true;
-                self.plan.clear();
-                return Ok(ProgressKind::Refused(DecodeError::Implausible {
-                    why: "pack voltage is within 10 % of one cell's voltage: a board with more than 10 cells and another register map",
-                }));
-            }
             Value::PackConfig { cell_count, .. } => self.cell_count = Some(cell_count),
             Value::FullCapacity { full_capacity_ah } => self.full_capacity_ah = Some(full_capacity_ah),
             _ => {}
         }
-        apply(&reply, self.device.pack_mut(1));
+        *self.device.pack_mut(1) = merged;
+        self.contradiction = None;
         Ok(ProgressKind::Complete)
+    }
+
+    /// The request in flight is given up: if its last reply contradicted values this poll had accepted, no retry
+    /// settled which side is right, so those values leave the poll too (a cached full capacity is forgotten and
+    /// read again next poll).
+    fn settle_contradiction(&mut self) {
+        let Some(conflict) = self.contradiction.take() else { return };
+        if self.current.is_some_and(|c| c.outcome.is_none()) {
+            plausible::forget(self.device.pack_mut(1), conflict);
+            if conflict == Conflict::RemainingAndFull {
+                self.full_capacity_ah = None;
+            }
+        }
     }
 }
 
@@ -210,6 +244,7 @@ impl Exchange for SinowealthExchange {
         self.buffer.clear();
         self.highest_cell_v = None;
         self.implausible = false;
+        self.contradiction = None;
         let mut registers: Vec<Step> = Vec::new();
         let mut add = |step: Step| {
             if !registers.contains(&step) {
@@ -243,6 +278,7 @@ impl Exchange for SinowealthExchange {
     }
 
     fn next_request(&mut self) -> Option<Outgoing> {
+        self.settle_contradiction();
         self.current = None;
         let register = self.next_register()?;
         self.buffer.clear();
@@ -264,22 +300,17 @@ impl Exchange for SinowealthExchange {
         // A half-duplex adapter loops the request back first. A 2-byte reply is as long as the request, so
         // bytes equal to the request are an echo unless their check byte makes them a valid reply.
         let request = encode_request(current.register);
-        // The check is the byte's own, whatever the policy: under Report every frame "passes", and an echo
-        // left in the buffer would make the reply wait for the line to go quiet.
+        // The check is the byte's own, whatever the policy: under Report every frame "passes", and an echo left
+        // in the buffer would be taken for the reply if the board stayed silent after it.
         if self.buffer.starts_with(&request) && !check_byte_matches(current.register, &request) {
             self.buffer.drain(..request.len());
             self.rejections.note(DecodeError::HostEcho { address: super::REQUEST_START });
         }
-        // Replies have no start byte and an 8-bit check, so noise before a reply could pass for one at any
-        // offset. Exactly one reply's worth whose check byte is right is taken at once (the usual case, no
-        // delay). Anything else waits for the line to go quiet and takes the last bytes, which is where a
-        // board's reply ends: that includes one reply's worth with a wrong check byte even under the Report
-        // policy, because noise followed by the start of the reply is that too, and its value would be noise.
-        match self.buffer.len().cmp(&reply_len(current.register)) {
-            std::cmp::Ordering::Less => Progress::Pending,
-            std::cmp::Ordering::Equal if check_byte_matches(current.register, &self.buffer) => self.settle(current),
-            _ => Progress::Settling,
-        }
+        // Replies have no start byte and an 8-bit check, so noise before a reply can pass for one at any
+        // offset, even as exactly one reply's worth with a right check byte and a plausible value (noise and the
+        // reply may arrive in any chunking). Only the end of what the board sent frames the reply: wait for the
+        // line to go quiet, then take the last bytes (`settle`).
+        if self.buffer.len() < reply_len(current.register) { Progress::Pending } else { Progress::Settling }
     }
 
     fn handle_quiet(&mut self) -> Progress {
@@ -322,11 +353,6 @@ impl Exchange for SinowealthExchange {
     fn snapshot(&self) -> DeviceSnapshot {
         if self.implausible { DeviceSnapshot::default() } else { self.device.clone() }
     }
-}
-
-/// Whether the last byte of `frame` is the check byte of the bytes before it, whatever the policy.
-fn check_byte_matches(register: Register, frame: &[u8]) -> bool {
-    frame.split_last().is_some_and(|(&received, data)| check_byte(register, data) == received)
 }
 
 #[cfg(test)]
@@ -495,7 +521,8 @@ mod tests {
             let error = exchange.clear_reply();
             assert!(matches!(error, Some(DecodeError::Checksum { .. })), "flip {flip}: {error:?}");
             assert_eq!(exchange.snapshot().packs[0].current_amperes, None);
-            assert_eq!(exchange.handle_bytes(&good), Progress::Complete);
+            assert_eq!(exchange.handle_bytes(&good), Progress::Settling);
+            assert_eq!(exchange.handle_quiet(), Progress::Complete);
             close(
                 exchange.snapshot().packs[0].current_amperes,
                 bus.truth().packs[0].current_amperes,
@@ -539,9 +566,6 @@ mod tests {
                     let mut stream: Vec<u8> = (0..noise_len).map(|i| 0x41 + i as u8).collect();
                     stream.extend(&reply);
                     let (first, rest) = stream.split_at(len);
-                    if check_byte_matches(register, first) {
-                        continue; // noise that is a right reply by chance: no framing can tell
-                    }
                     let case = format!("{policy:?} {register:?} {noise_len} noise bytes");
                     assert_eq!(exchange.handle_bytes(first), Progress::Settling, "{case}");
                     assert_eq!(exchange.handle_bytes(rest), Progress::Settling, "{case}");
@@ -565,14 +589,15 @@ mod tests {
     }
 
     #[test]
-    fn an_echo_is_dropped_under_the_report_policy_too_and_the_reply_is_taken_without_waiting() {
+    fn an_echo_is_dropped_under_the_report_policy_too_and_the_reply_is_taken_on_the_quiet() {
         let mut bus = bus();
         let mut exchange = SinowealthExchange::new(CheckPolicy::Report);
         exchange.begin_poll(sections(&[Section::Soc]));
         let request = exchange.next_request().unwrap();
         let reply = bus.respond(&request.bytes).unwrap().reply;
         assert_eq!(exchange.handle_bytes(&request.bytes), Progress::Pending, "the echo is no reply");
-        assert_eq!(exchange.handle_bytes(&reply), Progress::Complete, "no wait for the quiet");
+        assert_eq!(exchange.handle_bytes(&reply), Progress::Settling);
+        assert_eq!(exchange.handle_quiet(), Progress::Complete);
         close(exchange.snapshot().packs[0].voltage_volts, bus.truth().packs[0].voltage_volts, 0.000_51, "voltage");
     }
 
@@ -592,7 +617,8 @@ mod tests {
         assert_eq!(exchange.clear_reply().map(|e| e.kind()), Some("checksum_mismatch"));
         assert_eq!(exchange.snapshot().packs[0].voltage_volts, None);
         let stream = [request.bytes.clone(), response.reply].concat();
-        assert_eq!(exchange.handle_bytes(&stream), Progress::Complete);
+        assert_eq!(exchange.handle_bytes(&stream), Progress::Settling);
+        assert_eq!(exchange.handle_quiet(), Progress::Complete);
         close(exchange.snapshot().packs[0].voltage_volts, bus.truth().packs[0].voltage_volts, 0.000_51, "voltage");
     }
 
@@ -623,6 +649,177 @@ mod tests {
                 };
                 close(got, want, 0.000_51, &format!("{register:?} after {} noise bytes", noise.len()));
                 assert_eq!(exchange.skipped_bytes(), noise.len() as u64);
+            }
+        }
+    }
+
+    /// Start a poll of `sections` and send requests until the one for `register`.
+    fn asking(policy: CheckPolicy, sections: Sections, register: Register) -> (SinowealthExchange, Outgoing) {
+        let mut exchange = SinowealthExchange::new(policy);
+        exchange.begin_poll(sections);
+        loop {
+            let request = exchange.next_request().unwrap();
+            if decode_request(&request.bytes) == Ok(register) {
+                return (exchange, request);
+            }
+        }
+    }
+
+    /// The pack that the clean `reply` to `register` makes.
+    fn decoded(register: Register, reply: &[u8]) -> PackSnapshot {
+        let mut pack = PackSnapshot::new(1);
+        apply(&decode_reply(register, reply, CheckPolicy::Verify).unwrap(), &mut pack);
+        pack
+    }
+
+    /// The value of `register` in `pack`, for comparing what an exchange took with what the board sent.
+    fn value_of(register: Register, pack: &PackSnapshot) -> String {
+        match register {
+            Register::Cell(n) => format!("{:?}", pack.cell_volts.get(usize::from(n) - 1)),
+            Register::PackVoltage => format!("{:?}", pack.voltage_volts),
+            Register::Current => format!("{:?}", pack.current_amperes),
+            Register::Rsoc => format!("{:?}", pack.state_of_charge_ratio),
+            Register::ExternalTemperature1 => format!("{:?}", temperature(pack, SensorId::Probe(1))),
+            Register::ExternalTemperature2 => format!("{:?}", temperature(pack, SensorId::Probe(2))),
+            Register::IcTemperature1 => format!("{:?}", temperature(pack, SensorId::Board)),
+            Register::PackStatus => format!("{:?} {:?}", pack.state, pack.charge_mosfet_enabled),
+            _ => format!("{:?}", pack.alarms.iter().filter(|a| a.active).map(|a| a.name).collect::<Vec<_>>()),
+        }
+    }
+
+    #[test]
+    fn noise_that_is_a_perfect_reply_never_becomes_the_value_whatever_the_chunking() {
+        // Issue 12: the first read held noise that passed the check byte, and it was taken at once. Here the
+        // noise is a right check byte and a plausible value (the worst case), then the board's reply; cut in
+        // two at every point, and byte by byte. The reply is taken only on the quiet, from the last bytes.
+        let mut bus = bus();
+        let registers = [Register::PackVoltage, Register::Current, Register::Cell(1), Register::PackStatus];
+        for policy in [CheckPolicy::Verify, CheckPolicy::Report] {
+            for register in registers {
+                let (_, request) = asking(policy, Sections::all(), register);
+                let reply = bus.respond(&request.bytes).unwrap().reply;
+                let mut fake_data = reply[..reply.len() - 1].to_vec();
+                fake_data[0] ^= 0x01; // a little off the truth, so a wrong value would show
+                let fake = [fake_data.clone(), vec![check_byte(register, &fake_data)]].concat();
+                let stream = [fake.clone(), vec![0x5A], reply.clone()].concat();
+                let mut chunkings: Vec<Vec<&[u8]>> =
+                    (1..stream.len()).map(|cut| vec![&stream[..cut], &stream[cut..]]).collect();
+                chunkings.push(stream.chunks(1).collect());
+                for chunks in chunkings {
+                    let (mut exchange, _) = asking(policy, Sections::all(), register);
+                    let case =
+                        format!("{policy:?} {register:?} {:?}", chunks.iter().map(|c| c.len()).collect::<Vec<_>>());
+                    for chunk in &chunks {
+                        let progress = exchange.handle_bytes(chunk);
+                        assert!(matches!(progress, Progress::Pending | Progress::Settling), "{case}: {progress:?}");
+                    }
+                    assert_eq!(exchange.handle_quiet(), Progress::Complete, "{case}");
+                    let want = value_of(register, &decoded(register, &reply));
+                    assert_eq!(value_of(register, &exchange.snapshot().packs[0]), want, "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_noise_and_a_reply_in_random_pieces_always_yield_the_replys_value() {
+        let mut bus = bus();
+        let mut rng = crate::simulator::rng::Rng::new(12);
+        let registers = [
+            Register::PackVoltage,
+            Register::Current,
+            Register::Rsoc,
+            Register::Cell(1),
+            Register::ExternalTemperature1,
+            Register::PackStatus,
+            Register::BatteryStatus,
+        ];
+        for trial in 0..3000 {
+            let register = registers[rng.below(registers.len())];
+            let (mut exchange, request) = asking(CheckPolicy::Verify, Sections::all(), register);
+            let reply = bus.respond(&request.bytes).unwrap().reply;
+            let mut stream: Vec<u8> = (0..=rng.below(8)).map(|_| rng.next_u64() as u8).collect();
+            stream.extend(&reply);
+            let mut rest = stream.as_slice();
+            while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(1 + rng.below(rest.len()));
+                exchange.handle_bytes(chunk);
+                rest = tail;
+            }
+            assert_eq!(exchange.handle_quiet(), Progress::Complete, "trial {trial}: {stream:02x?}");
+            let want = value_of(register, &decoded(register, &reply));
+            assert_eq!(value_of(register, &exchange.snapshot().packs[0]), want, "trial {trial}: {stream:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_reply_with_a_right_check_byte_and_an_implausible_value_is_asked_again_and_a_good_one_taken() {
+        let mut bus = bus();
+        for (register, value) in [
+            (Register::IcTemperature1, Value::Temperature { temperature_c: 1423.55 }),
+            (Register::Cell(1), Value::CellVoltage { cell: 1, cell_voltage_v: 17.009 }),
+            (Register::ExternalTemperature2, Value::Temperature { temperature_c: 1582.65 }),
+            (Register::Rsoc, Value::Rsoc { soc_percent: 216 }),
+            (Register::Current, Value::Current { current_a: -2500.0 }),
+        ] {
+            let (mut exchange, request) = asking(CheckPolicy::Verify, Sections::all(), register);
+            let bad = encode_reply(register, &value);
+            assert_eq!(exchange.handle_bytes(&bad), Progress::Settling);
+            let progress = exchange.handle_quiet();
+            assert!(matches!(progress, Progress::Retry(DecodeError::Implausible { .. })), "{register:?}: {progress:?}");
+            assert_eq!(exchange.clear_reply().map(|e| e.reason()), Some("implausible"), "{register:?}");
+            let nothing = value_of(register, &PackSnapshot::new(1));
+            assert_eq!(value_of(register, &exchange.snapshot().packs[0]), nothing, "{register:?}: nothing is kept");
+            let good = bus.respond(&request.bytes).unwrap().reply;
+            assert_eq!(exchange.handle_bytes(&good), Progress::Settling);
+            assert_eq!(exchange.handle_quiet(), Progress::Complete, "{register:?}");
+            let want = value_of(register, &decoded(register, &good));
+            assert_eq!(value_of(register, &exchange.snapshot().packs[0]), want, "{register:?}");
+        }
+    }
+
+    #[test]
+    fn a_pack_voltage_that_contradicts_the_cells_is_asked_again_and_if_none_agree_neither_is_exported() {
+        let sections = sections(&[Section::Cells, Section::Soc]);
+        for agrees_on_retry in [true, false] {
+            let inner = bus();
+            let sum: f64 = inner.pack().cell_voltages_v().iter().sum();
+            let mut bus = Patched { bus: inner, silent: Vec::new(), pack_voltage_v: Some(sum * 1.3) };
+            let mut exchange = SinowealthExchange::new(CheckPolicy::Verify);
+            exchange.begin_poll(sections);
+            let mut asked = Vec::new();
+            while let Some(request) = exchange.next_request() {
+                let register = decode_request(&request.bytes).unwrap();
+                asked.push(register);
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    if agrees_on_retry && attempts > 1 {
+                        bus.pack_voltage_v = None;
+                    }
+                    let reply = bus.respond(&request.bytes).unwrap().reply;
+                    assert_eq!(exchange.handle_bytes(&reply), Progress::Settling);
+                    match exchange.handle_quiet() {
+                        Progress::Complete => break,
+                        Progress::Retry(error) => {
+                            assert_eq!(register, Register::PackVoltage, "{error}");
+                            assert_eq!(error.reason(), "implausible");
+                            exchange.clear_reply();
+                            if attempts == 4 {
+                                break; // the session gives the request up
+                            }
+                        }
+                        other => panic!("{register:?}: {other:?}"),
+                    }
+                }
+            }
+            let pack = &exchange.snapshot().packs[0];
+            if agrees_on_retry {
+                close(pack.voltage_volts, Some(sum), 0.01, "the retry's voltage");
+                assert_eq!(pack.cell_volts.iter().flatten().count(), usize::from(CELLS));
+            } else {
+                assert_eq!((pack.voltage_volts, pack.cell_volts.len()), (None, 0), "neither side is exported");
+                assert!(pack.current_amperes.is_some(), "other registers are not involved");
             }
         }
     }

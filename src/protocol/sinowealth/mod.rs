@@ -2,9 +2,12 @@
 //! data bytes plus one check byte. Replies do not name their register, so every decode needs the request.
 //!
 //! The check byte is CRC-8/SMBUS over the request and the data. That is the spec authors' own finding (it
-//! reproduces all 8 captured replies but no 4-byte reply was ever captured), so by default a mismatch is
-//! reported and counted but the value is kept ([`CheckPolicy::Report`], as §3 recommends); [`CheckPolicy::Verify`]
-//! rejects instead, for when it is confirmed on hardware. Pure code: no I/O.
+//! reproduces all 8 captured replies but no 4-byte reply was ever captured), and §3 suggests only counting
+//! mismatches until hardware confirms it. Polling rejects them all the same ([`CheckPolicy::Verify`], the
+//! default): replies have no start byte, so noise before a reply is framed as a candidate reply, and a
+//! candidate with a wrong check byte kept as a value would be noise exported (issue 12). `decode` keeps such a
+//! value and flags it ([`CheckPolicy::Report`]), because a person reading a capture wants to see it.
+//! Every value is also judged by [`crate::protocol::plausible`]. Pure code: no I/O.
 
 pub mod exchange;
 pub mod registers;
@@ -16,7 +19,9 @@ pub use registers::{
 };
 
 use crate::model::{DeviceSnapshot, PackSnapshot, PackState, SensorId, Temperature};
-use crate::protocol::deframer::{Deframer, Event, Framing, Scan};
+use crate::protocol::deframer::{Framing, Scan};
+use crate::protocol::exchange::Rejections;
+use crate::protocol::plausible;
 use crate::protocol::{Capture, DecodeError, DecodeOptions, Protocol, to_hex};
 
 /// First byte of every request.
@@ -35,10 +40,12 @@ pub fn crc8(bytes: &[u8]) -> u8 {
 /// What to do with a check byte that does not match.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CheckPolicy {
-    /// Reject the reply with [`DecodeError::Checksum`].
-    Verify,
-    /// Keep the value, flag the reply and record the mismatch (the check is not confirmed on every board).
+    /// Reject the reply with [`DecodeError::Checksum`]: what polling (`serve`, `read`) uses, so a reply with a
+    /// wrong check byte never becomes a value (see the module documentation).
     #[default]
+    Verify,
+    /// Keep the value, flag the reply and record the mismatch (the check is not confirmed on every board): for
+    /// `decode`, which shows a capture to a person.
     Report,
 }
 
@@ -65,6 +72,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<Register, DecodeError> {
         return Err(DecodeError::BadLength { expected: register.data_len(), found: len });
     }
     Ok(register)
+}
+
+/// Bytes of a reply to `register`: its data and the check byte.
+#[must_use]
+pub fn reply_len(register: Register) -> usize {
+    usize::from(register.data_len()) + 1
 }
 
 /// The check byte of a reply to `register` carrying `data`.
@@ -170,84 +183,251 @@ impl Framing for ReplyFraming {
     }
 }
 
+/// Most (requests + 1) × (bytes + 1) a capture may hold: the framing search of [`CaptureDecoder`] keeps a score
+/// and a choice for each pair, so this bounds its memory (about 16 MB) for input that is not a real capture.
+const MAX_SEARCH_STATES: usize = 1 << 22;
+
+/// How well a window of bytes answers a request: the framing of [`CaptureDecoder`] maximises the sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Grade {
+    /// Under [`CheckPolicy::Report`] only: the check byte is wrong, but the value is plausible.
+    CheckWrong = 1,
+    /// The check byte is right and the value plausible.
+    Good = 2,
+}
+
+/// Whether the value of `reply`, alone, is plausible ([`crate::protocol::plausible`]).
+pub(crate) fn check_alone(reply: &Reply) -> Result<(), DecodeError> {
+    let mut pack = PackSnapshot::new(1);
+    apply(reply, &mut pack);
+    plausible::check_pack(&pack)
+}
+
+/// `window` as the reply to `register`: its grade and reply, or why it is none (a wrong check byte under
+/// [`CheckPolicy::Verify`], an implausible value, the request looped back).
+fn grade(register: Register, window: &[u8], policy: CheckPolicy) -> Result<(Grade, Reply), DecodeError> {
+    if window == encode_request(register) && !check_byte_matches(register, window) {
+        return Err(DecodeError::HostEcho { address: REQUEST_START });
+    }
+    let reply = decode_reply(register, window, policy)?;
+    check_alone(&reply)?;
+    Ok((if reply.check_ok { Grade::Good } else { Grade::CheckWrong }, reply))
+}
+
+/// Whether the last byte of `frame` is the check byte of the bytes before it, whatever the policy.
+#[must_use]
+pub fn check_byte_matches(register: Register, frame: &[u8]) -> bool {
+    frame.split_last().is_some_and(|(&received, data)| check_byte(register, data) == received)
+}
+
+/// A step of the framing search: what request `k` does at byte `pos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// Byte `pos` is not the start of request `k`'s reply: look from `pos + 1`.
+    Skip,
+    /// Request `k`'s reply is the window at `pos`.
+    Take,
+    /// Request `k` has no reply in what is left.
+    Missing,
+}
+
 /// Decodes the replies to a sequence of requests, pushed in any chunking; [`decode_capture`] is one push.
+///
+/// Replies have no start byte and an 8-bit check, so noise can pass for one at any offset (issue 12: three noise
+/// bytes passed the check as an IC temperature of 1,423 °C). The bytes are therefore framed once the capture is
+/// complete: of every way to place the replies, in request order, the one whose windows grade best is taken —
+/// a window whose value is implausible ([`crate::protocol::plausible`]) is never a reply, one whose check byte
+/// is right outgrades one whose check byte is wrong (only accepted under [`CheckPolicy::Report`]) — and among
+/// equally good framings the latest bytes, because a board's reply ends its transmission and noise comes before
+/// it. Bytes outside the windows are noise (counted as skipped) or echoed requests.
 #[derive(Debug)]
 pub struct CaptureDecoder {
     requests: Vec<Register>,
-    next: usize,
     policy: CheckPolicy,
-    deframer: Deframer<ReplyFraming>,
-    replies: Vec<Reply>,
-    errors: Vec<DecodeError>,
+    buffer: Vec<u8>,
 }
 
 impl CaptureDecoder {
     /// A decoder for the replies to `requests`, in order.
     #[must_use]
     pub fn new(requests: Vec<Register>, policy: CheckPolicy) -> Self {
-        let first = requests.first().copied().unwrap_or(Register::PackVoltage);
-        Self {
-            requests,
-            next: 0,
-            policy,
-            deframer: Deframer::new(ReplyFraming::new(first)),
-            replies: Vec::new(),
-            errors: Vec::new(),
-        }
+        Self { requests, policy, buffer: Vec::new() }
     }
 
-    /// Feed received bytes.
+    /// Feed received bytes (framed in [`CaptureDecoder::finish`], when the latest bytes are known).
     pub fn push(&mut self, bytes: &[u8]) {
-        self.deframer.push(bytes);
-        while let Some(&register) = self.requests.get(self.next) {
-            match self.deframer.poll() {
-                Some(Event::Frame(frame)) => {
-                    self.next += 1;
-                    if let Some(&next) = self.requests.get(self.next) {
-                        self.deframer.set_framing(ReplyFraming::new(next));
-                    }
-                    match decode_reply(register, &frame, self.policy) {
-                        Ok(reply) => {
-                            if !reply.check_ok {
-                                let (computed, received) = (reply.check_computed, reply.check_received);
-                                self.errors.push(DecodeError::Checksum { computed, received });
-                            }
-                            self.replies.push(reply);
-                        }
-                        Err(error) => self.errors.push(error),
-                    }
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// End of input: frame the replies, note what was rejected on the way, check plausibility across the
+    /// replies, apply them and return the capture.
+    pub fn finish(self, len: usize) -> Result<Capture<Reply>, DecodeError> {
+        let windows = self.frame()?;
+        let mut errors = Vec::new();
+        let mut replies = Vec::new();
+        let mut skipped = 0u64;
+        let mut region_start = 0;
+        let mut k = 0;
+        while k < self.requests.len() {
+            // The requests from `k` up to the next one that has a reply share the bytes before that reply.
+            let next = (k..self.requests.len()).find(|&i| windows.get(i).copied().flatten().is_some());
+            let region_end = next.and_then(|i| windows.get(i).copied().flatten()).unwrap_or(self.buffer.len());
+            let region = self.buffer.get(region_start..region_end).unwrap_or_default();
+            for (offset, &register) in
+                self.requests.iter().enumerate().take(next.unwrap_or(self.requests.len())).skip(k)
+            {
+                errors.push(self.missing(register, region, offset == k));
+            }
+            let Some(taken) = next else {
+                skipped += region.len() as u64;
+                break;
+            };
+            let register = self.requests.get(taken).copied().unwrap_or(Register::PackVoltage);
+            skipped += self.gap(register, region, &mut errors);
+            let end = region_end + reply_len(register);
+            if let Some(window) = self.buffer.get(region_end..end)
+                && let Ok((_, reply)) = grade(register, window, self.policy)
+            {
+                if !reply.check_ok {
+                    errors
+                        .push(DecodeError::Checksum { computed: reply.check_computed, received: reply.check_received });
                 }
-                Some(Event::Echo(_)) => self.errors.push(DecodeError::HostEcho { address: REQUEST_START }),
-                Some(Event::Rejected(error)) => self.errors.push(error),
-                None => break,
+                replies.push(reply);
+            }
+            region_start = end;
+            k = taken + 1;
+        }
+        if k >= self.requests.len() {
+            skipped += self.buffer.len().saturating_sub(region_start) as u64;
+        }
+        check_plausible(&replies)?;
+        // As in a poll: each reply is judged against the ones before it (pack voltage against the cell sum).
+        let mut device = DeviceSnapshot::default();
+        let mut accepted = Vec::new();
+        for reply in replies {
+            let pack = device.pack_mut(1);
+            let mut merged = pack.clone();
+            apply(&reply, &mut merged);
+            match plausible::check_pack(&merged) {
+                Ok(()) => {
+                    *pack = merged;
+                    accepted.push(reply);
+                }
+                Err(error) => errors.push(error),
             }
         }
-    }
-
-    /// End of input: every unanswered request is truncated; then check plausibility, apply and return.
-    pub fn finish(mut self, len: usize) -> Result<Capture<Reply>, DecodeError> {
-        let cut = self.deframer.finish();
-        for (i, register) in self.requests.iter().enumerate().skip(self.next) {
-            let need = usize::from(register.data_len()) + 1;
-            let first = i == self.next;
-            self.errors.push(cut.filter(|_| first).unwrap_or(DecodeError::Truncated { have: 0, need }));
-        }
-        check_plausible(&self.replies)?;
-        if self.replies.is_empty() {
-            return Err(self.errors.first().copied().unwrap_or(DecodeError::NoFrame { len }));
-        }
-        let mut device = DeviceSnapshot::default();
-        let pack = device.pack_mut(1);
-        for reply in &self.replies {
-            apply(reply, pack);
+        if accepted.is_empty() {
+            return Err(errors.first().copied().unwrap_or(DecodeError::NoFrame { len }));
         }
         Ok(Capture {
             protocol: Protocol::Sinowealth,
-            replies: self.replies,
-            rejected: self.errors.into_iter().map(Into::into).collect(),
-            skipped_bytes: self.deframer.skipped_bytes(),
+            replies: accepted,
+            rejected: errors.into_iter().map(Into::into).collect(),
+            skipped_bytes: skipped,
             device,
         })
+    }
+
+    /// The start of each request's reply in the buffer (`None`: no reply), by the search the type documents.
+    fn frame(&self) -> Result<Vec<Option<usize>>, DecodeError> {
+        let (n, m) = (self.requests.len(), self.buffer.len());
+        let states = (n + 1).saturating_mul(m + 1);
+        if states > MAX_SEARCH_STATES {
+            return Err(DecodeError::OutOfRange { field: "capture size (requests × bytes)", value: states as u32 });
+        }
+        let at = |k: usize, pos: usize| k * (m + 1) + pos;
+        let mut score = vec![0u16; states];
+        let mut choice = vec![Choice::Missing; states];
+        for (k, &register) in self.requests.iter().enumerate().rev() {
+            let len = reply_len(register);
+            for pos in (0..=m).rev() {
+                let missing = score.get(at(k + 1, pos)).copied().unwrap_or(0);
+                let skip = (pos < m).then(|| score.get(at(k, pos + 1)).copied().unwrap_or(0));
+                let take = self
+                    .buffer
+                    .get(pos..pos + len)
+                    .and_then(|window| grade(register, window, self.policy).ok())
+                    .map(|(grade, _)| grade as u16 + score.get(at(k + 1, pos + len)).copied().unwrap_or(0));
+                // Ties go to the later window: skipping a byte before taking one, taking before giving up.
+                let mut best = (missing, Choice::Missing);
+                if let Some(take) = take.filter(|&t| t >= best.0) {
+                    best = (take, Choice::Take);
+                }
+                if let Some(skip) = skip.filter(|&s| s >= best.0) {
+                    best = (skip, Choice::Skip);
+                }
+                let (best, how) = best;
+                if let (Some(s), Some(h)) = (score.get_mut(at(k, pos)), choice.get_mut(at(k, pos))) {
+                    *s = best;
+                    *h = how;
+                }
+            }
+        }
+        let (mut k, mut pos) = (0, 0);
+        let mut windows = vec![None; n];
+        while k < n {
+            match choice.get(at(k, pos)).copied().unwrap_or(Choice::Missing) {
+                Choice::Skip => pos += 1,
+                Choice::Take => {
+                    if let Some(w) = windows.get_mut(k) {
+                        *w = Some(pos);
+                    }
+                    pos += self.requests.get(k).map_or(0, |&r| reply_len(r));
+                    k += 1;
+                }
+                Choice::Missing => k += 1,
+            }
+        }
+        Ok(windows)
+    }
+
+    /// Why `register` has no reply in `region` (the bytes between the replies around it): cut short when the
+    /// region is too short (only the first of several such requests gets the region's bytes), else the most
+    /// telling rejection of the windows in it.
+    fn missing(&self, register: Register, region: &[u8], first: bool) -> DecodeError {
+        let need = reply_len(register);
+        let have = if first { region.len() } else { 0 };
+        if have < need {
+            return DecodeError::Truncated { have, need };
+        }
+        let mut rejections = Rejections::default();
+        for window in region.windows(need) {
+            if let Err(error) = grade(register, window, self.policy) {
+                rejections.note(error);
+            }
+        }
+        rejections.take().unwrap_or(DecodeError::Truncated { have, need })
+    }
+
+    /// Note what the bytes before the reply to `register` were: echoes of the request, and noise that passed
+    /// the check byte but is implausible (listed, so `decode` shows why it was not taken). Returns the bytes
+    /// skipped as noise.
+    fn gap(&self, register: Register, gap: &[u8], errors: &mut Vec<DecodeError>) -> u64 {
+        let len = reply_len(register);
+        let request = encode_request(register);
+        // A 2-byte reply is as long as the request: those bytes are the reply if their check byte says so.
+        let request_is_reply = len == request.len() && check_byte_matches(register, &request);
+        let mut skipped = gap.len() as u64;
+        let mut pos = 0;
+        while let Some(window) = gap.get(pos..) {
+            if window.starts_with(&request) && !request_is_reply {
+                errors.push(DecodeError::HostEcho { address: REQUEST_START });
+                skipped = skipped.saturating_sub(request.len() as u64);
+                pos += request.len();
+                continue;
+            }
+            if let Some(candidate) = window.get(..len)
+                && check_byte_matches(register, candidate)
+                && let Err(error @ DecodeError::Implausible { .. }) = grade(register, candidate, self.policy)
+            {
+                errors.push(error);
+            }
+            if window.is_empty() {
+                break;
+            }
+            pos += 1;
+        }
+        skipped
     }
 }
 
@@ -352,7 +532,7 @@ pub fn decode_capture(
     response: &[u8],
     _options: &DecodeOptions,
 ) -> Result<Capture<Reply>, DecodeError> {
-    decode_capture_with(request, response, CheckPolicy::default())
+    decode_capture_with(request, response, CheckPolicy::Report)
 }
 
 #[cfg(test)]
@@ -383,6 +563,54 @@ mod tests {
         assert_eq!(decode_request(&[0x0a, 0x10, 0x04]), Ok(Register::Current));
         assert_eq!(decode_request(&[0x0a, 0x10, 0x02]), Err(DecodeError::BadLength { expected: 4, found: 2 }));
         assert_eq!(decode_request(&[0x0b, 0x10, 0x04]), Err(DecodeError::BadStart { expected: 0x0a, found: 0x0b }));
+    }
+
+    fn capture(request: &str, response: &str, policy: CheckPolicy) -> Result<Capture<Reply>, DecodeError> {
+        let (request, response) = (crate::protocol::parse_hex(request)?, crate::protocol::parse_hex(response)?);
+        decode_capture_with(Some(&request), &response, policy)
+    }
+
+    #[test]
+    fn the_issue_12_capture_decodes_to_the_real_reply_and_lists_the_noise_as_implausible() {
+        // Five noise bytes, of which the first three pass the check byte of register 0x0E (1,423.55 °C), then
+        // the board's reply (32.55 °C).
+        for policy in [CheckPolicy::Report, CheckPolicy::Verify] {
+            let got = capture("0a0e02", "42476c5e7f0bf181", policy).unwrap();
+            assert_eq!(got.replies.len(), 1);
+            assert_eq!(got.replies[0].value, Value::Temperature { temperature_c: 32.55 });
+            assert_eq!(got.device.packs[0].temperatures[0].celsius, 32.55);
+            assert_eq!(got.skipped_bytes, 5);
+            assert_eq!(got.rejected.iter().map(|r| r.kind).collect::<Vec<_>>(), ["implausible"]);
+        }
+        // The noise alone is no reply: the capture is rejected for it.
+        let error = capture("0a0e02", "42476c", CheckPolicy::Report).unwrap_err();
+        assert_eq!(error.kind(), "implausible");
+    }
+
+    #[test]
+    fn of_two_plausible_candidates_with_right_check_bytes_the_latest_is_the_reply() {
+        // Noise that is a perfect pack-voltage reply (32.639 V) before the real one (13.325 V): a board's reply
+        // ends what it sends, so the later one is taken.
+        let fake = encode_reply(Register::PackVoltage, &Value::PackVoltage { pack_voltage_v: 32.639 });
+        for noise in [fake.clone(), [fake.clone(), vec![0x55, 0x41]].concat(), [vec![0x77], fake].concat()] {
+            let response = [noise.clone(), vec![0x34, 0x0d, 0x0f]].concat();
+            let got = decode_capture_with(Some(&[0x0a, 0x0b, 0x02]), &response, CheckPolicy::Verify).unwrap();
+            assert_eq!(got.device.packs[0].voltage_volts, Some(13.325), "{noise:02x?}");
+            assert_eq!(got.skipped_bytes, noise.len() as u64);
+        }
+        // With several requests, a noise byte between replies does not shift the framing.
+        let got = capture("0a0b02 0a0102", "340d0f 55 0d03fd", CheckPolicy::Verify).unwrap();
+        assert_eq!(
+            (got.device.packs[0].voltage_volts, got.device.packs[0].cell_volts.clone()),
+            (Some(13.325), vec![Some(3.331)])
+        );
+    }
+
+    #[test]
+    fn a_capture_too_large_to_search_is_refused_rather_than_allocated() {
+        let request = encode_request(Register::Cell(1)).repeat(300);
+        let error = decode_capture_with(Some(&request), &vec![0u8; 20_000], CheckPolicy::Report).unwrap_err();
+        assert_eq!(error.kind(), "out_of_range");
     }
 
     #[test]
