@@ -255,9 +255,10 @@ impl<'e> Session<'e> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Gap { send_at } => Some(send_at),
-            State::Waiting { deadline, last_byte: Some(last), settling: true } => {
-                Some(deadline.min(last + self.settings.drain_quiet))
-            }
+            // A settling reply is judged once the line has been quiet for the drain time; the deadline cannot
+            // end it sooner (bytes that still stream in extend it), so waking at the deadline would only
+            // find nothing to do, again and again when the deadline is already past.
+            State::Waiting { last_byte: Some(last), settling: true, .. } => Some(last + self.settings.drain_quiet),
             State::Waiting { deadline, last_byte, .. } => {
                 // A reply still streaming in at the deadline gets the drain time to finish.
                 Some(last_byte.map_or(deadline, |last| deadline.max(last + self.settings.drain_quiet)))

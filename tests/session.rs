@@ -302,3 +302,34 @@ fn noise_that_settles_into_no_reply_waits_for_the_deadline_and_does_not_spin() {
     assert_eq!(report.requests_sent, 6, "each request's first attempt and one retry");
     assert!(elapsed >= 6 * settings.timeout, "each attempt waits out its timeout: {elapsed:?}");
 }
+
+#[test]
+fn a_reply_timeout_shorter_than_the_drain_time_settles_without_spinning() {
+    // Sinowealth replies settle on the quiet (100 ms); with a 50 ms reply timeout the deadline passes while a
+    // reply settles. The session once asked to be woken at that past deadline over and over until the quiet
+    // ended: every wake-up it asks for must lie ahead of the time it was woken at.
+    let mut bus = bms_exporter::simulator::sinowealth::SinowealthBus::new(4, 3);
+    let mut x = SinowealthExchange::new(CheckPolicy::Verify);
+    let settings = Settings { timeout: Duration::from_millis(50), retries: 0, ..Settings::default() };
+    let soc: Sections = [Section::Soc].into_iter().collect();
+    let start = Instant::now();
+    let mut now = start;
+    let mut session = Session::new(&mut x, soc, settings, now);
+    let mut wakeups = 0;
+    while !session.is_done() {
+        if let Some(request) = session.poll_transmit(now) {
+            let reply = bus.respond(&request).unwrap().reply;
+            now += Duration::from_millis(5);
+            session.handle_bytes(now, &reply);
+            continue;
+        }
+        let timer = session.poll_timeout().unwrap();
+        assert!(timer > now || wakeups == 0, "asked to wake at {:?}, already at {:?}", timer - start, now - start);
+        now = now.max(timer);
+        session.handle_timeout(now);
+        wakeups += 1;
+        assert!(wakeups < 100, "the session spins");
+    }
+    let report = session.finish();
+    assert!(report.succeeded(), "{:?}", report.failures);
+}
