@@ -61,10 +61,11 @@ pub const PACK_VOLTS_MAX: f64 = MAX_SERIES_CELLS as f64 * CELL_VOLTS_MAX;
 /// How far the pack voltage may be from the sum of its cells, as a share of that sum: 20 %. The two are measured
 /// by different converters (Pace, Sinowealth) or at different moments (Daly 0x90 and 0x95 are separate requests,
 /// and under a load step of 100 A a 16S pack's internal resistance alone moves it by ~2 V, 4 %), and the pack
-/// voltage is measured behind the MOSFETs and shunt. 10 % would cover that, but the D2 reply of aiobmsble's tests
-/// (`vectors/daly.json` `modbus_d2_status_62_registers_4s`, also in batmon-ha's fixtures) has 14.0 V for cells
-/// summing 16.568 V (15.5 %), so the limit leaves room for it; a pack voltage that is one cell's (a Sinowealth
-/// board of another map) or a raised voltage byte (25.6 V per bit of a Daly or D2 high byte) is still far outside.
+/// voltage is measured behind the MOSFETs and shunt. 10 % would cover that, but the D2 reply of aiobmsble's
+/// tests (`tests/fixtures/vectors/daly.json` `modbus_d2_status_62_registers_4s`, also in batmon-ha's fixtures)
+/// has 14.0 V for cells summing 16.568 V (15.5 %), so the limit leaves room for it; a pack voltage that is one
+/// cell's (a Sinowealth board of another map) or a raised voltage byte (25.6 V per bit of a Daly or D2 high
+/// byte) is still far outside.
 pub const PACK_TO_CELL_SUM_TOLERANCE_RATIO: f64 = 0.20;
 
 /// The smallest allowed difference between pack voltage and cell sum, 1 V, so that small packs keep a margin
