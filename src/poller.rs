@@ -6,7 +6,7 @@
 //! [`drive`] is the loop that feeds a pure [`Session`] from a [`Link`]; the `set` command uses it directly.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -83,11 +83,15 @@ struct Ask {
     reply: oneshot::Sender<Arc<DeviceStatus>>,
 }
 
+/// The latest status of each device on a bus, written by its worker after every poll.
+type Latest = Arc<[Mutex<Option<Arc<DeviceStatus>>>]>;
+
 /// A cheap, cloneable handle to a bus worker.
 #[derive(Debug, Clone)]
 pub struct BusHandle {
     tx: mpsc::Sender<Ask>,
     names: Arc<[String]>,
+    latest: Latest,
 }
 
 impl BusHandle {
@@ -95,6 +99,14 @@ impl BusHandle {
     #[must_use]
     pub fn devices(&self) -> &[String] {
         &self.names
+    }
+
+    /// The status after the latest poll of device `device` that has ended, without asking for one (`None`
+    /// before its first poll ends). A caller that stopped waiting for a poll sees its result here once it ends,
+    /// so a poll longer than a scrape's deadline still refreshes what the next scrape serves.
+    #[must_use]
+    pub fn latest(&self, device: usize) -> Option<Arc<DeviceStatus>> {
+        self.latest.get(device).and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 
     /// The status of device `device` after a poll that ended no more than `max_age` before this call; runs a
@@ -132,9 +144,10 @@ impl BusHandle {
 #[must_use]
 pub fn spawn(spec: BusSpec) -> BusHandle {
     let names: Arc<[String]> = spec.devices.iter().map(|d| d.name.clone()).collect();
+    let latest: Latest = spec.devices.iter().map(|_| Mutex::new(None)).collect();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(Worker::new(spec).run(rx));
-    BusHandle { tx, names }
+    tokio::spawn(Worker::new(spec, Arc::clone(&latest)).run(rx));
+    BusHandle { tx, names, latest }
 }
 
 /// The link and its reconnect state.
@@ -197,18 +210,21 @@ struct Worker {
     settings: Settings,
     devices: Vec<DeviceSpec>,
     status: Vec<Option<Arc<DeviceStatus>>>,
+    /// Where every new status is published for [`BusHandle::latest`].
+    latest: Latest,
     /// When the poll that last used the bus ended (the quiet gap counts from there).
     bus_quiet_since: Option<Instant>,
 }
 
 impl Worker {
-    fn new(spec: BusSpec) -> Self {
+    fn new(spec: BusSpec, latest: Latest) -> Self {
         let count = spec.devices.len();
         Self {
             port: Port { transport: spec.transport, link: None, retry_at: None, last_error: None },
             settings: spec.settings,
             devices: spec.devices,
             status: vec![None; count],
+            latest,
             bus_quiet_since: None,
         }
     }
@@ -261,6 +277,9 @@ impl Worker {
         log_poll(&status);
         if let Some(slot) = self.status.get_mut(index) {
             *slot = Some(Arc::clone(&status));
+        }
+        if let Some(slot) = self.latest.get(index) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&status));
         }
         Some(status)
     }

@@ -1,10 +1,10 @@
 //! What a scrape sees: asks each device's bus worker for a snapshot no older than `max_age`, waits for it up to a
-//! deadline below the scrape timeout, and otherwise serves the last status it has (DESIGN.md §4).
+//! deadline below the scrape timeout, and otherwise serves the latest status the worker has (DESIGN.md §4).
 //!
-//! The bus workers do the polling and the single-flight sharing; this layer only bounds how long an HTTP request
-//! waits, remembers the last answer per device, and decides freshness (`stale_after`).
+//! The bus workers do the polling and the single-flight sharing and publish every poll's status; this layer only
+//! bounds how long an HTTP request waits and decides freshness (`stale_after`).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
@@ -49,20 +49,18 @@ pub struct Seen {
     pub values: DeviceSnapshot,
 }
 
-/// Every target, with the last status each worker gave. Shared by the HTTP handlers.
+/// Every target and the timing rules. Shared by the HTTP handlers.
 #[derive(Debug)]
 pub struct Scraper {
     targets: Vec<Target>,
     freshness: Freshness,
-    last: Vec<Mutex<Option<Arc<DeviceStatus>>>>,
 }
 
 impl Scraper {
     /// A scraper over `targets` (their names are unique: the configuration checked it).
     #[must_use]
     pub fn new(targets: Vec<Target>, freshness: Freshness) -> Self {
-        let last = targets.iter().map(|_| Mutex::new(None)).collect();
-        Self { targets, freshness, last }
+        Self { targets, freshness }
     }
 
     /// Start one worker per bus of `buses` and a scraper over every device on them, in the given order.
@@ -97,7 +95,7 @@ impl Scraper {
     /// mostly wait on first connections, so orchestrators are told to hold back.
     #[must_use]
     pub fn ready(&self) -> bool {
-        self.last.iter().all(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).is_some())
+        self.targets.iter().all(|t| t.bus.latest(t.index).is_some())
     }
 
     /// Ask every worker for a first poll in the background, so the first scrape finds data.
@@ -126,20 +124,14 @@ impl Scraper {
                 (index, tokio::time::timeout_at(deadline, bus.snapshot_until(device, max_age, deadline)).await)
             });
         }
-        while let Some(joined) = asks.join_next().await {
-            // A worker that is gone or too slow leaves the last status in place.
-            if let Ok((index, Ok(Ok(status)))) = joined
-                && let Some(slot) = self.last.get(index)
-            {
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
-            }
-        }
+        // A worker that is gone or too slow is not waited for: its latest status is served (a poll that ends
+        // after the deadline is published all the same, for the next scrape).
+        while asks.join_next().await.is_some() {}
         let now = unix_now();
         chosen
             .into_iter()
             .map(|index| {
-                let status =
-                    self.last.get(index).and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone());
+                let status = self.targets.get(index).and_then(|t| t.bus.latest(t.index));
                 let fresh = status.as_deref().is_some_and(|s| self.is_fresh(s, now));
                 let values = status
                     .as_deref()

@@ -245,10 +245,12 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
     let modbus = Simulator::tcp("e2e-modbus", &sim_args("daly-modbus", &["--cells", "8", "--temperatures", "2"]));
     let pace_addr = pace.addr.clone().unwrap();
     let config = dir.join("bms.yaml");
+    // stale_after must outlast Prometheus' start: its 1 s scrape timeout is shorter than a Sinowealth poll
+    // (each register settles on 100 ms of quiet), so its first scrape serves the poll before it.
     std::fs::write(
         &config,
         format!(
-            "defaults:\n  timeout: 300ms\n  retries: 1\n  request_gap: 0ms\n  max_age: 500ms\n  stale_after: 4s\n\
+            "defaults:\n  timeout: 300ms\n  retries: 1\n  request_gap: 0ms\n  max_age: 500ms\n  stale_after: 10s\n\
              devices:\n\
              \x20 - name: daly\n    protocol: daly\n    serial: {tty}\n\
              \x20 - name: pace\n    protocol: pace\n    tcp: {pace_addr}\n    pace: {{ address: 1, packs: all }}\n\
