@@ -55,6 +55,9 @@ TIMEOUT_MS = 300
 # The scrape deadline asked of the exporter: past it a device still polling is served from its last snapshot, so
 # one slow device does not hold every scrape back (its poll goes on, and the next scrape joins it).
 SCRAPE_TIMEOUT_S = 2
+# Scrapes start at most this often: when every poll fails at once (a link in its reconnect backoff) the exporter
+# answers in a few milliseconds, and a loop without a floor would only spin on a shared machine.
+MIN_SCRAPE_INTERVAL_S = 0.02
 
 # Which truth fields each protocol carries, so a field it does not carry is not expected (a Daly board reports no
 # SOH, full capacity or MOSFET temperature; Sinowealth no balancing). Sensors: which named sensors besides probes.
@@ -287,7 +290,9 @@ def expected_series(device, protocol, truth):
 
 
 def alarm_truth(truth):
-    """{(family, pack label, index label or None, alarm): active} the truth lists (absent means inactive)."""
+    """{(family, pack label, index label or None, alarm): active} the truth lists. An alarm the truth does not list
+    counts as inactive: only the Daly truth lists its whole table, and the frozen batteries are far from every
+    threshold, so no simulator raises one."""
     out = {}
     for pack in truth["packs"]:
         p = f"{pack['pack']:02d}"
@@ -306,11 +311,13 @@ def alarm_key(name, labels):
     return (name, d.get("pack"), d.get("cell", d.get("sensor")), d.get("alarm"))
 
 
-def out_of_physical_range(metric, value):
-    """Whether a wrong value is one no battery could report (what a gross fault produces)."""
+def out_of_physical_range(metric, value, cells=16):
+    """Whether a wrong value is one no battery could report (what a gross fault produces): a cell outside 0–5 V, a
+    pack above 5 V per cell, a temperature outside −50…150 °C, SOC outside 0–1, a current beyond 1000 A, a
+    remaining capacity above twice the simulated packs' 280 Ah."""
     limits = {"bms_cell_voltage_volts": (0, 5), "bms_temperature_celsius": (-50, 150),
               "bms_pack_state_of_charge_ratio": (0, 1), "bms_pack_current_amperes": (-1000, 1000),
-              "bms_pack_voltage_volts": (0, 250), "bms_pack_remaining_capacity_ampere_hours": (0, 560)}
+              "bms_pack_voltage_volts": (0, 5 * cells), "bms_pack_remaining_capacity_ampere_hours": (0, 560)}
     lo, hi = limits.get(metric, (-math.inf, math.inf))
     return not lo <= value <= hi
 
@@ -392,7 +399,8 @@ class Soak:
         ok = want is not None and (got == want or abs(got - want) <= tolerance)
         if not ok:
             self.wrong.append((n, device, name, labels, got, want, field))
-            wrong_label = "far out of range" if out_of_physical_range(name, got) else "in range"
+            cells = self.devices[device]["cells"]
+            wrong_label = "far out of range" if out_of_physical_range(name, got, cells) else "in range"
             want_text = "none" if want is None else f"{want:.6g}"
             if self.args.verbose or len(self.wrong) <= 200:
                 log(f"WRONG scrape {n}: {device} {name}{{{fmt_labels(labels)}}} exported {got:.6g}, "
@@ -452,7 +460,7 @@ def summary(soak, args, stats, wall):
     add(f"samples wrong            {len(soak.wrong)}")
     groups = {}
     for n, device, name, labels, got, want, field in soak.wrong:
-        far = "far out of range" if out_of_physical_range(name, got) else "in range"
+        far = "far out of range" if out_of_physical_range(name, got, soak.devices[device]["cells"]) else "in range"
         group = (device, name, field, far)
         groups.setdefault(group, []).append(n)
     for (device, name, field, far), scrapes in sorted(groups.items()):
@@ -501,6 +509,7 @@ def run(args):
             with open(truth_path) as f:
                 truth = json.load(f)
             devices[device] = {"protocol": protocol, "truth_path": truth_path,
+                               "cells": max(len(p["cell_volts"]) for p in truth["packs"]),
                                "expected": expected_series(device, protocol, truth), "alarms": alarm_truth(truth)}
         config_path = os.path.join(workdir, "bms.yaml")
         with open(config_path, "w") as f:
@@ -517,12 +526,14 @@ def run(args):
             if exporter.poll() is not None:
                 raise RunError(f"the exporter exited ({exporter.returncode}) during the run:\n"
                                + open(os.path.join(workdir, "serve.log")).read()[-4000:])
+            scrape_started = time.monotonic()
             soak.scrape()
             elapsed = time.monotonic() - started
             if args.polls and soak.polls() >= args.polls:
                 break
             if elapsed >= args.duration:
                 break
+            time.sleep(max(0.0, scrape_started + MIN_SCRAPE_INTERVAL_S - time.monotonic()))
             if time.monotonic() >= next_report:
                 next_report += 15
                 log(f"soak: {elapsed:.0f} s, {soak.scrapes} scrapes, {soak.polls():.0f} polls, "
