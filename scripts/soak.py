@@ -371,7 +371,9 @@ class Soak:
             want, tolerance, field = expected
             self.compare(n, device, name, labels, got, want, tolerance, field)
         # Presence: once complete, every expected series is there while the data is fresh.
-        needed = set(d["expected"])
+        # The truth's own alarm list (Daly's whole table) is expected too: every alarm is always present.
+        needed = set(d["expected"]) | {key(name, device=device, pack=p, alarm=alarm)
+                                       for (name, p, index, alarm) in d["alarms"] if index is None}
         if device not in self.complete_at:
             if needed <= set(mine):
                 self.complete_at[device] = n
