@@ -39,5 +39,15 @@ echo "== clippy"
 cargo clippy --locked --all-targets --all-features -- -D warnings
 echo "== layering"
 bash scripts/check-layers.sh
+echo "== soak"
+# Issue 12's soak harness, 2 minutes: simulators of all four protocols with every fault kind at 5 % → serve →
+# every scraped value compared with the truth. The debug binary is the one cargo test builds anyway (a release
+# build would add minutes of compiling; the exporter polls here at well under 1 % of one core). A failed soak
+# fails the run, but only after the tests, so their summary stays the last output.
+cargo build --locked
+soak=0
+python3 scripts/soak.py --duration 120 --binary "${CARGO_TARGET_DIR:-target}/debug/bms_exporter" || soak=$?
+[ "$soak" = 0 ] || echo "== soak FAILED (exit $soak): the run fails once the tests below have run" >&2
 echo "== tests"
 cargo test --locked
+exit "$soak"

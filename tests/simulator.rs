@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use crate::util::{Simulator, daly_bms_cli_json, scratch};
+use crate::util::{Simulator, daly_bms_cli_json, scratch, wait_for};
 use bms_exporter::protocol::DecodeOptions;
 use bms_exporter::protocol::daly::{self, Address, Command, Filler, Request};
 use serde_json::Value;
@@ -206,8 +206,19 @@ fn fault_strikes_and_the_line_recovers(probe: &Probe, kind: &str) {
     assert!(recovered > 0, "{kind}: no clean reply ever followed a fault");
 }
 
-const FAULT_KINDS: [&str; 9] =
-    ["drop", "corrupt", "truncate", "delay:0.4", "garbage", "echo", "wrong_command", "silent:0.3", "close"];
+/// Every kind but `gross`, whose struck reply decodes into a wrong value by design (its own tests are below).
+const FAULT_KINDS: [&str; 10] = [
+    "drop",
+    "corrupt",
+    "multibyte",
+    "truncate",
+    "delay:0.4",
+    "garbage",
+    "echo",
+    "wrong_command",
+    "silent:0.3",
+    "close",
+];
 
 #[test]
 fn every_fault_kind_strikes_and_the_daly_line_recovers() {
@@ -376,4 +387,190 @@ fn the_pace_and_daly_modbus_simulators_answer_over_a_pty_too() {
     let capture = daly_modbus::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
     let want = sim.truth().packs[0].voltage_volts.unwrap();
     close("d2 voltage", capture.device.packs[0].voltage_volts.unwrap(), want, 0.05);
+}
+
+/// Why a decoded pack cannot be physical, if it cannot: a cell outside 0–5 V, a temperature outside −50…150 °C,
+/// SOC outside 0–1, a current beyond 1000 A, a pack voltage beyond 5 V per series cell or 1.5 times its cells' sum, a remaining
+/// capacity below 0 or above twice the full or design capacity (the simulated packs' 280 Ah where the protocol
+/// reports neither).
+fn far_out_of_range(pack: &bms_exporter::model::PackSnapshot, series_cells: usize) -> Option<String> {
+    let cells: Vec<f64> = pack.cell_volts.iter().flatten().copied().collect();
+    if let Some(v) = cells.iter().find(|v| !(0.0..=5.0).contains(*v)) {
+        return Some(format!("cell {v} V"));
+    }
+    if let Some(t) = pack.temperatures.iter().find(|t| !(-50.0..=150.0).contains(&t.celsius)) {
+        return Some(format!("{:?} {} °C", t.sensor, t.celsius));
+    }
+    if let Some(soc) = pack.state_of_charge_ratio.filter(|s| !(0.0..=1.0).contains(s)) {
+        return Some(format!("SOC {soc}"));
+    }
+    if let Some(i) = pack.current_amperes.filter(|i| i.abs() > 1000.0) {
+        return Some(format!("current {i} A"));
+    }
+    let sum: f64 = cells.iter().sum();
+    if let Some(v) =
+        pack.voltage_volts.filter(|&v| v > 5.0 * series_cells as f64 || (!cells.is_empty() && v > 1.5 * sum))
+    {
+        return Some(format!("pack {v} V against {sum} V of cells"));
+    }
+    let capacity = pack.full_capacity_ampere_hours.or(pack.design_capacity_ampere_hours).unwrap_or(280.0);
+    pack.remaining_capacity_ampere_hours.filter(|&r| r < 0.0 || r > 2.0 * capacity).map(|r| format!("remaining {r} Ah"))
+}
+
+/// Decode `reply` to `request` with the project's decoder for `protocol`: `Ok(pack)` when every frame passed its
+/// check, `Err(kind)` of the first rejection otherwise (a decoder that refuses a value as implausible says so).
+fn decode_one(protocol: &str, request: &[u8], reply: &[u8]) -> Result<Vec<bms_exporter::model::PackSnapshot>, String> {
+    use bms_exporter::protocol::{Capture, daly_modbus, pace, sinowealth};
+    fn first<R>(c: Result<Capture<R>, bms_exporter::protocol::DecodeError>) -> Result<Capture<R>, String> {
+        let c = c.map_err(|e| e.kind().to_owned())?;
+        match c.rejected.first() {
+            Some(r) => Err(r.kind.to_owned()),
+            None if c.skipped_bytes > 0 => Err("skipped".to_owned()),
+            None => Ok(c),
+        }
+    }
+    let options = DecodeOptions::default();
+    let device = match protocol {
+        "daly" => first(daly::decode_capture(Some(request), reply, &options))?.device,
+        "daly-modbus" => first(daly_modbus::decode_capture(Some(request), reply, &options))?.device,
+        "sinowealth" => first(sinowealth::decode_capture(Some(request), reply, &options))?.device,
+        _ => first(pace::decode_capture(Some(request), reply, &options))?.device,
+    };
+    Ok(device.packs)
+}
+
+/// [`far_out_of_range`] for the first pack that is.
+fn any_far_out_of_range(packs: &[bms_exporter::model::PackSnapshot], series_cells: usize) -> Option<String> {
+    packs.iter().find_map(|p| far_out_of_range(p, series_cells))
+}
+
+/// Requests whose replies carry ranged values, per protocol, as a client polls them.
+fn ranged_requests(protocol: &str) -> Vec<Vec<u8>> {
+    use bms_exporter::protocol::daly_modbus::{Map, d2, encode_request};
+    use bms_exporter::protocol::pace::{ALL_PACKS, Command as PaceCommand, Request as PaceRequest};
+    use bms_exporter::protocol::sinowealth::{self, Register};
+    match protocol {
+        "daly" => [Command::Soc, Command::Mosfet, Command::CellVoltages, Command::Temperatures]
+            .into_iter()
+            .map(|c| Request::read(c, Address::Rs485, Filler::Aa).encode().to_vec())
+            .collect(),
+        "daly-modbus" => [d2::REALTIME, d2::REALTIME_EXTENDED, d2::MOSFET_TEMPERATURE]
+            .into_iter()
+            .map(|r| encode_request(Map::D2, r).to_vec())
+            .collect(),
+        "sinowealth" => [
+            Register::Cell(1),
+            Register::Cell(8),
+            Register::PackVoltage,
+            Register::Current,
+            Register::RemainingCapacity,
+            Register::Rsoc,
+            Register::ExternalTemperature1,
+            Register::IcTemperature1,
+        ]
+        .into_iter()
+        .map(|r| sinowealth::encode_request(r).to_vec())
+        .collect(),
+        _ => vec![
+            PaceRequest::new(1, PaceCommand::Analog(ALL_PACKS)).encode(),
+            PaceRequest::new(1, PaceCommand::Analog(2)).encode(),
+        ],
+    }
+}
+
+fn simulated_bus(protocol: &str) -> Box<dyn bms_exporter::simulator::Responder> {
+    use bms_exporter::simulator::{
+        daly::DalyBus, daly_modbus::DalyModbusBus, pace::PaceBus, sinowealth::SinowealthBus,
+    };
+    let mut bus: Box<dyn bms_exporter::simulator::Responder> = match protocol {
+        "daly" => Box::new(DalyBus::new(1, 16, 4, 3)),
+        "daly-modbus" => Box::new(DalyModbusBus::new(16, 4, 3)),
+        "sinowealth" => Box::new(SinowealthBus::new(8, 3)),
+        _ => Box::new(PaceBus::new(2, 16, 6, 3)),
+    };
+    // Mid-cycle, so the current is real (a negative one on some protocols' signed fields).
+    bus.step(420.0);
+    bus
+}
+
+const PROTOCOLS: [&str; 4] = ["daly", "daly-modbus", "sinowealth", "pace"];
+
+#[test]
+fn a_gross_reply_passes_the_frame_check_of_every_protocol_but_its_value_is_far_out_of_range() {
+    use bms_exporter::simulator::rng::Rng;
+    let mut rng = Rng::new(17);
+    for protocol in PROTOCOLS {
+        let mut bus = simulated_bus(protocol);
+        let mut struck = std::collections::BTreeSet::new();
+        for request in ranged_requests(protocol) {
+            let reply = bus.respond(&request).unwrap().reply;
+            assert!(bus.passes_check(&request, &reply), "{protocol}: the clean reply passes");
+            for _ in 0..40 {
+                let gross = bus.gross(&request, &reply, &mut rng).expect("a reply with ranged values");
+                assert_ne!(gross, reply);
+                assert!(bus.passes_check(&request, &gross), "{protocol}: a gross reply keeps its check");
+                // Our own decoder sees frames that pass; the value must be one no battery has, or be refused as such.
+                match decode_one(protocol, &request, &gross) {
+                    Ok(packs) => {
+                        let why = any_far_out_of_range(&packs, if protocol == "sinowealth" { 8 } else { 16 })
+                            .unwrap_or_else(|| {
+                                panic!("{protocol}: a gross reply decoded to plausible values: {packs:?}")
+                            });
+                        struck.insert(why.split(' ').next().unwrap_or_default().to_owned());
+                    }
+                    Err(kind) => assert_eq!(kind, "implausible", "{protocol}: a gross reply failed a frame check"),
+                }
+            }
+        }
+        eprintln!("{protocol}: gross values seen: {struck:?}");
+        assert!(struck.len() >= 3, "{protocol}: the gross fault strikes several fields, only {struck:?}");
+    }
+}
+
+#[test]
+fn a_multibyte_reply_always_fails_the_frame_check_of_every_protocol() {
+    use bms_exporter::simulator::fault::{Fault, FaultPlan};
+    for protocol in PROTOCOLS {
+        let mut bus = simulated_bus(protocol);
+        let mut plan = FaultPlan::new(vec!["multibyte=1".parse::<Fault>().unwrap()], 5);
+        for request in ranged_requests(protocol) {
+            for _ in 0..100 {
+                let response = bus.respond(&request).unwrap();
+                let clean = response.reply.clone();
+                let out = plan.apply(&request, response, &*bus);
+                assert_eq!(out.bytes.len(), clean.len());
+                assert!(!bus.passes_check(&request, &out.bytes), "{protocol}: a burst passed the check");
+                assert!(decode_one(protocol, &request, &out.bytes).is_err(), "{protocol}: our decoder took a burst");
+            }
+        }
+        let sent = ranged_requests(protocol).len() as u64 * 100;
+        assert_eq!(plan.counts().get("multibyte"), Some(&sent), "{protocol}: every burst counted");
+    }
+}
+
+#[test]
+fn the_truth_file_counts_the_faults_injected_by_kind() {
+    let args = ["--protocol", "daly", "--baud", "0", "--time-scale", "0", "--seed", "5"];
+    let mut args = args.to_vec();
+    args.extend(["--fault", "gross=0.5", "--fault", "echo=0"]);
+    let sim = Simulator::tcp("faultcount", &args);
+    assert_eq!(sim.truth_json()["faults"], serde_json::json!({"echo": 0, "gross": 0}));
+    let mut stream = sim.connect();
+    let request = soc_request();
+    let mut gross = 0;
+    for _ in 0..20 {
+        // Every reply arrives (no fault here loses one): wait for each whole, so none is taken for the next.
+        let reply = exchange(&mut stream, &request);
+        match decode_one("daly", &request, &reply) {
+            Ok(packs) if any_far_out_of_range(&packs, 16).is_some() => gross += 1,
+            Err(kind) if kind == "implausible" => gross += 1,
+            Ok(_) => {}
+            Err(kind) => panic!("neither gross nor clean: {kind}"),
+        }
+    }
+    assert!(gross > 0, "the gross fault never struck");
+    // The file is rewritten after each answered request: read it until it has caught up with the last one.
+    wait_for("the truth file to count every gross reply", Duration::from_secs(5), || {
+        (sim.truth_json()["faults"] == serde_json::json!({"echo": 0, "gross": gross})).then_some(())
+    });
 }

@@ -130,14 +130,17 @@ pub struct SimulateArgs {
     /// The board's turnaround between a request and its reply, in milliseconds.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub latency_ms: u64,
-    /// Inject a fault at a rate (0–1) per request: drop, corrupt, truncate, delay (or delay:SECONDS), garbage,
-    /// echo, wrong_command, silent (or silent:SECONDS), close. Repeatable.
+    /// Inject a fault at a rate (0–1) per request: drop, corrupt (one byte), multibyte (a burst of 2–4 bytes,
+    /// drawn again until the frame check fails), gross (a value far out of range in frames whose check still
+    /// passes), truncate, delay (or delay:SECONDS), garbage, echo, wrong_command, silent (or silent:SECONDS),
+    /// close. Repeatable; the truth file counts the faults injected by kind.
     #[arg(long = "fault", value_name = "KIND=RATE")]
     pub faults: Vec<Fault>,
     /// Seed for drift, noise and fault dice: the same seed gives the same run.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub seed: u64,
-    /// Keep the current true state in this file as JSON (the model's units), rewritten after each reply.
+    /// Keep the current true state in this file as JSON (the model's units) with the faults injected so far by
+    /// kind (`faults`), rewritten after each answered request.
     #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
     /// Simulated seconds per wall-clock second; 0 freezes the batteries (exact comparisons in tests).

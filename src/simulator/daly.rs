@@ -5,11 +5,13 @@
 use crate::model::{DeviceSnapshot, PackState};
 use crate::protocol::daly::alarms;
 use crate::protocol::daly::{
-    Address, AlarmStatus, Balancing, BatteryMode, CellRange, CellVoltages, Command, DalyState, Message, MosfetEcho,
-    MosfetStatus, Rated, Request, SetSocAck, Soc, Status, TemperatureRange, Temperatures, Text,
+    Address, AlarmStatus, Balancing, BatteryMode, CellRange, CellVoltages, Command, DalyState, Frame, Message,
+    MosfetEcho, MosfetStatus, Rated, Request, SetSocAck, Soc, Status, TemperatureRange, Temperatures, Text,
 };
 
 use super::battery::{Conditions, Pack, PackConfig};
+use super::fault::{raise_top_bits, sum_preserving};
+use super::rng::Rng;
 use super::{Responder, Response};
 
 /// Length of every A5 request.
@@ -54,6 +56,45 @@ impl DalyBus {
             Address::Board(n) => (n, false),
         };
         self.boards.iter_mut().find(|b| b.number == number).map(|b| (b, uart))
+    }
+
+    /// The board a request's host address selects, to look at.
+    fn board(&self, address: Address) -> Option<&Board> {
+        let number = match address {
+            Address::Rs485 | Address::Uart => 1,
+            Address::Board(n) => n,
+        };
+        self.boards.iter().find(|b| b.number == number)
+    }
+}
+
+/// Where a gross fault may strike one reply frame: (byte raised, byte lowered by as much), frame offsets. Each
+/// pair is a ranged value's most significant byte and a byte whose change is harmless or makes the same value
+/// larger still: the value's own least significant byte, or an unused temperature slot of the same frame.
+fn gross_pairs(frame: &[u8], cells: usize, sensors: usize) -> Vec<(usize, usize)> {
+    // Frame offsets: data byte i is frame byte 4 + i.
+    let Some(&command) = frame.get(2) else { return Vec::new() };
+    let number = usize::from(frame.get(4).copied().unwrap_or_default());
+    match Command::from_code(command) {
+        // Total voltage, current (offset 30000) and SOC, each u16 in 0.1 units.
+        Some(Command::Soc) => vec![(4, 5), (8, 9), (10, 11)],
+        // Remaining capacity, u32 mAh in data bytes 4–7.
+        Some(Command::Mosfet) => vec![(8, 11)],
+        // Frame n carries cells 3n−2…3n as u16 mV in data bytes 1–6.
+        Some(Command::CellVoltages) => {
+            (0..3).filter(|j| number >= 1 && 3 * (number - 1) + j < cells).map(|j| (5 + 2 * j, 6 + 2 * j)).collect()
+        }
+        // Frame n carries sensors 7n−6…7n, one byte each (offset 40) in data bytes 1–7; the slots past the
+        // sensor count are unused, and only they may be lowered (a lowered reading would still look real).
+        Some(Command::Temperatures) if number >= 1 => {
+            let slot = |j: usize| 7 * (number - 1) + j;
+            let unused = (0..7).find(|&j| slot(j) >= sensors);
+            match unused {
+                Some(spare) => (0..7).filter(|&j| slot(j) < sensors).map(|j| (5 + j, 5 + spare)).collect(),
+                None => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -238,6 +279,34 @@ impl Responder for DalyBus {
             })
             .collect();
         DeviceSnapshot { packs }
+    }
+
+    fn passes_check(&self, _request: &[u8], bytes: &[u8]) -> bool {
+        !bytes.is_empty()
+            && bytes.len().is_multiple_of(FRAME_LEN)
+            && bytes.chunks_exact(FRAME_LEN).all(|frame| Frame::parse(frame).is_ok())
+    }
+
+    fn gross(&self, request: &[u8], reply: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
+        let request = Request::decode(request).ok()?;
+        let board = self.board(request.address)?;
+        let (cells, sensors) = (board.pack.cell_voltages_v().len(), usize::from(board.pack.config().temperatures));
+        let sites: Vec<(usize, usize, usize)> = reply
+            .chunks_exact(FRAME_LEN)
+            .enumerate()
+            .flat_map(|(k, frame)| {
+                gross_pairs(frame, cells, sensors)
+                    .into_iter()
+                    .filter(|&(raise, _)| frame.get(raise).is_some_and(|&b| raise_top_bits(b).is_some()))
+                    .map(move |(raise, lower)| (k, raise, lower))
+            })
+            .collect();
+        let &(k, raise, lower) = sites.get(rng.below(sites.len()))?;
+        let at = k * FRAME_LEN;
+        let frame = sum_preserving(reply.get(at..at + FRAME_LEN)?, raise, lower)?;
+        let mut bytes = reply.to_vec();
+        bytes.get_mut(at..at + FRAME_LEN)?.copy_from_slice(&frame);
+        Some(bytes)
     }
 }
 

@@ -6,12 +6,14 @@ use crate::model::DeviceSnapshot;
 use crate::protocol::daly::alarms;
 use crate::protocol::daly_modbus::d2::{self, Realtime};
 use crate::protocol::daly_modbus::{
-    Map, READ, Request, WRITE, decode_request, encode_exception_reply, encode_read_reply, encode_write_reply,
+    Map, READ, Request, WRITE, crc, decode_request, encode_exception_reply, encode_read_reply, encode_write_reply,
     state_to_raw,
 };
 use crate::protocol::to_hex;
 
 use super::battery::{Pack, PackConfig};
+use super::fault::push_msb_far;
+use super::rng::Rng;
 use super::{Responder, Response};
 
 /// Registers of the simulated image: the extended real-time read (0x00–0x4F), so every real-time window the
@@ -173,6 +175,40 @@ impl Responder for DalyModbusBus {
         let mut device = DeviceSnapshot::default();
         *device.pack_mut(Map::D2.pack_number()) = self.pack.to_snapshot(Map::D2.pack_number());
         device
+    }
+
+    fn passes_check(&self, _request: &[u8], bytes: &[u8]) -> bool {
+        crc::verify(bytes).is_ok()
+    }
+
+    fn gross(&self, request: &[u8], reply: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
+        let Some(Request::Read { start, count }) = parse(request) else { return None };
+        // Only a register read's reply carries values (not an exception reply).
+        if reply.get(1) != Some(&READ) || reply.get(2).map(|&n| u16::from(n)) != Some(count.saturating_mul(2)) {
+            return None;
+        }
+        // Registers with a physical range that the model carries: cells (mV), probes and the MOSFET sensor (°C
+        // offset 40), pack voltage, current (offset 30000) and SOC (0.1 units), remaining capacity (0.1 Ah).
+        let cells = u16::from(self.pack.config().cells);
+        let probes = u16::from(self.pack.config().temperatures);
+        let ranged = |r: u16| {
+            r < cells
+                || (0x20..0x20 + probes).contains(&r)
+                || matches!(r, 0x28 | 0x29 | 0x2A | 0x30 | d2::MOSFET_TEMPERATURE_REGISTER)
+        };
+        // A register's high byte follows the address, function and byte count, two bytes per register.
+        let sites: Vec<usize> = (start..start.saturating_add(count))
+            .filter(|&r| ranged(r))
+            .map(|r| 3 + 2 * usize::from(r - start))
+            .filter(|&at| reply.get(at).is_some_and(|&b| push_msb_far(b, false).is_some()))
+            .collect();
+        let &at = sites.get(rng.below(sites.len()))?;
+        let mut bytes = reply.get(..reply.len().checked_sub(2)?)?.to_vec();
+        let byte = bytes.get_mut(at)?;
+        *byte = push_msb_far(*byte, false)?;
+        // The CRC is recomputed: the frame is as valid as the board's own.
+        crc::append(&mut bytes);
+        Some(bytes)
     }
 }
 

@@ -36,4 +36,25 @@ pub trait Responder: Send {
     fn step(&mut self, dt_s: f64);
     /// The true state, in the model's units, for tests to compare decoded values with.
     fn truth(&self) -> DeviceSnapshot;
+    /// Whether every frame in `bytes`, the reply to `request` as the wire would carry it (possibly damaged), still
+    /// passes the protocol's frame check, for the `multibyte` fault. The default (for test doubles) says none does.
+    fn passes_check(&self, _request: &[u8], _bytes: &[u8]) -> bool {
+        false
+    }
+    /// The `gross` fault's reply: `reply` with a ranged value far out of range and its checks passing
+    /// ([`fault::Tamper::gross`]). The default (for test doubles) has none.
+    fn gross(&self, _request: &[u8], _reply: &[u8], _rng: &mut rng::Rng) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+// Every simulated bus answers the fault plan's questions about its framing.
+impl<R: Responder + ?Sized> fault::Tamper for R {
+    fn passes_check(&self, request: &[u8], bytes: &[u8]) -> bool {
+        Responder::passes_check(self, request, bytes)
+    }
+
+    fn gross(&self, request: &[u8], reply: &[u8], rng: &mut rng::Rng) -> Option<Vec<u8>> {
+        Responder::gross(self, request, reply, rng)
+    }
 }

@@ -14,13 +14,15 @@
 
 use crate::model::{DeviceSnapshot, SensorId, Temperature};
 use crate::protocol::DecodeError;
+use crate::protocol::pace::analog::TEMP_NOT_FITTED;
 use crate::protocol::pace::{
     ALL_PACKS, CID1_BATTERY, Command, DateTime, Header, PackBlock, Request, StatusBlock, VER_PACE, encode_analog,
-    encode_capacity, encode_date_time, encode_error_reply, encode_pack_count, encode_product_info, encode_status,
-    encode_version, pace_tail, parse_frame,
+    encode_capacity, encode_date_time, encode_error_reply, encode_frame, encode_pack_count, encode_product_info,
+    encode_status, encode_version, pace_tail, parse_frame,
 };
 
 use super::battery::{Pack, PackConfig};
+use super::fault::push_msb_far;
 use super::rng::Rng;
 use super::{Responder, Response};
 
@@ -228,6 +230,45 @@ impl Responder for PaceBus {
             })
             .collect();
         DeviceSnapshot { packs }
+    }
+
+    fn passes_check(&self, _request: &[u8], bytes: &[u8]) -> bool {
+        parse_frame(bytes).is_ok()
+    }
+
+    fn gross(&self, request: &[u8], reply: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
+        // Only the 0x42 analog reply carries ranged values. Its pack voltage (u16 mV) and current (i16, 10 mA)
+        // cannot leave their range far: their whole wire range is 65.5 V and ±327 A, within a few times a real
+        // pack's. Cells (mV), temperatures (0.1 K) and remaining capacity (10 mAh; SOC is remaining / full) can.
+        let Ok(Request { command: Command::Analog(command), .. }) = Request::decode(request) else { return None };
+        let frame = parse_frame(reply).ok()?;
+        let info = frame.info;
+        let blocks = if command == ALL_PACKS { usize::from(*info.get(1)?) } else { 1 };
+        let mut sites = Vec::new();
+        let mut at = 2;
+        for _ in 0..blocks {
+            let m = usize::from(*info.get(at)?);
+            sites.extend((0..m).map(|i| at + 1 + 2 * i));
+            let n_at = at + 1 + 2 * m;
+            let n = usize::from(*info.get(n_at)?);
+            let temps = (0..n).map(|i| n_at + 1 + 2 * i);
+            let fitted = |&t: &usize| {
+                let word = info.get(t..t + 2).map(|w| w.iter().fold(0u16, |a, &b| a << 8 | u16::from(b)));
+                word.is_some_and(|w| w != TEMP_NOT_FITTED)
+            };
+            sites.extend(temps.filter(fitted));
+            // After the temperatures: current (2), voltage (2), remaining (2), P (1), the tail.
+            let remaining = n_at + 1 + 2 * n + 4;
+            sites.push(remaining);
+            at = remaining + 2 + 1 + TAIL_LEN;
+        }
+        sites.retain(|&i| info.get(i).is_some_and(|&b| push_msb_far(b, false).is_some()));
+        let &target = sites.get(rng.below(sites.len()))?;
+        let mut info = info;
+        let byte = info.get_mut(target)?;
+        *byte = push_msb_far(*byte, false)?;
+        // LCHKSUM and CHKSUM are computed anew: the frame is as valid as the master's own.
+        encode_frame(frame.header, &info).ok()
     }
 }
 

@@ -3,6 +3,7 @@
 //! board waits `--latency-ms` before answering, replies leave byte by byte at line speed, and the fault plan
 //! decides what goes wrong.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio_serial::SerialPort as _;
 
 use super::Responder;
 use super::fault::FaultPlan;
+use crate::model::DeviceSnapshot;
 
 /// Line and board timing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,7 +53,7 @@ pub struct ServeOptions {
     pub timing: Timing,
     /// Faults to inject.
     pub faults: FaultPlan,
-    /// Where to keep the true state as JSON, rewritten after every answered request.
+    /// Where to keep the true state as JSON ([`TruthFile`]), rewritten after every answered request.
     pub truth: Option<PathBuf>,
     /// Simulated seconds per wall second (0 freezes the battery, for exact comparisons in tests).
     pub time_scale: f64,
@@ -84,7 +86,7 @@ impl std::fmt::Display for LineStats {
 /// Serve `device` at `endpoint` until the process is stopped. Over TCP, clients are served one at a time and
 /// may reconnect; on a PTY the link stays up for the program's life.
 pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options: ServeOptions) -> anyhow::Result<()> {
-    write_truth(device, options.truth.as_deref())?;
+    write_truth(device, &options.faults, options.truth.as_deref())?;
     match endpoint {
         Endpoint::Pty(link) => {
             let (master, slave) = tokio_serial::SerialStream::pair().context("creating a pseudo-terminal pair")?;
@@ -190,12 +192,14 @@ async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             let Some(response) = device.respond(&request) else { continue };
-            let outcome = options.faults.apply(&request, response.reply, || response.other);
+            let outcome = options.faults.apply(&request, response, &*device);
             if outcome.silence_s > 0.0 {
                 silent_until = Some(now + Duration::from_secs_f64(outcome.silence_s));
+                write_truth(device, &options.faults, options.truth.as_deref())?;
                 continue;
             }
             if outcome.close {
+                write_truth(device, &options.faults, options.truth.as_deref())?;
                 return Ok(());
             }
             // The board sees the request's last byte only after its wire time, then turns around.
@@ -204,7 +208,7 @@ async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
             write_paced(link, &outcome.bytes, options.timing).await?;
             stats.replies += 1;
             stats.bytes_out += outcome.bytes.len() as u64;
-            write_truth(device, options.truth.as_deref())?;
+            write_truth(device, &options.faults, options.truth.as_deref())?;
         }
     }
 }
@@ -224,10 +228,22 @@ async fn write_paced<L: AsyncWrite + Unpin>(link: &mut L, bytes: &[u8], timing: 
     Ok(())
 }
 
+/// The truth file's document: the true state as the model holds it (`packs`, as [`DeviceSnapshot`] serialises)
+/// and, beside it, the faults injected so far by kind (`faults`: every configured kind, 0 until it strikes).
+#[derive(Debug, serde::Serialize)]
+pub struct TruthFile<'a> {
+    /// The true state.
+    #[serde(flatten)]
+    pub device: DeviceSnapshot,
+    /// Faults injected so far, by kind name.
+    pub faults: &'a BTreeMap<&'static str, u64>,
+}
+
 /// Rewrite the truth file atomically (write a sibling, then rename), so readers never see half a document.
-fn write_truth(device: &dyn Responder, path: Option<&Path>) -> anyhow::Result<()> {
+fn write_truth(device: &dyn Responder, faults: &FaultPlan, path: Option<&Path>) -> anyhow::Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let json = serde_json::to_vec_pretty(&device.truth()).context("encoding the truth file")?;
+    let truth = TruthFile { device: device.truth(), faults: faults.counts() };
+    let json = serde_json::to_vec_pretty(&truth).context("encoding the truth file")?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))

@@ -5,10 +5,12 @@ use crate::model::{DeviceSnapshot, PackState, SensorId};
 use crate::protocol::sinowealth::registers::{MAX_CELLS, active_flags, flags_from_names};
 use crate::protocol::sinowealth::{
     BATTERY_STATUS_BITS, BatteryStatus, KELVIN_OFFSET_C, PACK_STATUS_BITS, PackStatus, REQUEST_START, Register, Value,
-    decode_request, encode_reply,
+    check_byte, decode_request, encode_reply,
 };
 
 use super::battery::{Pack, PackConfig};
+use super::fault::push_msb_far;
+use super::rng::Rng;
 use super::{Responder, Response};
 
 /// Fewest series cells the pack-config register can describe (its bits 0–2 hold cells − 3).
@@ -152,6 +154,40 @@ impl Responder for SinowealthBus {
         }
         *device.pack_mut(1) = pack;
         device
+    }
+
+    fn passes_check(&self, request: &[u8], bytes: &[u8]) -> bool {
+        let Ok(register) = decode_request(request) else { return false };
+        match bytes.split_last() {
+            Some((&check, data)) => {
+                data.len() == usize::from(register.data_len()) && check_byte(register, data) == check
+            }
+            None => false,
+        }
+    }
+
+    fn gross(&self, request: &[u8], reply: &[u8], _rng: &mut Rng) -> Option<Vec<u8>> {
+        // One register per reply: push its value's most significant byte (data byte 0, big-endian) if the register
+        // has a physical range the model carries. Current and remaining capacity are signed (s32).
+        let register = decode_request(request).ok()?;
+        let signed = match register {
+            Register::Cell(_)
+            | Register::PackVoltage
+            | Register::ExternalTemperature1
+            | Register::ExternalTemperature2
+            | Register::IcTemperature1
+            | Register::Rsoc => false,
+            Register::Current | Register::RemainingCapacity => true,
+            _ => return None,
+        };
+        let (_, data) = reply.split_last()?;
+        let mut data = data.to_vec();
+        let msb = data.first_mut()?;
+        *msb = push_msb_far(*msb, signed)?;
+        // The CRC-8 is recomputed over request and data: the reply is as valid as the board's own.
+        let check = check_byte(register, &data);
+        data.push(check);
+        Some(data)
     }
 }
 
