@@ -16,7 +16,7 @@ included; only 127.0.0.1 is used, on ports picked at run time.
 
 Run (Python 3 standard library only):
     cargo build --locked && python3 scripts/soak.py                      # 2 minutes, 5 % of each kind
-    python3 scripts/soak.py --polls 10000 --binary target/release/bms_exporter
+    python3 scripts/soak.py --polls 10000 --probe --binary target/release/bms_exporter   # the long run
     python3 scripts/soak.py --faults gross,multibyte --rate 0.1 --duration 60 --verbose --keep
 
 Faults: drop, corrupt, multibyte, gross, truncate, delay:0.4 (past the 300 ms timeout), garbage, echo,
@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -338,6 +339,9 @@ class Soak:
         self.learned_alarms = {}  # device -> set of alarm series keys seen when first complete
         self.down_scrapes = {d: 0 for d in devices}
         self.last = {}
+        # --probe: one thread per device; the checks and counters are shared under this lock.
+        self.lock = threading.Lock()
+        self.latest = {}  # device -> the samples of its last /probe
 
     def scrape(self):
         body = http_get(f"http://{self.addr}/metrics")
@@ -348,6 +352,17 @@ class Soak:
         for device, d in self.devices.items():
             self.check_device(device, d, samples, now)
         return samples
+
+    def probe(self, device):
+        """One `/probe?target=DEVICE` scrape (--probe mode): polls only that device, checked like a /metrics one."""
+        body = http_get(f"http://{self.addr}/probe?target={device}")
+        samples = parse_metrics(body)
+        now = time.time()
+        with self.lock:
+            self.scrapes += 1
+            self.latest[device] = samples
+            self.last = {k: v for s in self.latest.values() for k, v in s.items()}
+            self.check_device(device, self.devices[device], samples, now)
 
     def check_device(self, device, d, samples, now):
         n = self.scrapes
@@ -524,7 +539,9 @@ def run(args):
         start_stats = proc_stats(exporter.pid)
         started = time.monotonic()
         next_report = started + 15
-        while True:
+        if args.probe:
+            probe_run(soak, args, exporter, workdir, started)
+        while not args.probe:
             if exporter.poll() is not None:
                 raise RunError(f"the exporter exited ({exporter.returncode}) during the run:\n"
                                + open(os.path.join(workdir, "serve.log")).read()[-4000:])
@@ -551,6 +568,48 @@ def run(args):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def probe_run(soak, args, exporter, workdir, started):
+    """--probe: every device scraped through /probe by a thread of its own, so a slow device (Sinowealth settles
+    each register on the line's quiet) does not hold the others' polls back; stops like the /metrics loop."""
+    stop = threading.Event()
+    errors = []
+
+    def loop(device):
+        try:
+            while not stop.is_set():
+                begun = time.monotonic()
+                soak.probe(device)
+                stop.wait(max(0.0, begun + MIN_SCRAPE_INTERVAL_S - time.monotonic()))
+        except Exception as error:  # reported by the main thread, which stops the run
+            errors.append(f"{device}: {error!r}")
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(device,), daemon=True) for device in soak.devices]
+    for t in threads:
+        t.start()
+    next_report = started + 15
+    try:
+        while not stop.is_set():
+            stop.wait(0.2)
+            if exporter.poll() is not None:
+                raise RunError(f"the exporter exited ({exporter.returncode}) during the run:\n"
+                               + open(os.path.join(workdir, "serve.log")).read()[-4000:])
+            elapsed = time.monotonic() - started
+            with soak.lock:
+                polls, wrong, missing, scrapes = soak.polls(), len(soak.wrong), soak.missing, soak.scrapes
+            if (args.polls and polls >= args.polls) or elapsed >= args.duration:
+                break
+            if time.monotonic() >= next_report:
+                next_report += 15
+                log(f"soak: {elapsed:.0f} s, {scrapes} scrapes, {polls:.0f} polls, {wrong} wrong, {missing} missing")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    if errors:
+        raise RunError("a probe thread failed: " + "; ".join(errors))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -563,6 +622,9 @@ def main():
     parser.add_argument("--faults", default="all",
                         help="comma-separated kinds to inject (default all: " + ", ".join(FAULT_KINDS) + ")")
     parser.add_argument("--baud", type=int, default=0, help="simulated line speed (0: no pacing, the default)")
+    parser.add_argument("--probe", action="store_true",
+                        help="scrape each device's /probe from a thread of its own instead of /metrics in one loop "
+                             "(more polls per minute: the long runs use it)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, truth, config)")
     parser.add_argument("--verbose", action="store_true", help="print every wrong and missing sample")
     args = parser.parse_args()

@@ -106,9 +106,14 @@ impl RetainedPack {
         let values = &mut self.values;
         merge_scalars(values, &mut self.scalars, new, now);
         if !new.cell_volts.is_empty() {
-            // The reply that gave cells also gave their count: a shorter list means fewer cells now.
-            values.cell_volts.resize(new.cell_volts.len(), None);
-            self.cells.resize(new.cell_volts.len(), 0.0);
+            // A shorter list is not news by itself (a poll whose last cell request failed ends early); only a
+            // cell count the device reported removes cells beyond it.
+            let len = match new.cell_count {
+                Some(count) => usize::from(count).max(new.cell_volts.len()),
+                None => values.cell_volts.len().max(new.cell_volts.len()),
+            };
+            values.cell_volts.resize(len, None);
+            self.cells.resize(len, 0.0);
             for ((value, at), cell) in values.cell_volts.iter_mut().zip(&mut self.cells).zip(&new.cell_volts) {
                 if cell.is_some() {
                     *value = *cell;
@@ -316,15 +321,20 @@ mod tests {
     }
 
     #[test]
-    fn fewer_cells_in_a_later_reply_shorten_the_list_and_probes_are_kept_by_sensor() {
+    fn only_a_reported_cell_count_shortens_the_list_and_probes_are_kept_by_sensor() {
         let mut kept = Retained::default();
         kept.update(&device(vec![full(1, 52.0)]), T0);
+        // A poll whose last cell request failed: two cells, no count. Cell 3 keeps its value.
         let mut next = PackSnapshot::new(1);
         next.cell_volts = vec![Some(3.2), Some(3.25)];
         next.temperatures = vec![Temperature { sensor: SensorId::Mosfet, celsius: 30.0 }];
-        kept.update(&device(vec![next]), T0 + 1.0);
+        kept.update(&device(vec![next.clone()]), T0 + 1.0);
         let pack = &kept.view(T0 + 2.0, STALE).packs[0];
-        assert_eq!(pack.cell_volts, vec![Some(3.2), Some(3.25)]);
+        assert_eq!(pack.cell_volts, vec![Some(3.2), Some(3.25), Some(3.303)]);
         assert_eq!(pack.temperatures.len(), 2, "probe 1 kept beside the new MOSFET sensor");
+        // The device says it has two cells now: the third goes.
+        next.cell_count = Some(2);
+        kept.update(&device(vec![next]), T0 + 3.0);
+        assert_eq!(kept.view(T0 + 4.0, STALE).packs[0].cell_volts, vec![Some(3.2), Some(3.25)]);
     }
 }
