@@ -18,6 +18,7 @@ Run (Python 3 standard library only):
     cargo build --locked && python3 scripts/soak.py                      # 2 minutes, 5 % of each kind
     python3 scripts/soak.py --polls 10000 --probe --binary target/release/bms_exporter   # the long run
     python3 scripts/soak.py --faults gross,multibyte --rate 0.1 --duration 60 --verbose --keep
+    python3 scripts/soak.py --devices sinowealth --faults garbage --rate 0.5 --seed 31 --polls 1000   # issue 12
 
 Faults: drop, corrupt, multibyte, gross, truncate, delay:0.4 (past the 300 ms timeout), garbage, echo,
 wrong_command, silent:0.5 (half a second of silence), close; the simulator rolls them in that order per request, at most
@@ -46,7 +47,7 @@ FAULT_KINDS = ["drop", "corrupt", "multibyte", "gross", "truncate", "delay:0.4",
 DEVICES = [
     ("daly", "daly", ["--cells", "16", "--temperatures", "4"], ""),
     ("modbus", "daly-modbus", ["--cells", "16", "--temperatures", "4"], ""),
-    ("sinowealth", "sinowealth", ["--cells", "8"], ""),
+    ("sinowealth", "sinowealth", ["--cells", "8", "--temperatures", "2"], ""),
     ("pace", "pace", ["--packs", "2", "--cells", "16", "--temperatures", "6"],
      "    pace: { address: 1, packs: all }\n"),
 ]
@@ -519,7 +520,10 @@ def run(args):
         devices = {}
         config = ["defaults:", f"  timeout: {TIMEOUT_MS}ms", "  retries: 3", "  request_gap: 0ms",
                   "  max_age: 0s", f"  stale_after: {STALE_AFTER_S:.0f}s", "devices:"]
-        for i, (device, protocol, sim_args, extra) in enumerate(DEVICES):
+        chosen = [d for d in DEVICES if args.devices == "all" or d[0] in args.devices.split(",")]
+        if not chosen:
+            raise RunError(f"--devices {args.devices!r} names none of " + ", ".join(d[0] for d in DEVICES))
+        for i, (device, protocol, sim_args, extra) in enumerate(chosen):
             addr, truth_path = start_simulator(binary, workdir, protocol, sim_args, faults, args.rate,
                                                args.seed + i, args.baud)
             config.append(f"  - name: {device}\n    protocol: {protocol}\n    tcp: {addr}\n{extra.rstrip()}")
@@ -622,6 +626,9 @@ def main():
     parser.add_argument("--faults", default="all",
                         help="comma-separated kinds to inject (default all: " + ", ".join(FAULT_KINDS) + ")")
     parser.add_argument("--baud", type=int, default=0, help="simulated line speed (0: no pacing, the default)")
+    parser.add_argument("--devices", default="all",
+                        help="comma-separated devices to run (default all: " + ", ".join(d[0] for d in DEVICES)
+                             + "); the first gets --seed, the next --seed + 1, …")
     parser.add_argument("--probe", action="store_true",
                         help="scrape each device's /probe from a thread of its own instead of /metrics in one loop "
                              "(more polls per minute: the long runs use it)")

@@ -72,9 +72,13 @@ pub const PACK_TO_CELL_SUM_TOLERANCE_RATIO: f64 = 0.20;
 /// for resolution: Daly sends the pack voltage in 0.1 V, and a 3S pack's 20 % is only ~2 V.
 pub const PACK_TO_CELL_SUM_TOLERANCE_VOLTS: f64 = 1.0;
 
-/// Largest capacity, 10,000 Ah: ten times the largest single cells sold (560–1,000 Ah), for the biggest
-/// parallel bank one BMS manages; a corrupted 32-bit capacity word lands far above.
-pub const CAPACITY_MAX_AMPERE_HOURS: f64 = 10_000.0;
+/// Largest capacity, 5,000 Ah: five times the largest single cells sold (560–1,000 Ah), and ten hours at the
+/// 500 A of the largest boards of these families, for the biggest parallel bank one BMS manages (D2's 0.1 Ah
+/// register cannot say more than 6,553.5 Ah). A corrupted capacity word lands above it: the D2 reply carries
+/// the remaining capacity with no full capacity to judge it against, so this bound is all that stands between
+/// a raised high byte (≥ 5,734.4 Ah once its top bits are set) and the export; a corrupted 32-bit word (Daly
+/// 0x93, 0x50) lands far above.
+pub const CAPACITY_MAX_AMPERE_HOURS: f64 = 5_000.0;
 
 /// How far remaining capacity may exceed full capacity, as a share of full: 5 %. Coulomb counters drift between
 /// full-charge recalibrations and some boards count past full before they correct, but a remaining capacity
@@ -141,7 +145,7 @@ fn check_ranges(pack: &PackSnapshot) -> Result<(), DecodeError> {
     implausible(all(pack.voltage_volts, 0.0, PACK_VOLTS_MAX), "pack voltage outside 0–240 V")?;
     let capacities =
         [pack.remaining_capacity_ampere_hours, pack.full_capacity_ampere_hours, pack.design_capacity_ampere_hours];
-    implausible(all(capacities.into_iter().flatten(), 0.0, CAPACITY_MAX_AMPERE_HOURS), "capacity outside 0–10,000 Ah")?;
+    implausible(all(capacities.into_iter().flatten(), 0.0, CAPACITY_MAX_AMPERE_HOURS), "capacity outside 0–5,000 Ah")?;
     implausible(pack.cycle_count.is_none_or(|c| c <= CYCLE_COUNT_MAX), "cycle count above 20,000")?;
     implausible(pack.cell_count.is_none_or(|n| n <= MAX_SERIES_CELLS), "more than 48 series cells")?;
     implausible(
@@ -284,7 +288,7 @@ mod tests {
         }
         let mut p = pack();
         p.remaining_capacity_ampere_hours = Some(-0.01);
-        assert_eq!(why(&p), Some("capacity outside 0–10,000 Ah"));
+        assert_eq!(why(&p), Some("capacity outside 0–5,000 Ah"));
         let mut p = pack();
         p.cycle_count = Some(CYCLE_COUNT_MAX + 1);
         assert_eq!(why(&p), Some("cycle count above 20,000"));
