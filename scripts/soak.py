@@ -20,8 +20,9 @@ Run (Python 3 standard library only):
     python3 scripts/soak.py --faults gross,multibyte --rate 0.1 --duration 60 --verbose --keep
 
 Faults: drop, corrupt, multibyte, gross, truncate, delay:0.4 (past the 300 ms timeout), garbage, echo,
-wrong_command, silent:0.5 (half a second of silence), close; the simulator rolls them in that order per request, at most
-one striking, so later kinds strike a little less often than --rate (the counts are printed).
+wrong_command, silent:0.5 (half a second of silence), close; the simulator rolls them in that order per request,
+at most one striking, so later kinds strike a little less often than --rate (the counts are printed). Scrapes ask
+for a 2 s deadline: a device still polling then is served from its last snapshot, as Prometheus would see it.
 """
 import argparse
 import json
