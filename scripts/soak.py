@@ -21,8 +21,9 @@ Run (Python 3 standard library only):
     python3 scripts/soak.py --devices sinowealth --faults garbage --rate 0.5 --seed 31 --polls 1000   # issue 12
 
 Faults: drop, corrupt, multibyte, gross, truncate, delay:0.4 (past the 300 ms timeout), garbage, echo,
-wrong_command, silent:0.5 (half a second of silence), close; the simulator rolls them in that order per request, at most
-one striking, so later kinds strike a little less often than --rate (the counts are printed).
+wrong_command, silent:0.5 (half a second of silence), close; the simulator rolls them in that order per request,
+at most one striking, so later kinds strike a little less often than --rate (the counts are printed). Scrapes ask
+for a 2 s deadline: a device still polling then is served from its last snapshot, as Prometheus would see it.
 """
 import argparse
 import json
@@ -543,27 +544,36 @@ def run(args):
         start_stats = proc_stats(exporter.pid)
         started = time.monotonic()
         next_report = started + 15
-        if args.probe:
-            probe_run(soak, args, exporter, workdir, started)
-        while not args.probe:
-            if exporter.poll() is not None:
-                raise RunError(f"the exporter exited ({exporter.returncode}) during the run:\n"
-                               + open(os.path.join(workdir, "serve.log")).read()[-4000:])
-            scrape_started = time.monotonic()
-            soak.scrape()
-            elapsed = time.monotonic() - started
-            if args.polls and soak.polls() >= args.polls:
-                break
-            if elapsed >= args.duration:
-                break
-            time.sleep(max(0.0, scrape_started + MIN_SCRAPE_INTERVAL_S - time.monotonic()))
-            if time.monotonic() >= next_report:
-                next_report += 15
-                log(f"soak: {elapsed:.0f} s, {soak.scrapes} scrapes, {soak.polls():.0f} polls, "
-                    f"{len(soak.wrong)} wrong, {soak.missing} missing")
+        interrupted = None
+        try:
+            if args.probe:
+                probe_run(soak, args, exporter, workdir, started)
+            while not args.probe:
+                if exporter.poll() is not None:
+                    raise RunError(f"the exporter exited ({exporter.returncode}) during the run:\n"
+                                   + open(os.path.join(workdir, "serve.log")).read()[-4000:])
+                scrape_started = time.monotonic()
+                soak.scrape()
+                elapsed = time.monotonic() - started
+                if args.polls and soak.polls() >= args.polls:
+                    break
+                if elapsed >= args.duration:
+                    break
+                time.sleep(max(0.0, scrape_started + MIN_SCRAPE_INTERVAL_S - time.monotonic()))
+                if time.monotonic() >= next_report:
+                    next_report += 15
+                    log(f"soak: {elapsed:.0f} s, {soak.scrapes} scrapes, {soak.polls():.0f} polls, "
+                        f"{len(soak.wrong)} wrong, {soak.missing} missing")
+        except KeyboardInterrupt as stop:
+            # A long run stopped early still reports what it saw, then exits as interrupted.
+            interrupted = stop
         wall = time.monotonic() - started
         end_stats = proc_stats(exporter.pid)
-        return summary(soak, args, (start_stats, end_stats), wall)
+        status = summary(soak, args, (start_stats, end_stats), wall)
+        if interrupted is not None:
+            log(f"soak: interrupted ({interrupted}) after {wall:.0f} s; the summary covers that part")
+            raise interrupted
+        return status
     finally:
         stop_children()
         if args.keep:
