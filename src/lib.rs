@@ -1,7 +1,7 @@
 //! bms_exporter: reads battery management systems (Daly, Daly Modbus-style, Sinowealth, Pace) and publishes
 //! what they report.
 //!
-//! The crate is layered bottom-up (see `../shared/STYLE.md` §2): [`model`] holds the protocol-neutral pack
+//! The crate is layered bottom-up: [`model`] holds the protocol-neutral pack
 //! snapshot, [`protocol`] turns bytes into typed messages and applies them to the model. Both layers are pure:
 //! no I/O, no clock and no logging, so every byte path is testable with plain `#[test]`s. [`cli`] is the
 //! command-line glue on top.

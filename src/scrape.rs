@@ -1,5 +1,5 @@
 //! What a scrape sees: asks each device's bus worker for a snapshot no older than `max_age`, waits for it up to a
-//! deadline below the scrape timeout, and otherwise serves the latest status the worker has (DESIGN.md §4).
+//! deadline below the scrape timeout, and otherwise serves the latest status the worker has.
 //!
 //! The bus workers do the polling and the single-flight sharing and publish every poll's status; this layer only
 //! bounds how long an HTTP request waits and decides freshness (`stale_after`).

@@ -1,6 +1,6 @@
 //! Last good values of one device, field by field: each poll's snapshot refreshes what it provided and leaves
 //! everything else as it was, with the time each value was last confirmed, so a failed request never removes a
-//! good value before `stale_after` and a stale value is never served as fresh (DESIGN.md §5).
+//! good value before `stale_after` and a stale value is never served as fresh.
 //!
 //! Pure: times are Unix seconds passed in by the caller. The grain is the field (one cell, one probe, one
 //! scalar), so a device whose polls keep failing on one request still exports everything that keeps answering,

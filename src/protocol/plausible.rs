@@ -1,6 +1,6 @@
 //! Plausibility: the physical limits every decoded value must respect, in one place, so that a reply whose
 //! checksum passes but whose values cannot be real (a 17 V cell, 1,400 °C, SOC above 100 %) is rejected as
-//! [`DecodeError::Implausible`], asked again and never exported (DESIGN.md §6: a checksum alone is too weak on
+//! [`DecodeError::Implausible`], asked again and never exported (a checksum alone is too weak on
 //! noisy lines — an 8-bit sum or check byte passes one noise pattern in 256).
 //!
 //! The limits judge the model's values, after each protocol's own scaling, so one table serves every protocol.
@@ -35,13 +35,13 @@ pub const TEMPERATURE_MAX_CELSIUS: f64 = 150.0;
 pub const STATE_OF_CHARGE_MAX_RATIO: f64 = 1.0;
 
 /// Highest state of health as a ratio, 1.5 (150 %). Pace derives SOH as full / design capacity and real packs
-/// exceed their nameplate (`protocols/pace.md` §6.2: 103.46 %; the model exports it unclamped), so 100 % would
+/// exceed their nameplate (a real capture in `tests/fixtures/vectors/pace.json` reads 103.46 %; the model exports it unclamped), so 100 % would
 /// reject healthy packs; 150 % still leaves room for a design capacity set a little low in the BMS, while a
 /// corrupted capacity word lands far above.
 pub const STATE_OF_HEALTH_MAX_RATIO: f64 = 1.5;
 
 /// Largest current magnitude, 2,000 A: four times the largest Daly board (500 A) and ten times a Pace pack
-/// (200 A); the Daly wire range reaches −3,000…+3,553.5 A (`protocols/daly.md` §6.1), so a corrupted current
+/// (200 A); the Daly wire range reaches −3,000…+3,553.5 A (offset 30,000 in 0.1 A), so a corrupted current
 /// word usually lands outside. (dbus-serialbattery retries Daly frames above 1,000 A.)
 pub const CURRENT_MAX_AMPERES: f64 = 2000.0;
 
