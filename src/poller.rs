@@ -86,6 +86,11 @@ struct Ask {
 /// The latest status of each device on a bus, written by its worker after every poll.
 type Latest = Arc<[Mutex<Option<Arc<DeviceStatus>>>]>;
 
+/// The status in `latest` of device `device`.
+fn read(latest: &Latest, device: usize) -> Option<Arc<DeviceStatus>> {
+    latest.get(device).and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
+}
+
 /// A cheap, cloneable handle to a bus worker.
 #[derive(Debug, Clone)]
 pub struct BusHandle {
@@ -106,7 +111,7 @@ impl BusHandle {
     /// so a poll longer than a scrape's deadline still refreshes what the next scrape serves.
     #[must_use]
     pub fn latest(&self, device: usize) -> Option<Arc<DeviceStatus>> {
-        self.latest.get(device).and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        read(&self.latest, device)
     }
 
     /// The status of device `device` after a poll that ended no more than `max_age` before this call; runs a
@@ -209,8 +214,7 @@ struct Worker {
     port: Port,
     settings: Settings,
     devices: Vec<DeviceSpec>,
-    status: Vec<Option<Arc<DeviceStatus>>>,
-    /// Where every new status is published for [`BusHandle::latest`].
+    /// Each device's latest status, published for [`BusHandle::latest`] too.
     latest: Latest,
     /// When the poll that last used the bus ended (the quiet gap counts from there).
     bus_quiet_since: Option<Instant>,
@@ -218,12 +222,10 @@ struct Worker {
 
 impl Worker {
     fn new(spec: BusSpec, latest: Latest) -> Self {
-        let count = spec.devices.len();
         Self {
             port: Port { transport: spec.transport, link: None, retry_at: None, last_error: None },
             settings: spec.settings,
             devices: spec.devices,
-            status: vec![None; count],
             latest,
             bus_quiet_since: None,
         }
@@ -231,12 +233,12 @@ impl Worker {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Ask>) {
         while let Some(ask) = rx.recv().await {
-            let fresh = self.status.get(ask.device).and_then(Option::as_ref).filter(|s| {
+            let fresh = read(&self.latest, ask.device).filter(|s| {
                 let finished = Instant::from_std(s.last.finished);
                 finished + ask.max_age >= ask.asked_at
             });
             let status = match fresh {
-                Some(status) => Arc::clone(status),
+                Some(status) => status,
                 None => match self.poll(ask.device, ask.deadline).await {
                     Some(status) => status,
                     None => continue, // no such device: dropping the sender tells the caller
@@ -272,12 +274,9 @@ impl Worker {
             }
         };
         self.bus_quiet_since = Some(Instant::now());
-        let previous = self.status.get(index).and_then(Option::as_ref);
-        let status = Arc::new(record(&device.name, previous.map(AsRef::as_ref), report));
+        let previous = read(&self.latest, index);
+        let status = Arc::new(record(&device.name, previous.as_deref(), report));
         log_poll(&status);
-        if let Some(slot) = self.status.get_mut(index) {
-            *slot = Some(Arc::clone(&status));
-        }
         if let Some(slot) = self.latest.get(index) {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&status));
         }
