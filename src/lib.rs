@@ -39,6 +39,7 @@ pub mod control;
 pub mod demo;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod output;
 pub mod poller;
 pub mod protocol;

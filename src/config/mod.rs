@@ -11,6 +11,7 @@ pub mod address;
 mod device;
 mod error;
 mod locate;
+pub mod mqtt;
 mod resolve;
 
 use std::fmt;

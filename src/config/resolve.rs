@@ -30,6 +30,8 @@ pub struct Config {
     pub defaults: Defaults,
     /// The devices, in file order.
     pub devices: Vec<DeviceConfig>,
+    /// MQTT publishing, when configured.
+    pub mqtt: Option<super::mqtt::MqttConfig>,
 }
 
 /// The `defaults:` block with every default filled in.
@@ -235,7 +237,7 @@ pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, Confi
         device::check_shared_bus(&devices, &device, item, &path, src)?;
         devices.push(device);
     }
-    Ok(Config { defaults, devices })
+    Ok(Config { defaults, devices, mqtt: None })
 }
 
 fn resolve_defaults(raw: &RawDefaults, src: &Source<'_>) -> Result<Defaults, ConfigError> {

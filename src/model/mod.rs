@@ -6,6 +6,7 @@
 //! `None` until a reply has provided it, so a partial poll never invents a value.
 
 mod alarm;
+pub mod energy;
 mod retained;
 mod section;
 
