@@ -113,7 +113,7 @@ struct Plan {
 }
 
 enum Source {
-    Config(config::Config),
+    Config(Box<config::Config>),
     Demo(Settings),
 }
 
@@ -125,7 +125,7 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         (Some(path), false) => {
             let config = config::load(path)?;
             let freshness = Freshness { max_age: config.defaults.max_age, stale_after: config.defaults.stale_after };
-            Plan { freshness, source: Source::Config(config) }
+            Plan { freshness, source: Source::Config(Box::new(config)) }
         }
         (None, true) => Plan {
             freshness: Freshness { max_age: Duration::from_secs(5), stale_after: Duration::from_secs(60) },

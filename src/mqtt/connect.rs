@@ -73,21 +73,18 @@ mod tls {
     /// A TLS transport verifying the broker against the CA file (or the system roots without one).
     pub(super) fn transport(config: &MqttConfig) -> anyhow::Result<Transport> {
         let mut roots = RootCertStore::empty();
-        match &config.tls.ca_file {
-            Some(path) => {
-                for cert in certificates(path)? {
-                    roots.add(cert).with_context(|| format!("adding a CA certificate from {}", path.display()))?;
-                }
+        if let Some(path) = &config.tls.ca_file {
+            for cert in certificates(path)? {
+                roots.add(cert).with_context(|| format!("adding a CA certificate from {}", path.display()))?;
             }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                for cert in found.certs {
-                    // A system store may hold certificates rustls cannot use; the rest still verify.
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    bail!("no system CA certificates found for mqtts://; set mqtt.ca_file");
-                }
+        } else {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system store may hold certificates rustls cannot use; the rest still verify.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                bail!("no system CA certificates found for mqtts://; set mqtt.ca_file");
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
