@@ -46,3 +46,52 @@ pub struct DeviceView<'a> {
     /// Energy totals per pack, where the exporter integrated them.
     pub energy: &'a [PackEnergy],
 }
+
+pub mod bmspace;
+pub mod daly_cli;
+pub mod native;
+
+use crate::config::mqtt::{Layout, MqttConfig};
+
+/// The exporter's birth message in the configured layout.
+#[must_use]
+pub fn birth(config: &MqttConfig) -> Option<Message> {
+    match config.layout {
+        Layout::Native => native::birth(config),
+        Layout::DalyBmsCli => daly_cli::birth(config),
+        Layout::Bmspace => bmspace::birth(config),
+    }
+}
+
+/// The last will in the configured layout.
+#[must_use]
+pub fn will(config: &MqttConfig) -> Option<Message> {
+    match config.layout {
+        Layout::Native => native::will(config),
+        Layout::DalyBmsCli => daly_cli::will(config),
+        Layout::Bmspace => bmspace::will(config),
+    }
+}
+
+/// One device's state messages in the configured layout.
+#[must_use]
+pub fn state(config: &MqttConfig, device: &DeviceView<'_>) -> Vec<Message> {
+    match config.layout {
+        Layout::Native => native::state(config, device),
+        Layout::DalyBmsCli => daly_cli::state(config, device),
+        Layout::Bmspace => bmspace::state(config, device),
+    }
+}
+
+/// One device's discovery configs in the configured layout (empty when discovery is off).
+#[must_use]
+pub fn discovery(config: &MqttConfig, device: &DeviceView<'_>) -> Vec<Message> {
+    if !config.discovery.enabled {
+        return Vec::new();
+    }
+    match config.layout {
+        Layout::Native => native::discovery(config, device),
+        Layout::DalyBmsCli => daly_cli::discovery(config, device),
+        Layout::Bmspace => bmspace::discovery(config, device),
+    }
+}
