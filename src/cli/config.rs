@@ -1,6 +1,7 @@
 //! `config check FILE`: validate a configuration file without opening any device, so a change can be tested
 //! before the exporter is restarted with it.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,8 +10,9 @@ use clap::Subcommand;
 /// The `config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate FILE without opening any device: prints "FILE: ok: N devices on M buses" and exits 0, or
-    /// prints the mistake as FILE:LINE:COLUMN: key.path: message to stderr and exits 1.
+    /// Validate FILE without opening any device: prints "FILE: ok: N devices on M buses" (and the MQTT
+    /// broker and layout, if any) and exits 0, or prints the mistake as FILE:LINE:COLUMN: key.path: message to
+    /// stderr and exits 1.
     Check {
         /// The configuration file.
         file: PathBuf,
@@ -23,7 +25,12 @@ pub(super) fn run(command: &ConfigCommand) -> ExitCode {
     match command {
         ConfigCommand::Check { file } => match crate::config::load(file) {
             Ok(config) => {
-                println!("{}: ok: {}", file.display(), summary(config.devices.len(), config.bus_count()));
+                let mut line = format!("{}: ok: {}", file.display(), summary(config.devices.len(), config.bus_count()));
+                // Says where MQTT would go, since a broker cannot be checked without connecting to it.
+                if let Some(mqtt) = &config.mqtt {
+                    let _ = write!(line, "; MQTT to {} in the {} layout", mqtt.broker, mqtt.layout.as_str());
+                }
+                println!("{line}");
                 ExitCode::SUCCESS
             }
             Err(error) => {

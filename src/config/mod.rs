@@ -107,8 +107,8 @@ pub(crate) struct RawConfig {
     pub(crate) defaults: Option<Spanned<RawDefaults>>,
     /// The devices to poll.
     pub(crate) devices: Option<Spanned<Vec<Spanned<RawDevice>>>>,
-    /// MQTT publishing (DESIGN.md §7): recognised so the error can say it is not in this build yet.
-    pub(crate) mqtt: Option<Spanned<IgnoredAny>>,
+    /// MQTT publishing.
+    pub(crate) mqtt: Option<Spanned<mqtt::RawMqtt>>,
 }
 
 /// The `defaults:` block; each value is a duration text or a count, checked in stage two.

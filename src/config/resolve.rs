@@ -10,9 +10,9 @@ use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{MessageFormatter as _, Spanned};
 
 use super::address::ProtocolOptions;
-use super::device;
 use super::locate::{PathIndex, Position, join};
 use super::{ConfigError, Located, RawConfig, RawDefaults};
+use super::{device, mqtt};
 use crate::model::Sections;
 use crate::poller::{BusSpec, DeviceSpec};
 use crate::protocol::{Exchange, Protocol};
@@ -31,7 +31,7 @@ pub struct Config {
     /// The devices, in file order.
     pub devices: Vec<DeviceConfig>,
     /// MQTT publishing, when configured.
-    pub mqtt: Option<super::mqtt::MqttConfig>,
+    pub mqtt: Option<mqtt::MqttConfig>,
 }
 
 /// The `defaults:` block with every default filled in.
@@ -206,13 +206,6 @@ impl Source<'_> {
 
 /// Stage two: check and convert everything.
 pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
-    if let Some(mqtt) = &raw.mqtt {
-        return Err(src.at_key(
-            mqtt,
-            "mqtt",
-            "MQTT publishing is not in this build yet; remove the mqtt: block (Prometheus scrapes /metrics)",
-        ));
-    }
     let defaults = match &raw.defaults {
         Some(d) => resolve_defaults(&d.value, src)?,
         None => Defaults::default(),
@@ -237,7 +230,14 @@ pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, Confi
         device::check_shared_bus(&devices, &device, item, &path, src)?;
         devices.push(device);
     }
-    Ok(Config { defaults, devices, mqtt: None })
+    let mqtt = match &raw.mqtt {
+        Some(block) => Some(mqtt::resolve_mqtt(block, src)?),
+        None => match mqtt::empty_block(src) {
+            Some(error) => return Err(error),
+            None => None,
+        },
+    };
+    Ok(Config { defaults, devices, mqtt })
 }
 
 fn resolve_defaults(raw: &RawDefaults, src: &Source<'_>) -> Result<Defaults, ConfigError> {
