@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bms_exporter::config::address::ProtocolOptions;
+use bms_exporter::config::mqtt::{Broker, Discovery, Layout, MqttConfig, MqttTls};
 use bms_exporter::config::{self, Config, ConfigError, Defaults, MAX_FILE_BYTES, TCP_CONNECT_TIMEOUT};
 use bms_exporter::model::CurrentSign;
 use bms_exporter::protocol::Protocol;
@@ -147,6 +148,46 @@ fn the_single_device_examples_resolve_their_transport_and_options() {
 }
 
 #[test]
+fn the_mqtt_example_spells_out_the_mqtt_defaults_and_config_check_names_the_broker() {
+    let config = example("mqtt-home-assistant.yaml");
+    let mqtt = config.mqtt.expect("the example's mqtt: block");
+    assert_eq!(mqtt.broker, Broker { tls: false, host: "192.168.1.10".to_owned(), port: 1883 });
+    assert!(mqtt.client_id.starts_with("bms_exporter"), "{}", mqtt.client_id);
+    assert_eq!(mqtt.username.as_deref(), Some("bms"));
+    assert_eq!(mqtt.password_file, Some(PathBuf::from("/etc/bms_exporter/mqtt.password")));
+    assert_eq!(mqtt.tls, MqttTls::default());
+    assert_eq!(mqtt.topic_prefix, "bms");
+    assert_eq!(mqtt.interval, Duration::from_secs(10));
+    assert_eq!(mqtt.qos, 1);
+    assert_eq!(mqtt.layout, Layout::Native);
+    assert_eq!(mqtt.discovery, Discovery { enabled: true, prefix: "homeassistant".to_owned() });
+    assert!(!mqtt.control);
+    assert_eq!((mqtt.zero_pad_number_cells, mqtt.zero_pad_number_packs), (0, 0));
+    // Only the keys the defaults cannot supply differ from a block holding nothing but the broker.
+    let bare = config::parse(
+        "devices:\n  - name: house\n    protocol: daly\n    serial: /dev/ttyUSB0\nmqtt:\n  broker: mqtt://192.168.1.10\n",
+        Path::new("bare.yaml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .mqtt
+    .unwrap();
+    assert_eq!(MqttConfig { username: mqtt.username.clone(), password_file: mqtt.password_file.clone(), ..bare }, mqtt);
+    assert!(example("config.yaml").mqtt.is_none(), "the full example keeps its mqtt: block commented out");
+
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .current_dir(root())
+        .args(["config", "check", "examples/mqtt-home-assistant.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "examples/mqtt-home-assistant.yaml: ok: 1 device on 1 bus; MQTT to mqtt://192.168.1.10:1883 in the native \
+         layout\n"
+    );
+}
+
+#[test]
 fn pace_masters_on_one_port_share_a_bus_with_their_own_versions_and_packs() {
     let config = example("pace-multipack-rs485.yaml");
     assert_eq!(config.defaults.request_gap, Duration::from_millis(200));
@@ -204,7 +245,7 @@ devices:
 }
 
 /// The mistakes DESIGN.md §3 and the issue name; each must keep a fixture so none can silently lose its test.
-const REQUIRED_BAD: [&str; 16] = [
+const REQUIRED_BAD: [&str; 20] = [
     "unknown-key",
     "bad-duration",
     "duplicate-name",
@@ -218,6 +259,10 @@ const REQUIRED_BAD: [&str; 16] = [
     "bad-parity",
     "bluetooth",
     "mqtt",
+    "mqtt-password",
+    "mqtt-broker",
+    "mqtt-qos",
+    "mqtt-control-layout",
     "serial-baud-conflict",
     "serial-parity-conflict",
     "syntax-error",
@@ -296,11 +341,14 @@ fn the_error_carries_its_parts_for_callers_that_format_their_own() {
 
 #[test]
 fn hostile_files_are_refused_with_a_located_error_and_no_panic() {
-    // An alias bomb under the one key whose contents are skipped unread: each level doubles, 2^30 expanded.
-    let mut bomb = String::from("devices:\n  - name: ok\n    protocol: daly\n    serial: /dev/ttyUSB0\nmqtt:\n");
-    bomb.push_str("  a0: &a0 [x, x]\n");
+    // An alias bomb under a key whose contents are skipped unread (it is refused whatever it holds): each level
+    // doubles, 2^30 expanded.
+    let mut bomb = String::from(
+        "devices:\n  - name: ok\n    protocol: daly\n    serial: /dev/ttyUSB0\nmqtt:\n  broker: mqtt://b\n  password:\n",
+    );
+    bomb.push_str("    a0: &a0 [x, x]\n");
     for i in 1..30 {
-        bomb.push_str(&format!("  a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1));
+        bomb.push_str(&format!("    a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1));
     }
     let error = error_of(&bomb, "bomb.yaml");
     assert!(error.starts_with("bomb.yaml:") && error.contains("too large or too complex"), "{error}");
