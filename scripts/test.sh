@@ -8,10 +8,10 @@ export CARGO_TERM_COLOR=never
 echo "== system packages"
 # Real peers the tests start: a Prometheus server and promtool (tests/exporter.rs, observability.rs,
 # prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, and strace to hold the
-# systemd unit's syscall filter against the exporter's calls (tests/deploy.rs). Installed only when missing; the
-# tests fail loudly without them.
+# systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), and jq, which the Home Assistant
+# add-on's run.sh needs (tests/addon.rs). Installed only when missing; the tests fail loudly without them.
 need=()
-for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace; do
+for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace jq:jq; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
