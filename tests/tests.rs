@@ -1,5 +1,6 @@
 //! The one integration-test binary (ripgrep's layout): each topic is a module, sharing `util`.
 
+mod addon;
 mod bus;
 mod cli_commands;
 mod cli_decode;
