@@ -11,6 +11,7 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod metrics;
+mod mqtt_cleanup;
 mod mqtt_control;
 mod observability;
 mod pace_vectors;
