@@ -1,6 +1,8 @@
-//! Write commands, for the `set` subcommand only: switch a MOSFET, set the SOC, restart the board (Daly A5).
-//! The HTTP side never imports this module (DESIGN.md §6). Every write is followed by a read-back, and the
-//! verdict says whether the BMS obeyed, because many boards acknowledge a command they then ignore.
+//! Write commands: switch a MOSFET, set the SOC, restart the board (Daly A5). Two callers only: the `set`
+//! subcommand on its own link, and the opt-in MQTT control through the bus worker ([`crate::poller::BusHandle::write`]).
+//! The HTTP side never imports this module and never asks a worker to write. Every write is followed by a
+//! read-back, and the verdict says whether the BMS obeyed, because many boards acknowledge a command they then
+//! ignore.
 
 use std::time::Duration;
 
@@ -171,7 +173,8 @@ pub struct WriteOutcome {
     pub read_back: PollReport,
 }
 
-/// Send `request` (already shown to and confirmed by the user) over `link`, wait, read back and judge.
+/// Send `request` (already shown to and confirmed by the user, or logged by the bus worker) over `link`, wait,
+/// read back and judge.
 pub async fn apply(
     link: &mut Link,
     exchange: &mut DalyExchange,

@@ -3,6 +3,9 @@
 //! per [`RECONNECT_INTERVAL`], waiting for that moment when the caller's deadline allows), and answers [`BusHandle::snapshot`] requests. A request accepts any poll that finished no earlier than
 //! `max_age` before it was asked, so callers that arrive while a poll runs share that poll (single-flight).
 //!
+//! Writes ([`BusHandle::write`], for MQTT control) run on the same worker between polls, over the same link,
+//! through the guarded path of [`crate::control::apply`]: nothing else ever opens a second path to a device.
+//!
 //! [`drive`] is the loop that feeds a pure [`Session`] from a [`Link`]; the `set` command uses it directly.
 
 use std::collections::BTreeMap;
@@ -13,8 +16,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 
+use crate::control::{self, Action, Clock, WriteOutcome};
 use crate::model::{Retained, Sections};
-use crate::protocol::{Exchange, to_hex};
+use crate::protocol::{Exchange, Protocol, to_hex};
 use crate::session::{PollReport, RequestFailure, Session, Settings};
 use crate::transport::{self, Link, TransportSettings};
 
@@ -72,6 +76,103 @@ pub struct DeviceStatus {
 #[error("the bus worker has stopped")]
 pub struct WorkerGone;
 
+/// Why a write was not run, or did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The worker has stopped.
+    #[error("the bus worker has stopped")]
+    Gone,
+    /// No device has this index on the bus.
+    #[error("there is no device {0} on this bus")]
+    NoDevice(usize),
+    /// The device does not speak the Daly A5 protocol, the only one whose writes this program sends.
+    #[error("{device} speaks {protocol}; only Daly A5 boards (protocol daly) accept writes")]
+    NotDaly {
+        /// The device's name.
+        device: String,
+        /// The protocol it speaks.
+        protocol: Protocol,
+    },
+    /// None of the device's configured boards serves this pack.
+    #[error("{device} has no board for pack {pack}")]
+    NoSuchPack {
+        /// The device's name.
+        device: String,
+        /// The pack asked for.
+        pack: u8,
+    },
+    /// The same action for the same pack is already queued or running; this one was dropped unsent.
+    #[error("the same command for this pack is already queued or running")]
+    Duplicate,
+    /// The action cannot be encoded (an SOC outside 0–100).
+    #[error("{0}")]
+    Invalid(String),
+    /// The link failed while sending or reading back; whether the BMS took the command is unknown.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A write that ran: the verdict, and the device's status after its read-back was recorded.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The acknowledgement, the verdict and the read-back poll.
+    pub outcome: WriteOutcome,
+    /// The device's status with the read-back recorded (what the next scrape or publish serves).
+    pub status: Arc<DeviceStatus>,
+}
+
+/// Writes queued or running, by `(device, pack, action)`: a repeat of one of them is dropped, not queued again.
+type Pending = Arc<Mutex<Vec<(usize, u8, Action)>>>;
+
+/// Holds a write's place in [`Pending`] from the moment it is queued until the worker is done with it (or drops
+/// it), so a caller that stops waiting does not free the slot of a write that still runs.
+#[derive(Debug)]
+struct PendingSlot {
+    pending: Pending,
+    key: (usize, u8, Action),
+}
+
+impl PendingSlot {
+    /// Take the slot for `key`, or `None` when an equal write is already pending.
+    fn take(pending: &Pending, key: (usize, u8, Action)) -> Option<Self> {
+        let mut list = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if list.contains(&key) {
+            return None;
+        }
+        list.push(key);
+        Some(Self { pending: Arc::clone(pending), key })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut list = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = list.iter().position(|k| *k == self.key) {
+            list.swap_remove(at);
+        }
+    }
+}
+
+/// A write request to the worker.
+#[derive(Debug)]
+struct WriteAsk {
+    device: usize,
+    pack: u8,
+    action: Action,
+    reply: oneshot::Sender<Result<Written, WriteError>>,
+    /// Released when the worker drops the request, after it has answered.
+    _slot: PendingSlot,
+}
+
+/// What the worker is asked to do.
+#[derive(Debug)]
+enum Job {
+    /// Serve a snapshot (polling when needed).
+    Snapshot(Ask),
+    /// Send a write, read back and record the result.
+    Write(WriteAsk),
+}
+
 /// A request to the worker.
 #[derive(Debug)]
 struct Ask {
@@ -94,9 +195,12 @@ fn read(latest: &Latest, device: usize) -> Option<Arc<DeviceStatus>> {
 /// A cheap, cloneable handle to a bus worker.
 #[derive(Debug, Clone)]
 pub struct BusHandle {
-    tx: mpsc::Sender<Ask>,
+    tx: mpsc::Sender<Job>,
     names: Arc<[String]>,
     latest: Latest,
+    /// Per device, the packs whose boards accept writes (empty for every protocol but Daly A5).
+    writable: Arc<[Vec<u8>]>,
+    pending: Pending,
 }
 
 impl BusHandle {
@@ -112,6 +216,27 @@ impl BusHandle {
     #[must_use]
     pub fn latest(&self, device: usize) -> Option<Arc<DeviceStatus>> {
         read(&self.latest, device)
+    }
+
+    /// The packs of device `device` that accept writes: the boards of a Daly A5 device, none for other protocols
+    /// (or an unknown index).
+    #[must_use]
+    pub fn writable_packs(&self, device: usize) -> &[u8] {
+        self.writable.get(device).map_or(&[], Vec::as_slice)
+    }
+
+    /// Run `action` on pack `pack` of device `device` through the worker, between its polls and over its link:
+    /// the frame is logged, sent once, and read back after the action's settle time, and the read-back is
+    /// recorded as the device's latest status. A repeat of a write that is still queued or running is dropped
+    /// ([`WriteError::Duplicate`]) rather than sent twice. Only Daly A5 devices accept writes.
+    pub async fn write(&self, device: usize, pack: u8, action: Action) -> Result<Written, WriteError> {
+        let Some(slot) = PendingSlot::take(&self.pending, (device, pack, action)) else {
+            return Err(WriteError::Duplicate);
+        };
+        let (reply, rx) = oneshot::channel();
+        let ask = WriteAsk { device, pack, action, reply, _slot: slot };
+        self.tx.send(Job::Write(ask)).await.map_err(|_| WriteError::Gone)?;
+        rx.await.map_err(|_| WriteError::Gone)?
     }
 
     /// The status of device `device` after a poll that ended no more than `max_age` before this call; runs a
@@ -140,7 +265,7 @@ impl BusHandle {
     ) -> Result<Arc<DeviceStatus>, WorkerGone> {
         let (reply, rx) = oneshot::channel();
         let ask = Ask { device, max_age, asked_at: Instant::now(), deadline, reply };
-        self.tx.send(ask).await.map_err(|_| WorkerGone)?;
+        self.tx.send(Job::Snapshot(ask)).await.map_err(|_| WorkerGone)?;
         rx.await.map_err(|_| WorkerGone)
     }
 }
@@ -150,9 +275,14 @@ impl BusHandle {
 pub fn spawn(spec: BusSpec) -> BusHandle {
     let names: Arc<[String]> = spec.devices.iter().map(|d| d.name.clone()).collect();
     let latest: Latest = spec.devices.iter().map(|_| Mutex::new(None)).collect();
+    let writable: Arc<[Vec<u8>]> = spec
+        .devices
+        .iter()
+        .map(|d| d.exchange.daly().map(|x| x.addresses().iter().map(|a| a.reply_board()).collect()).unwrap_or_default())
+        .collect();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(Worker::new(spec, Arc::clone(&latest)).run(rx));
-    BusHandle { tx, names, latest }
+    BusHandle { tx, names, latest, writable, pending: Pending::default() }
 }
 
 /// The link and its reconnect state.
@@ -231,8 +361,17 @@ impl Worker {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Ask>) {
-        while let Some(ask) = rx.recv().await {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.recv().await {
+            let ask = match job {
+                Job::Snapshot(ask) => ask,
+                Job::Write(ask) => {
+                    let result = self.write(ask.device, ask.pack, ask.action).await;
+                    // The caller may have given up waiting; the read-back is recorded all the same.
+                    let _ = ask.reply.send(result);
+                    continue;
+                }
+            };
             let fresh = read(&self.latest, ask.device).filter(|s| {
                 let finished = Instant::from_std(s.last.finished);
                 finished + ask.max_age >= ask.asked_at
@@ -247,6 +386,55 @@ impl Worker {
             // The caller may have given up waiting; that is not the worker's problem.
             let _ = ask.reply.send(status);
         }
+    }
+
+    /// Send `action` to the board serving pack `pack` of device `index` over this bus's link, read back, and
+    /// record the read-back as the device's latest status (a poll of the sections the action changes).
+    async fn write(&mut self, index: usize, pack: u8, action: Action) -> Result<Written, WriteError> {
+        let device = self.devices.get(index).ok_or(WriteError::NoDevice(index))?;
+        let name = device.name.clone();
+        let Some(daly) = device.exchange.daly() else {
+            return Err(WriteError::NotDaly { device: name, protocol: device.exchange.protocol() });
+        };
+        // A fresh exchange for that one board: the read-back asks only it, and the device's own exchange keeps
+        // its poll plan and caches untouched.
+        let Some((address, mut exchange)) = daly.for_pack(pack) else {
+            return Err(WriteError::NoSuchPack { device: name, pack });
+        };
+        let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let request =
+            action.request(address, Clock::from_unix(unix)).map_err(|e| WriteError::Invalid(e.to_string()))?;
+        let link = self.port.link(None).await.map_err(WriteError::Failed)?;
+        // The bus's quiet gap holds for writes as for polls: some boards miss a frame that follows too closely.
+        if let Some(quiet) = self.bus_quiet_since {
+            sleep_until(quiet + self.settings.request_gap).await;
+        }
+        drain(link).await;
+        tracing::info!(
+            device = %name,
+            pack,
+            action = %action.describe(),
+            frame = %to_hex(&request.encode()),
+            "sending a write"
+        );
+        let result = control::apply(link, &mut exchange, action, request, self.settings).await;
+        self.bus_quiet_since = Some(Instant::now());
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // `apply` fails only when the link does: reopen it on the next use, as a poll would.
+                let message = format!("{error:#}");
+                self.port.lost(&message);
+                return Err(WriteError::Failed(message));
+            }
+        };
+        let previous = read(&self.latest, index);
+        let status = Arc::new(record(&name, previous.as_deref(), outcome.read_back.clone()));
+        log_poll(&status);
+        if let Some(slot) = self.latest.get(index) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&status));
+        }
+        Ok(Written { outcome, status })
     }
 
     /// Poll device `index` now and record the result; `deadline` is when the asking caller stops waiting.

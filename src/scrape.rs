@@ -79,6 +79,12 @@ impl Scraper {
         Self::new(targets, freshness)
     }
 
+    /// The timing rules in force.
+    #[must_use]
+    pub fn freshness(&self) -> Freshness {
+        self.freshness
+    }
+
     /// The configured targets, in configuration order.
     #[must_use]
     pub fn targets(&self) -> &[Target] {

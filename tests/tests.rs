@@ -12,6 +12,8 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod metrics;
+mod mqtt_cleanup;
+mod mqtt_control;
 mod observability;
 mod pace_vectors;
 mod prometheus_rules;

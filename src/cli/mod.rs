@@ -13,12 +13,14 @@ use serde::Serialize;
 mod config;
 mod connection;
 mod detect;
+mod mqtt;
 mod read;
 mod serve;
 
 pub use config::ConfigCommand;
 pub use connection::ConnectionArgs;
 pub use detect::DetectArgs;
+pub use mqtt::{CleanupArgs, MqttCommand};
 pub use read::{CheckArgs, Format, PackArg, ReadArgs};
 pub use serve::{LogFormat, LogLevel, ServeArgs};
 
@@ -66,6 +68,10 @@ pub enum Command {
     /// Work with configuration files (`config check FILE`).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Broker-side maintenance (`mqtt cleanup --config FILE`: remove Home Assistant discovery of devices that are
+    /// no longer configured).
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
 }
 
 /// Arguments of `set`.
@@ -214,7 +220,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(a) => a.connection.verbose,
         Command::Set(a) => a.connection.verbose,
         Command::Detect(a) => a.connection.verbose,
-        Command::Decode(_) | Command::Simulate(_) | Command::Config(_) => false,
+        Command::Decode(_) | Command::Simulate(_) | Command::Config(_) | Command::Mqtt(_) => false,
     };
     init_logging(verbose);
     let result = match command {
@@ -226,6 +232,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Decode(args) => decode(&args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate(&args).map(|()| ExitCode::SUCCESS),
         Command::Config(command) => return config::run(&command),
+        Command::Mqtt(command) => mqtt::run(&command),
     };
     finish(result)
 }

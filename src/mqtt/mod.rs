@@ -48,6 +48,7 @@ pub struct DeviceView<'a> {
 }
 
 pub mod bmspace;
+pub mod cleanup;
 pub mod control;
 pub mod daly_cli;
 pub mod native;

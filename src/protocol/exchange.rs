@@ -87,6 +87,12 @@ pub trait Exchange: Send + fmt::Debug {
 
     /// Everything known after the poll: replies of this poll applied to the model, plus cached values.
     fn snapshot(&self) -> DeviceSnapshot;
+
+    /// The Daly A5 exchange this is, if it is one: only those boards accept writes, and the bus worker builds a
+    /// write's exchange from it (same addresses and decode options). The default: not a Daly A5 device.
+    fn daly(&self) -> Option<&super::daly::exchange::DalyExchange> {
+        None
+    }
 }
 
 /// The most telling rejection seen since a request was sent, for [`Exchange::clear_reply`]: a reply that passed

@@ -115,6 +115,22 @@ impl DalyExchange {
         &self.replies
     }
 
+    /// The boards this exchange polls, in order (one per pack).
+    #[must_use]
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
+    }
+
+    /// A fresh exchange for the one board that serves pack `pack` (its reply board), with this exchange's filler
+    /// and decode options, and that board's address; `None` when no board here serves it. A write and its
+    /// read-back go through such an exchange, so they touch that board only and leave this one's poll state as
+    /// it is.
+    #[must_use]
+    pub fn for_pack(&self, pack: u8) -> Option<(Address, Self)> {
+        let address = self.addresses.iter().copied().find(|a| a.reply_board() == pack)?;
+        Some((address, Self::new(vec![address], self.filler, self.options)))
+    }
+
     fn start(&mut self) {
         self.plan.clear();
         self.current = None;
@@ -263,6 +279,10 @@ impl DalyExchange {
 impl Exchange for DalyExchange {
     fn protocol(&self) -> Protocol {
         Protocol::Daly
+    }
+
+    fn daly(&self) -> Option<&DalyExchange> {
+        Some(self)
     }
 
     fn begin_poll(&mut self, sections: Sections) {
