@@ -480,6 +480,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::{CONTENT_TYPE, render};
+    use crate::model::energy::Energy;
     use crate::model::{
         Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, LevelAlarm, LevelAlarmKind, PackInfo, Retained, Temperature,
     };
@@ -615,10 +616,15 @@ mod tests {
                 error: PollError::Timeout { timeout: Duration::from_secs(1) },
             }]
         };
+        // Two polls a minute apart with these values: one interval integrated for every pack they hold.
+        let device = DeviceSnapshot { packs };
+        let mut energy = Energy::default();
+        energy.update(&device, 1_700_000_040.0, 60.0);
+        energy.update(&device, 1_700_000_100.0, 60.0);
         DeviceStatus {
             name: name.to_owned(),
             last: PollReport {
-                device: DeviceSnapshot { packs },
+                device,
                 answered: 3,
                 failures,
                 unsupported: Vec::new(),
@@ -635,6 +641,7 @@ mod tests {
             failures_total: BTreeMap::from([("timeout", 3), ("checksum", 1)]),
             resync_bytes_total: 17,
             values: Retained::default(),
+            energy,
         }
     }
 

@@ -3,14 +3,16 @@
 //! Pure: the caller passes each poll's own snapshot and the Unix time it ended. Between two samples of the same
 //! pack the current and the power are integrated with the trapezoid rule; when the current changes sign inside
 //! the interval, the interval is split at the linear zero crossing, so a pack that went from charging to
-//! discharging counts both parts instead of their difference. An interval is never guessed across: a gap longer
-//! than the caller's limit, a clock that stepped back, an offline pack or a poll without voltage or current ends
-//! the interval without integrating it, and the next good sample starts a new one.
+//! discharging counts both parts instead of their difference. An interval is never guessed across: one longer
+//! than the caller's limit (a gap), one that does not go forward (a clock stepped back) and one in which the pack
+//! went offline are not integrated, and the next good sample starts a new one. A poll that missed a pack's
+//! voltage or current adds no sample: the next good poll integrates from the last good one, as after a poll
+//! that failed as a whole, and the gap limit bounds how far that may reach.
 //!
 //! Totals are kept in memory only, so they start at 0 whenever the exporter starts; consumers of counters
 //! (Prometheus' `rate()`/`increase()`, Home Assistant's `total_increasing`) treat the drop as a reset.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{DeviceSnapshot, PackSnapshot};
 
@@ -91,11 +93,11 @@ struct Sample {
 }
 
 impl Sample {
-    /// The sample `pack` gives at `unix`, if it is online and reported a finite voltage and current.
+    /// The sample `pack` gives at `unix`, if it reported a finite voltage and current.
     fn of(pack: &PackSnapshot, unix: f64) -> Option<Self> {
         let sample = Self { unix, volts: pack.voltage_volts?, amperes: pack.current_amperes? };
         let finite = sample.unix.is_finite() && sample.volts.is_finite() && sample.amperes.is_finite();
-        (pack.online && finite).then_some(sample)
+        finite.then_some(sample)
     }
 }
 
@@ -104,24 +106,31 @@ impl Sample {
 pub struct Energy {
     /// Totals by pack number, sorted.
     totals: Vec<PackEnergy>,
-    /// Each pack's latest usable sample; a pack without one starts a new interval at its next sample.
+    /// Each pack's latest usable sample, where its next interval starts.
     starts: BTreeMap<u8, Sample>,
 }
 
 impl Energy {
     /// Take in one poll's own snapshot (never a cache of older values), ended at `now_unix`.
     ///
-    /// Each pack with a usable sample (online, voltage and current known) integrates the interval since its
+    /// Each online pack with a usable sample (voltage and current known) integrates the interval since its
     /// previous sample when that is no longer than `max_gap_s` and time went forward; either way the new sample
-    /// starts the next interval. A pack without a usable sample in this poll loses its start, so the interval
-    /// across the poll that missed it is never integrated.
+    /// starts the next interval. An offline pack loses its start: the device said it was not reporting, so
+    /// nothing is known about that time. A pack whose values this poll missed (or that it did not list) keeps
+    /// its start, like a device whose whole poll failed; only the gap limit decides whether the next sample is
+    /// still close enough to integrate.
     pub fn update(&mut self, snapshot: &DeviceSnapshot, now_unix: f64, max_gap_s: f64) {
-        let mut starts = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for pack in &snapshot.packs {
-            let Some(sample) = Sample::of(pack, now_unix) else { continue };
-            if starts.contains_key(&pack.pack) {
-                continue; // a pack listed twice is taken once
+            // A pack listed twice is taken once: a second pass would integrate the same interval again.
+            if !seen.insert(pack.pack) {
+                continue;
             }
+            if !pack.online {
+                self.starts.remove(&pack.pack);
+                continue;
+            }
+            let Some(sample) = Sample::of(pack, now_unix) else { continue };
             let totals = totals_of(&mut self.totals, pack.pack);
             if let Some(&start) = self.starts.get(&pack.pack) {
                 let seconds = sample.unix - start.unix;
@@ -129,9 +138,8 @@ impl Energy {
                     totals.integrate(start, sample);
                 }
             }
-            starts.insert(pack.pack, sample);
+            self.starts.insert(pack.pack, sample);
         }
-        self.starts = starts;
     }
 
     /// The totals of every pack that has given at least one usable sample, by pack number. A pack's totals
@@ -243,29 +251,40 @@ mod tests {
     }
 
     #[test]
-    fn a_poll_without_voltage_or_current_or_offline_ends_the_interval() {
+    fn a_poll_without_voltage_or_current_adds_nothing_and_the_next_integrates_from_the_last_good_one() {
         let missing = [
-            pack(1, None, Some(10.0)),
-            pack(1, Some(50.0), None),
-            pack(1, Some(50.0), Some(f64::NAN)),
-            PackSnapshot { online: false, ..pack(1, Some(50.0), Some(10.0)) },
+            DeviceSnapshot { packs: vec![pack(1, None, Some(-10.0))] },
+            DeviceSnapshot { packs: vec![pack(1, Some(50.0), None)] },
+            DeviceSnapshot { packs: vec![pack(1, Some(50.0), Some(f64::NAN))] },
+            DeviceSnapshot { packs: vec![pack(1, Some(f64::INFINITY), Some(-10.0))] },
+            DeviceSnapshot::default(),
         ];
-        for gap in missing {
+        for poll in missing {
             let mut energy = Energy::default();
-            energy.update(&one(50.0, 10.0), T0, GAP);
-            energy.update(&DeviceSnapshot { packs: vec![gap.clone()] }, T0 + 10.0, GAP);
-            // The poll after the one that missed it starts anew: 10 s to 20 s is not known to be 10 A either.
-            energy.update(&one(50.0, 10.0), T0 + 20.0, GAP);
-            assert_eq!(totals(&energy), (0.0, 0.0, 0.0, 0.0), "{gap:?}");
-            energy.update(&one(50.0, 10.0), T0 + 30.0, GAP);
-            assert_eq!(totals(&energy).2, 10.0 * 10.0 / 3600.0, "{gap:?}");
+            energy.update(&one(50.0, -10.0), T0, GAP);
+            energy.update(&poll, T0 + 10.0, GAP);
+            assert_eq!(totals(&energy), (0.0, 0.0, 0.0, 0.0), "{poll:?}");
+            // 0 s to 30 s, across the poll that missed the values: within the gap limit, so one interval.
+            energy.update(&one(50.0, -10.0), T0 + 30.0, GAP);
+            assert_eq!(totals(&energy), (0.0, 500.0 * 30.0, 0.0, 10.0 * 30.0 / 3600.0), "{poll:?}");
+            // Missing values do not stretch the gap limit: the last good sample is 61 s back.
+            energy.update(&poll, T0 + 60.0, GAP);
+            energy.update(&one(50.0, -10.0), T0 + 91.0, GAP);
+            assert_eq!(totals(&energy).3, 10.0 * 30.0 / 3600.0, "{poll:?}");
         }
-        // A pack absent from a poll is missing too.
+    }
+
+    #[test]
+    fn an_offline_pack_ends_the_interval() {
         let mut energy = Energy::default();
         energy.update(&one(50.0, 10.0), T0, GAP);
-        energy.update(&DeviceSnapshot::default(), T0 + 10.0, GAP);
+        let offline = PackSnapshot { online: false, ..pack(1, Some(50.0), Some(10.0)) };
+        energy.update(&DeviceSnapshot { packs: vec![offline] }, T0 + 10.0, GAP);
+        // Back online: what flowed while it was not reporting is unknown, so its first sample starts anew.
         energy.update(&one(50.0, 10.0), T0 + 20.0, GAP);
         assert_eq!(totals(&energy), (0.0, 0.0, 0.0, 0.0));
+        energy.update(&one(50.0, 10.0), T0 + 30.0, GAP);
+        assert_eq!(totals(&energy), (5000.0, 0.0, 10.0 * 10.0 / 3600.0, 0.0));
     }
 
     #[test]
@@ -273,7 +292,13 @@ mod tests {
         let mut energy = Energy::default();
         assert!(energy.packs().is_empty());
         let device = |a: f64, b: f64| DeviceSnapshot {
-            packs: vec![pack(2, Some(50.0), Some(b)), pack(1, Some(50.0), Some(a)), pack(3, None, None)],
+            packs: vec![
+                pack(2, Some(50.0), Some(b)),
+                pack(1, Some(50.0), Some(a)),
+                pack(3, None, None),
+                // Listed twice: counted once.
+                pack(1, Some(50.0), Some(a)),
+            ],
         };
         energy.update(&device(10.0, -5.0), T0, GAP);
         energy.update(&device(10.0, -5.0), T0 + 36.0, GAP);
@@ -283,6 +308,16 @@ mod tests {
         assert_eq!(energy.pack(2).map(|p| p.discharged_ampere_hours), Some(0.05));
         assert_eq!(energy.pack(2).map(|p| p.charged_ampere_hours), Some(0.0));
         assert_eq!(energy.pack(3), None);
+    }
+
+    #[test]
+    fn values_too_large_to_multiply_leave_the_totals_finite() {
+        let mut energy = Energy::default();
+        for (t, amperes) in [(T0, -f64::MAX), (T0 + 10.0, -f64::MAX), (T0 + 20.0, f64::MAX)] {
+            energy.update(&one(f64::MAX, amperes), t, GAP);
+        }
+        let (a, b, c, d) = totals(&energy);
+        assert!([a, b, c, d].iter().all(|v| v.is_finite() && *v >= 0.0), "{:?}", totals(&energy));
     }
 
     /// One poll: seconds since the previous one, volts, amperes, or `None` for a poll without the values.
