@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bms_exporter::metrics::{DeviceView, render};
+use bms_exporter::model::energy::Energy;
 use bms_exporter::model::{DeviceSnapshot, Retained};
 use bms_exporter::poller::DeviceStatus;
 use bms_exporter::protocol::Protocol;
@@ -24,6 +25,10 @@ fn status(name: String, device: DeviceSnapshot) -> DeviceStatus {
     let started = Instant::now();
     let mut values = Retained::default();
     values.update(&device, POLLED_AT);
+    // Two polls' worth of energy, so every pack renders its counters as in a long-running exporter.
+    let mut energy = Energy::default();
+    energy.update(&device, POLLED_AT - 15.0, 60.0);
+    energy.update(&device, POLLED_AT, 60.0);
     DeviceStatus {
         name,
         last: PollReport {
@@ -44,6 +49,7 @@ fn status(name: String, device: DeviceSnapshot) -> DeviceStatus {
         failures_total: BTreeMap::from([("timeout", 3)]),
         resync_bytes_total: 12,
         values,
+        energy,
     }
 }
 

@@ -119,6 +119,11 @@ SKIPPED_FAMILIES = {
     "bms_load_connected": "load_connected",
     "bms_digital_io": "digital_io",
     "bms_pack_info": "info",
+    # Running totals the exporter integrates from the values it reads: the truth has no such field.
+    "bms_pack_charged_energy_joules_total": "none: integrated by the exporter",
+    "bms_pack_discharged_energy_joules_total": "none: integrated by the exporter",
+    "bms_pack_charged_ampere_hours_total": "none: integrated by the exporter",
+    "bms_pack_discharged_ampere_hours_total": "none: integrated by the exporter",
 }
 ALARM_FAMILIES = {"bms_alarm_active", "bms_cell_alarm_active", "bms_temperature_alarm_active"}
 

@@ -56,8 +56,8 @@ fn devices() -> Vec<DemoDevice> {
 }
 
 /// Start the demo devices on loopback ports (tasks on the current runtime) and return one bus per device, each
-/// polled with `settings`.
-pub async fn start(settings: Settings) -> anyhow::Result<Vec<BusSpec>> {
+/// polled with `settings`, its energy counters bridging at most `stale_after` between polls.
+pub async fn start(settings: Settings, stale_after: Duration) -> anyhow::Result<Vec<BusSpec>> {
     let mut buses = Vec::new();
     for device in devices() {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port for the demo")?;
@@ -77,6 +77,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Vec<BusSpec>> {
                 exchange: device.exchange,
                 sections: Sections::all(),
             }],
+            stale_after,
         });
     }
     Ok(buses)

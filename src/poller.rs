@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::control::{self, Action, Clock, WriteOutcome};
+use crate::model::energy::Energy;
 use crate::model::{Retained, Sections};
 use crate::protocol::{Exchange, Protocol, to_hex};
 use crate::session::{PollReport, RequestFailure, Session, Settings};
@@ -48,6 +49,9 @@ pub struct BusSpec {
     pub settings: Settings,
     /// The devices, polled in this order.
     pub devices: Vec<DeviceSpec>,
+    /// The configured `stale_after`: the longest interval between two polls that the energy counters
+    /// integrate. A value older than that is unknown, so integrating across a longer gap would be a guess.
+    pub stale_after: Duration,
 }
 
 /// What is known about one device after its latest poll: the report and the running totals for `/metrics`.
@@ -69,6 +73,9 @@ pub struct DeviceStatus {
     pub failures_total: BTreeMap<&'static str, u64>,
     /// Bytes skipped while looking for frames.
     pub resync_bytes_total: u64,
+    /// Charged and discharged energy and charge per pack, integrated from the values of consecutive polls that
+    /// got answers; in memory only, so every total starts at 0 when the exporter starts.
+    pub energy: Energy,
 }
 
 /// The worker has stopped (its task ended or panicked); no snapshot can be had from it.
@@ -344,6 +351,8 @@ struct Worker {
     port: Port,
     settings: Settings,
     devices: Vec<DeviceSpec>,
+    /// The longest interval between polls the energy counters integrate.
+    stale_after: Duration,
     /// Each device's latest status, published for [`BusHandle::latest`] too.
     latest: Latest,
     /// When the poll that last used the bus ended (the quiet gap counts from there).
@@ -356,6 +365,7 @@ impl Worker {
             port: Port { transport: spec.transport, link: None, retry_at: None, last_error: None },
             settings: spec.settings,
             devices: spec.devices,
+            stale_after: spec.stale_after,
             latest,
             bus_quiet_since: None,
         }
@@ -429,7 +439,7 @@ impl Worker {
             }
         };
         let previous = read(&self.latest, index);
-        let status = Arc::new(record(&name, previous.as_deref(), outcome.read_back.clone()));
+        let status = Arc::new(record(&name, previous.as_deref(), outcome.read_back.clone(), self.stale_after));
         log_poll(&status);
         if let Some(slot) = self.latest.get(index) {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&status));
@@ -463,7 +473,7 @@ impl Worker {
         };
         self.bus_quiet_since = Some(Instant::now());
         let previous = read(&self.latest, index);
-        let status = Arc::new(record(&device.name, previous.as_deref(), report));
+        let status = Arc::new(record(&device.name, previous.as_deref(), report, self.stale_after));
         log_poll(&status);
         if let Some(slot) = self.latest.get(index) {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&status));
@@ -472,15 +482,20 @@ impl Worker {
     }
 }
 
-/// Fold a poll report into the running totals of a device.
-fn record(name: &str, previous: Option<&DeviceStatus>, report: PollReport) -> DeviceStatus {
+/// Fold a poll report into the running totals of a device; `max_gap` is the longest interval since the
+/// previous poll that the energy counters integrate.
+fn record(name: &str, previous: Option<&DeviceStatus>, report: PollReport, max_gap: Duration) -> DeviceStatus {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let mut failures_total = previous.map(|p| p.failures_total.clone()).unwrap_or_default();
     let mut values = previous.map(|p| p.values.clone()).unwrap_or_default();
+    let mut energy = previous.map(|p| p.energy.clone()).unwrap_or_default();
     // A poll that got no answer holds only what the exchange had cached (counts, identity): nothing in it was
     // confirmed now, so it must not keep those values fresh.
     if report.answered > 0 {
         values.update(&report.device, now);
+        // This poll's own values (frame-checked and plausible), never the retained ones: those may be old, and
+        // integrating an old value as if it were now would invent energy.
+        energy.update(&report.device, now, max_gap.as_secs_f64());
     }
     for failure in report.failures.iter().filter(|f| f.error.is_failure()) {
         *failures_total.entry(failure.error.reason()).or_default() += 1;
@@ -493,6 +508,7 @@ fn record(name: &str, previous: Option<&DeviceStatus>, report: PollReport) -> De
         failures_total,
         resync_bytes_total: previous.map_or(0, |p| p.resync_bytes_total) + report.skipped_bytes,
         values,
+        energy,
         last: report,
     }
 }

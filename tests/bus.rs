@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bms_exporter::model::energy::PackEnergy;
 use bms_exporter::model::{CurrentSign, DeviceSnapshot, PackSnapshot, Section, Sections};
 use bms_exporter::poller::{self, BusHandle, BusSpec, DeviceSpec, DeviceStatus};
 use bms_exporter::protocol::daly::exchange::DalyExchange;
@@ -80,8 +81,16 @@ fn device(name: &str, exchange: Box<dyn Exchange>) -> DeviceSpec {
     DeviceSpec { name: name.to_owned(), exchange, sections: sections() }
 }
 
+/// The `stale_after` of the buses here: longer than any test's pause between polls, so energy integrates.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
 fn spawn_one(transport: TransportSettings, settings: Settings, protocol: &str) -> BusHandle {
-    poller::spawn(BusSpec { transport, settings, devices: vec![device(protocol, exchange(protocol))] })
+    poller::spawn(BusSpec {
+        transport,
+        settings,
+        devices: vec![device(protocol, exchange(protocol))],
+        stale_after: STALE_AFTER,
+    })
 }
 
 /// A fresh poll of device `index`.
@@ -252,6 +261,7 @@ async fn fault_case(protocol: &'static str, fault: &'static str) -> String {
         transport: tcp(&addr),
         settings,
         devices: vec![DeviceSpec { name: name.clone(), exchange: exchange(protocol), sections: matrix_sections() }],
+        stale_after: STALE_AFTER,
     });
 
     let deadline = Instant::now() + Duration::from_secs(if sinowealth { 10 } else { 4 });
@@ -454,6 +464,7 @@ async fn two_daly_boards_on_one_bus_read_as_one_device_and_as_two_devices() {
             device("first", boards(&[Address::Board(1)])),
             device("second", boards(&[Address::Board(2)])),
         ],
+        stale_after: STALE_AFTER,
     });
     assert_eq!(bus.devices(), ["both", "first", "second"]);
     // Asked at once: the worker takes them one after another on its single port.
@@ -633,4 +644,57 @@ async fn garbage_before_every_reply_is_skipped_counted_and_the_values_still_deco
         });
     }
     expect_all(tasks).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_integrates_energy_between_polls_from_their_own_values_and_never_across_stale_after() {
+    // Seed 1, frozen: pack 1 charges and pack 2 discharges at constant currents.
+    let sim = Simulator::tcp("energy", &sim_args("pace", &["--packs", "2"]));
+    let addr = sim.addr.clone().unwrap();
+    let spec = |addr: &str, stale_after| BusSpec {
+        transport: tcp(addr),
+        settings: fast(1),
+        devices: vec![device("pace", exchange("pace"))],
+        stale_after,
+    };
+    let bus = poller::spawn(spec(&addr, STALE_AFTER));
+    let first = poll(&bus, 0).await;
+    assert!(first.energy.packs().iter().all(|p| *p == PackEnergy::new(p.pack)), "one poll: totals at 0");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    poll(&bus, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = poll(&bus, 0).await;
+    assert!(last.last.succeeded(), "{:?}", last.last.failures);
+    // The energy uses the very time each poll is stamped with, so the two intervals add up to this exactly.
+    let seconds = last.last_poll_unix - first.last_poll_unix;
+    assert!(seconds >= 0.6, "{seconds} s between the first and the last poll");
+    let close = |what: &str, got: f64, want: f64| {
+        assert!((got - want).abs() <= want.abs() * 1e-12, "{what}: {got}, expected {want}");
+    };
+    let mut signs = Vec::new();
+    for pack in &last.last.device.packs {
+        let (volts, amperes) = (pack.voltage_volts.unwrap(), pack.current_amperes.unwrap());
+        let e = last.energy.pack(pack.pack).unwrap_or_else(|| panic!("no totals for pack {}", pack.pack));
+        let (into, out_of) = if amperes > 0.0 {
+            ((e.charged_ampere_hours, e.charged_joules), (e.discharged_ampere_hours, e.discharged_joules))
+        } else {
+            ((e.discharged_ampere_hours, e.discharged_joules), (e.charged_ampere_hours, e.charged_joules))
+        };
+        close(&format!("pack {} Ah", pack.pack), into.0, amperes.abs() * seconds / 3600.0);
+        close(&format!("pack {} J", pack.pack), into.1, volts * amperes.abs() * seconds);
+        assert_eq!(out_of, (0.0, 0.0), "pack {}: the other direction stays 0", pack.pack);
+        signs.push(amperes > 0.0);
+    }
+    assert_eq!(signs, [true, false], "seed 1 must give one charging and one discharging pack");
+
+    // A bus whose stale_after is shorter than the pause between its polls integrates nothing (a simulator of
+    // its own: a TCP simulator serves one client at a time).
+    let other = Simulator::tcp("energy-gap", &sim_args("pace", &["--packs", "2"]));
+    let short = poller::spawn(spec(other.addr.as_deref().unwrap(), Duration::from_millis(100)));
+    poll(&short, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = poll(&short, 0).await;
+    assert!(after.last.succeeded(), "{:?}", after.last.failures);
+    assert_eq!(after.energy.packs().len(), 2);
+    assert!(after.energy.packs().iter().all(|p| *p == PackEnergy::new(p.pack)), "{:?}", after.energy.packs());
 }

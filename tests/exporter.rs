@@ -650,3 +650,90 @@ fn a_device_that_goes_away_keeps_every_value_until_stale_after_and_is_up_on_the_
     }
     drop((daly, pace));
 }
+
+/// The value of the series `series` (name and labels exactly as rendered) in a `/metrics` body.
+fn series_value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Unix time now, in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn energy_counters_grow_by_power_times_the_time_between_the_polls_behind_two_scrapes() {
+    let scratch = Scratch::new("e2e-energy");
+    let dir = scratch.0.clone();
+    // Frozen (--time-scale 0) at seed 1: pack 1 charges and pack 2 discharges, each at a constant current.
+    let pace = Simulator::tcp("e2e-energy-pace", &sim_args("pace", &["--packs", "2", "--cells", "8"]));
+    // max_age 0: every scrape runs its own poll, and nothing else polls between the two scrapes below.
+    let config = scratch.write(
+        "bms.yaml",
+        &format!(
+            "defaults:\n  timeout: 300ms\n  retries: 1\n  request_gap: 0ms\n  max_age: 0s\n  stale_after: 30s\n\
+             devices:\n  - name: pace\n    protocol: pace\n    tcp: {addr}\n    pace: {{ address: 1, packs: all }}\n",
+            addr = pace.addr.as_deref().unwrap(),
+        ),
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut exporter = exporter(&dir, &["--config", config.to_str().unwrap(), "--web.listen-address", &addr]);
+    wait_ready(&mut exporter, &addr, &dir);
+    // A scrape and the Unix times just before it was sent and just after its answer arrived.
+    let scrape = || {
+        let sent = unix_now();
+        let body = scrape_body(&addr);
+        (body, sent, unix_now())
+    };
+    let (a, a_sent, a_back) = wait_for("pace up", Duration::from_secs(20), || {
+        let (body, sent, back) = scrape();
+        up(&body, "pace").then_some((body, sent, back))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (b, b_sent, b_back) = scrape();
+    assert!(up(&b, "pace"), "{b}");
+
+    // Both scrapes were served by a poll of their own that succeeded: its end is the success timestamp, the very
+    // time the energy was integrated to. That poll ended while its scrape was being answered.
+    let polled = |body: &str| series_value(body, "bms_last_poll_success_timestamp_seconds{device=\"pace\"}").unwrap();
+    let (t_a, t_b) = (polled(&a), polled(&b));
+    assert!(a_sent <= t_a && t_a <= a_back, "poll a ended at {t_a}, outside its scrape [{a_sent}, {a_back}]");
+    assert!(b_sent <= t_b && t_b <= b_back, "poll b ended at {t_b}, outside its scrape [{b_sent}, {b_back}]");
+    let seconds = t_b - t_a;
+
+    let mut directions = Vec::new();
+    for pack in ["01", "02"] {
+        let sel = format!("{{device=\"pace\",pack=\"{pack}\"}}");
+        let at = |body: &str, name: &str| {
+            series_value(body, &format!("{name}{sel}")).unwrap_or_else(|| panic!("no {name}{sel}:\n{body}"))
+        };
+        let (volts, amperes) = (at(&b, "bms_pack_voltage_volts"), at(&b, "bms_pack_current_amperes"));
+        assert_eq!((at(&a, "bms_pack_voltage_volts"), at(&a, "bms_pack_current_amperes")), (volts, amperes));
+        let (way, other) = if amperes > 0.0 { ("charged", "discharged") } else { ("discharged", "charged") };
+        directions.push(way);
+        let grew = |name: &str| at(&b, name) - at(&a, name);
+        let ah = grew(&format!("bms_pack_{way}_ampere_hours_total"));
+        let joules = grew(&format!("bms_pack_{way}_energy_joules_total"));
+        // The two polls' values are equal, so the trapezoid between them is exact: the only difference left is
+        // floating-point rounding of a handful of operations.
+        let close = |what: &str, got: f64, want: f64| {
+            assert!((got - want).abs() <= want.abs() * 1e-9, "pack {pack} {what}: grew {got}, expected {want}");
+        };
+        close("Ah", ah, amperes.abs() * seconds / 3600.0);
+        close("J", joules, volts * amperes.abs() * seconds);
+        // Bounded by the scrapes alone: the polls ended inside them, so the interval integrated is at least the
+        // time from the end of scrape a to the start of scrape b, and at most the time from the start of a to the
+        // end of b.
+        let (least, most) = (b_sent - a_back, b_back - a_sent);
+        assert!(least >= 1.9, "the scrapes were {least} s apart");
+        assert!(ah >= amperes.abs() * least / 3600.0 * (1.0 - 1e-9), "pack {pack}: {ah} Ah in at least {least} s");
+        assert!(ah <= amperes.abs() * most / 3600.0 * (1.0 + 1e-9), "pack {pack}: {ah} Ah in at most {most} s");
+        // Nothing flowed the other way: those counters are there, at exactly 0.
+        for body in [&a, &b] {
+            assert_eq!(at(body, &format!("bms_pack_{other}_ampere_hours_total")), 0.0, "pack {pack}");
+            assert_eq!(at(body, &format!("bms_pack_{other}_energy_joules_total")), 0.0, "pack {pack}");
+        }
+    }
+    assert_eq!(directions, ["charged", "discharged"], "seed 1 must give one charging and one discharging pack");
+    drop(pace);
+}

@@ -56,6 +56,7 @@ fn scraper(link: &Path) -> Scraper {
                 parity: Parity::None,
             }),
             settings,
+            stale_after: Duration::from_secs(60),
             devices: vec![device("house", daly)],
         },
         BusSpec {
@@ -64,6 +65,7 @@ fn scraper(link: &Path) -> Scraper {
                 connect_timeout: Duration::from_millis(200),
             }),
             settings,
+            stale_after: Duration::from_secs(60),
             devices: vec![device("rack", pace)],
         },
     ];

@@ -135,13 +135,15 @@ impl ConnectionArgs {
         })
     }
 
-    /// A bus with one device named `name` polling `sections`.
+    /// A bus with one device named `name` polling `sections`. The commands show no energy counters, so the
+    /// exporter's default `stale_after` is as good a gap limit as any.
     pub fn bus(&self, name: &str, sections: Sections, packs: Option<u8>) -> anyhow::Result<BusSpec> {
         let protocol = self.protocol()?;
         Ok(BusSpec {
             transport: self.transport()?,
             settings: self.settings(),
             devices: vec![DeviceSpec { name: name.to_owned(), exchange: self.exchange(protocol, packs)?, sections }],
+            stale_after: crate::config::Defaults::default().stale_after,
         })
     }
 }

@@ -142,7 +142,7 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let listener = bind(&args.listen_address).await?;
         let buses = match plan.source {
             Source::Config(config) => config.buses(),
-            Source::Demo(settings) => crate::demo::start(settings).await?,
+            Source::Demo(settings) => crate::demo::start(settings, plan.freshness.stale_after).await?,
         };
         let scraper = Arc::new(Scraper::spawn(buses, plan.freshness));
         scraper.warm_up();

@@ -124,6 +124,7 @@ impl Config {
                         transport: device.transport.clone(),
                         settings: device.settings(self.defaults.request_gap),
                         devices: vec![spec],
+                        stale_after: self.defaults.stale_after,
                     },
                 )),
             }

@@ -10,8 +10,8 @@ use std::fmt::{self, Write as _};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue, EncodeMetric, GaugeValueEncoder,
-    LabelValueEncoder, MetricEncoder,
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    GaugeValueEncoder, LabelValueEncoder, MetricEncoder,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -20,6 +20,7 @@ use prometheus_client::registry::Unit;
 
 use super::DeviceView;
 use super::names::{self, Kind, Metric};
+use crate::model::energy::PackEnergy;
 use crate::model::{LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId};
 use crate::poller::DeviceStatus;
 use crate::protocol::Protocol;
@@ -62,6 +63,8 @@ struct Pack {
     cell_alarms: Vec<(usize, &'static str, bool)>,
     /// Per-sensor levels as (sensor, alarm, active), sorted.
     temperature_alarms: Vec<(SensorId, &'static str, bool)>,
+    /// The pack's energy and charge totals, once a poll gave its voltage and current.
+    energy: Option<PackEnergy>,
 }
 
 impl Scrape {
@@ -86,7 +89,9 @@ impl Device {
                 packs.dedup_by_key(|p| p.pack);
                 // Pace reports a level per cell and sensor, so its limit series exist (0 or 1) on every scrape.
                 let levels = view.protocol == Protocol::Pace;
-                packs.into_iter().map(|p| Pack::new(p, levels)).collect()
+                // The totals go with the pack's values: exported while those are fresh, gone with them.
+                let energy = |number: u8| status.and_then(|s| s.energy.pack(number)).cloned();
+                packs.into_iter().map(|p| Pack::new(p, levels, energy(p.pack))).collect()
             }
             _ => Vec::new(),
         };
@@ -124,7 +129,7 @@ impl Health {
 impl Pack {
     /// `levels`: the device reports a warning level for every cell and sensor (Pace), so the limit alarms of
     /// each are rendered, 0 when not active, for alerts that must see the series before it fires.
-    fn new(source: &PackSnapshot, levels: bool) -> Self {
+    fn new(source: &PackSnapshot, levels: bool, energy: Option<PackEnergy>) -> Self {
         // Levels are matched to sensors by the device's own order, so before the temperatures are sorted.
         let active: Vec<(SensorId, &'static str)> =
             source.temperature_alarms.iter().map(|&l| (alarm_sensor(source, l), l.kind.as_str())).collect();
@@ -143,7 +148,7 @@ impl Pack {
             snapshot.cell_alarms.iter().map(|l| (usize::from(l.index), l.kind.as_str())).collect();
         let cells: Vec<usize> = if levels { (1..=snapshot.cell_volts.len()).collect() } else { Vec::new() };
         let cell_alarms = with_limits(&cells, &active);
-        Self { snapshot, cell_alarms, temperature_alarms }
+        Self { snapshot, cell_alarms, temperature_alarms, energy }
     }
 }
 
@@ -274,7 +279,11 @@ fn gauge(encoder: &mut MetricEncoder<'_>, labels: &impl EncodeLabelSet, value: i
 }
 
 /// One counter sample (prometheus-client adds `_total`).
-fn counter(encoder: &mut MetricEncoder<'_>, labels: &impl EncodeLabelSet, value: u64) -> fmt::Result {
+fn counter(
+    encoder: &mut MetricEncoder<'_>,
+    labels: &impl EncodeLabelSet,
+    value: impl EncodeCounterValue,
+) -> fmt::Result {
     ConstCounter::new(value).encode(encoder.encode_family(labels)?)
 }
 
@@ -300,6 +309,23 @@ impl Scrape {
             for (device, pack) in self.packs() {
                 if let Some(v) = value(&pack.snapshot) {
                     gauge(m, &pack_labels(device, &pack.snapshot), v)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A counter family with at most one series per pack; a non-finite total is left out, as a gauge's is.
+    fn per_pack_counter(
+        &self,
+        enc: &mut DescriptorEncoder<'_>,
+        metric: &'static Metric,
+        value: impl Fn(&PackEnergy) -> f64,
+    ) -> fmt::Result {
+        family(enc, metric, |m| {
+            for (device, pack) in self.packs() {
+                if let Some(v) = pack.energy.as_ref().map(&value).filter(|v| v.is_finite()) {
+                    counter(m, &pack_labels(device, &pack.snapshot), v)?;
                 }
             }
             Ok(())
@@ -425,6 +451,10 @@ impl Scrape {
         self.per_pack(enc, &names::PACK_REMAINING, |p| p.remaining_capacity_ampere_hours)?;
         self.per_pack(enc, &names::PACK_FULL, |p| p.full_capacity_ampere_hours)?;
         self.per_pack(enc, &names::PACK_DESIGN, |p| p.design_capacity_ampere_hours)?;
+        self.per_pack_counter(enc, &names::PACK_CHARGED_ENERGY, |e| e.charged_joules)?;
+        self.per_pack_counter(enc, &names::PACK_DISCHARGED_ENERGY, |e| e.discharged_joules)?;
+        self.per_pack_counter(enc, &names::PACK_CHARGED_CHARGE, |e| e.charged_ampere_hours)?;
+        self.per_pack_counter(enc, &names::PACK_DISCHARGED_CHARGE, |e| e.discharged_ampere_hours)?;
         self.per_pack(enc, &names::PACK_CYCLES, |p| p.cycle_count)?;
         self.per_pack(enc, &names::PACK_CELL_COUNT, |p| p.cell_count)?;
         self.per_pack(enc, &names::PACK_SENSOR_COUNT, |p| p.temperature_sensor_count)?;
@@ -480,6 +510,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::{CONTENT_TYPE, render};
+    use crate::model::energy::Energy;
     use crate::model::{
         Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, LevelAlarm, LevelAlarmKind, PackInfo, Retained, Temperature,
     };
@@ -615,10 +646,15 @@ mod tests {
                 error: PollError::Timeout { timeout: Duration::from_secs(1) },
             }]
         };
+        // Two polls a minute apart with these values: one interval integrated for every pack they hold.
+        let device = DeviceSnapshot { packs };
+        let mut energy = Energy::default();
+        energy.update(&device, 1_700_000_040.0, 60.0);
+        energy.update(&device, 1_700_000_100.0, 60.0);
         DeviceStatus {
             name: name.to_owned(),
             last: PollReport {
-                device: DeviceSnapshot { packs },
+                device,
                 answered: 3,
                 failures,
                 unsupported: Vec::new(),
@@ -635,6 +671,7 @@ mod tests {
             failures_total: BTreeMap::from([("timeout", 3), ("checksum", 1)]),
             resync_bytes_total: 17,
             values: Retained::default(),
+            energy,
         }
     }
 
@@ -904,6 +941,49 @@ mod tests {
         assert!(
             body(&[view("rack", Some(&s), true)]).contains("bms_pack_cycle_count{device=\"rack\",pack=\"01\"} 321\n")
         );
+    }
+
+    #[test]
+    fn energy_counters_carry_the_totals_with_their_unit_and_the_total_suffix() {
+        let mut charging = rich_pack(2);
+        charging.current_amperes = Some(20.0);
+        charging.voltage_volts = Some(54.0);
+        let s = status("rack", vec![rich_pack(1), charging], true);
+        let text = body(&[view("rack", Some(&s), true)]);
+        for (family, unit) in [
+            ("bms_pack_charged_energy_joules", "joules"),
+            ("bms_pack_discharged_energy_joules", "joules"),
+            ("bms_pack_charged_ampere_hours", "ampere_hours"),
+            ("bms_pack_discharged_ampere_hours", "ampere_hours"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} counter\n# UNIT {family} {unit}\n")), "{family}\n{text}");
+        }
+        let all = samples(&text);
+        let at = |name: &str, pack: &str| value(&all, name, &[("device", "rack"), ("pack", pack)]);
+        // Pack 1 discharged 12.5 A at 53.301 V for the 60 s between the two polls, pack 2 charged 20 A at 54 V.
+        assert_eq!(at("bms_pack_discharged_ampere_hours_total", "01"), Some(12.5 * 60.0 / 3600.0));
+        assert_eq!(at("bms_pack_discharged_energy_joules_total", "01"), Some(53.301 * 12.5 * 60.0));
+        assert_eq!(at("bms_pack_charged_ampere_hours_total", "01"), Some(0.0), "present at 0, not absent");
+        assert_eq!(at("bms_pack_charged_energy_joules_total", "01"), Some(0.0));
+        assert_eq!(at("bms_pack_charged_ampere_hours_total", "02"), Some(20.0 * 60.0 / 3600.0));
+        assert_eq!(at("bms_pack_charged_energy_joules_total", "02"), Some(54.0 * 20.0 * 60.0));
+        assert_eq!(at("bms_pack_discharged_energy_joules_total", "02"), Some(0.0));
+        // A zero total is written as a float, as every f64 counter is.
+        assert!(text.contains("bms_pack_charged_energy_joules_total{device=\"rack\",pack=\"01\"} 0.0\n"), "{text}");
+    }
+
+    #[test]
+    fn energy_counters_follow_the_pack_values_and_need_a_sample() {
+        // Totals for packs 1 and 2, but only pack 1's values are fresh: pack 2's counters go with its values.
+        let s = status("d", vec![rich_pack(1), rich_pack(2)], true);
+        let fresh_values = DeviceSnapshot { packs: vec![rich_pack(1), rich_pack(3)] };
+        let v = DeviceView { values: Some(&fresh_values), ..view("d", Some(&s), true) };
+        let all = samples(&body(&[v]));
+        for name in ["bms_pack_charged_energy_joules_total", "bms_pack_discharged_ampere_hours_total"] {
+            let packs: Vec<&str> = series(&all, name).iter().map(|s| s.label("pack").unwrap()).collect();
+            // Pack 3 is fresh but no poll of this status gave its voltage and current: no totals yet.
+            assert_eq!(packs, ["01"], "{name}");
+        }
     }
 
     #[test]

@@ -97,6 +97,12 @@ const fn gauge(
     Metric { name, kind: Kind::Gauge, unit, help, labels, scope: Scope::Pack }
 }
 
+/// A per-pack running total: exported with the pack's values, from the first poll that gave its voltage and
+/// current (at 0, so the first increase is seen).
+const fn pack_counter(name: &'static str, unit: &'static str, help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Counter, unit: Some(unit), help, labels: PACK, scope: Scope::Pack }
+}
+
 const fn health(name: &'static str, kind: Kind, unit: Option<&'static str>, help: &'static str) -> Metric {
     Metric { name, kind, unit, help, labels: DEVICE, scope: Scope::Device }
 }
@@ -224,6 +230,34 @@ pub const PACK_DESIGN: Metric = gauge(
     PACK,
     "Design (rated) capacity (Daly 0x50, Pace 0x42 or 0xA6)",
 );
+/// `bms_pack_charged_energy_joules_total`.
+pub const PACK_CHARGED_ENERGY: Metric = pack_counter(
+    "bms_pack_charged_energy_joules_total",
+    "joules",
+    "Energy that flowed into the pack since the exporter started: pack voltage times current while charging, \
+     integrated between consecutive polls no more than stale_after apart",
+);
+/// `bms_pack_discharged_energy_joules_total`.
+pub const PACK_DISCHARGED_ENERGY: Metric = pack_counter(
+    "bms_pack_discharged_energy_joules_total",
+    "joules",
+    "Energy that flowed out of the pack since the exporter started: pack voltage times current while \
+     discharging, integrated between consecutive polls no more than stale_after apart",
+);
+/// `bms_pack_charged_ampere_hours_total`.
+pub const PACK_CHARGED_CHARGE: Metric = pack_counter(
+    "bms_pack_charged_ampere_hours_total",
+    "ampere_hours",
+    "Charge that flowed into the pack since the exporter started: pack current while charging, integrated \
+     between consecutive polls no more than stale_after apart",
+);
+/// `bms_pack_discharged_ampere_hours_total`.
+pub const PACK_DISCHARGED_CHARGE: Metric = pack_counter(
+    "bms_pack_discharged_ampere_hours_total",
+    "ampere_hours",
+    "Charge that flowed out of the pack since the exporter started: pack current while discharging, integrated \
+     between consecutive polls no more than stale_after apart",
+);
 /// `bms_pack_cycle_count`.
 pub const PACK_CYCLES: Metric = gauge(
     "bms_pack_cycle_count",
@@ -333,6 +367,10 @@ pub const ALL: &[&Metric] = &[
     &PACK_REMAINING,
     &PACK_FULL,
     &PACK_DESIGN,
+    &PACK_CHARGED_ENERGY,
+    &PACK_DISCHARGED_ENERGY,
+    &PACK_CHARGED_CHARGE,
+    &PACK_DISCHARGED_CHARGE,
     &PACK_CYCLES,
     &PACK_CELL_COUNT,
     &PACK_SENSOR_COUNT,
@@ -404,6 +442,11 @@ mod tests {
         assert_eq!(PACK_REMAINING.stem(), "bms_pack_remaining_capacity");
         assert_eq!(PACK_SOC.stem(), "bms_pack_state_of_charge");
         assert_eq!(UP.stem(), "bms_up");
+        // A counter with a unit: the unit comes before `_total`, as OpenMetrics requires.
+        assert_eq!(PACK_CHARGED_ENERGY.family(), "bms_pack_charged_energy_joules");
+        assert_eq!(PACK_CHARGED_ENERGY.stem(), "bms_pack_charged_energy");
+        assert_eq!(PACK_DISCHARGED_CHARGE.family(), "bms_pack_discharged_ampere_hours");
+        assert_eq!(PACK_DISCHARGED_CHARGE.stem(), "bms_pack_discharged");
     }
 
     #[test]

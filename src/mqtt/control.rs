@@ -348,6 +348,7 @@ mod tests {
         let bus = |name: &str, exchange: Box<dyn crate::protocol::Exchange>| BusSpec {
             transport: nowhere(),
             settings: Settings::default(),
+            stale_after: Duration::from_secs(60),
             devices: vec![DeviceSpec { name: name.to_owned(), exchange, sections: Sections::all() }],
         };
         let freshness = Freshness { max_age: Duration::from_secs(5), stale_after: Duration::from_secs(60) };
