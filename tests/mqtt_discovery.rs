@@ -65,7 +65,7 @@ fn full_pack(device: &mut DeviceSnapshot, number: u8, cells: u16) -> &mut PackSn
     p.discharge_mosfet_enabled = Some(false);
     p.cell_count = Some(cells);
     p.temperature_sensor_count = Some(4);
-    p.cell_volts = (0..cells).map(|i| Some(3.3 + f64::from(i) / 1000.0)).collect();
+    p.cell_volts = (0..cells).map(|i| Some(f64::from(3300 + i) / 1000.0)).collect();
     p.cell_balancing = (0..cells).map(|i| i == 3).collect();
     p.temperatures = (1..=4)
         .map(|n| Temperature { sensor: SensorId::Probe(n), celsius: 20.0 + f64::from(n) / 2.0 })
@@ -188,6 +188,32 @@ fn home_assistant_accepts_the_discovery_of_every_layout() {
             eprintln!("{} (control {control}): {}", layout.as_str(), text(&out).trim());
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn values_missing_from_a_state_render_unknown_without_template_warnings() {
+    let python = ha_python();
+    let dir = scratch("missing");
+    let (discovery, state) = render(Layout::Native, true);
+    // The same state topics, each carrying a pack that reports nothing: every template meets a missing key.
+    let empty: Vec<Message> = state
+        .iter()
+        .filter(|m| m.topic.ends_with("/state"))
+        .map(|m| {
+            let pack: Value = serde_json::from_str(&m.payload).unwrap();
+            Message::new(m.topic.clone(), json!({"pack": pack["pack"], "online": true}).to_string())
+        })
+        .collect();
+    assert_eq!(empty.len(), 3);
+    let file = dir.join("missing.jsonl");
+    write_lines(&file, &discovery.into_iter().chain(empty).collect::<Vec<_>>());
+    let out = check(&python, &file, &[]);
+    assert!(out.status.success(), "a missing value must become unknown, quietly:\n{}", text(&out));
+    // And the checker does see them as unknown: demanding values fails for every entity.
+    let out = check(&python, &file, &["--require-values"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).lines().filter(|l| l.contains("renders unknown")).count() > 100, "{}", text(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

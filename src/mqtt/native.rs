@@ -313,7 +313,7 @@ pub(crate) mod tests {
         p.digital_io = vec![DigitalPort { port: "di1", active: true }, DigitalPort { port: "do1", active: false }];
         p.cell_count = Some(16);
         p.temperature_sensor_count = Some(2);
-        p.cell_volts = (0..16).map(|i| Some(3.3 + f64::from(i) / 1000.0)).collect();
+        p.cell_volts = (0..16).map(|i| Some(f64::from(3300 + i) / 1000.0)).collect();
         p.cell_volts[4] = Some(3.401);
         p.cell_balancing = (0..16).map(|i| i == 4).collect();
         p.balancing_active = Some(true);
@@ -438,6 +438,7 @@ pub(crate) mod tests {
         assert_eq!(s["cell_count"], 16);
         assert_eq!(s["cells"].as_object().unwrap().len(), 16);
         assert_eq!(s["cells"]["01"], 3.3);
+        assert_eq!(s["cells"]["02"], 3.301);
         assert_eq!(s["cells"]["16"], 3.315);
         assert_eq!(s["lowest_cell_volts"], 3.3);
         assert_eq!(s["lowest_cell"], 1);
