@@ -33,6 +33,24 @@ if ! "$venv/bin/python" -c "import dalybms, serial, prometheus_client, kubernete
 fi
 export BMS_DALY_BMS_CLI="$PWD/$venv/bin/daly-bms-cli"
 
+echo "== home assistant"
+# Home Assistant's own code judges the MQTT discovery configs (tests/mqtt_discovery.rs runs
+# scripts/ha-check-discovery.py with this venv's python). 2024.3.3 is the newest release Python 3.11 can run, and it
+# only works with dependencies of its own time: a current pip for --uploaded-prior-to, then the cutoff and the
+# pins that keep it from starting in recovery mode. About 700 MB and 40 s, once; cached under target/ like the rest.
+ha=target/ha
+if ! "$ha/bin/python" -c "import homeassistant" 2>/dev/null; then
+  rm -rf "$ha"
+  mkdir -p target
+  python3 -m venv "$ha"
+  "$ha/bin/pip" install --quiet --disable-pip-version-check -U pip
+  "$ha/bin/pip" install --quiet --disable-pip-version-check --uploaded-prior-to 2024-03-30T00:00:00Z \
+    homeassistant==2024.3.3 paho-mqtt==1.6.1 janus==1.0.0 Pillow==10.2.0 home-assistant-frontend==20240307.0 \
+    psutil-home-assistant==0.0.1 SQLAlchemy==2.0.27 fnv-hash-fast==0.5.0 securetar==2024.2.1 PyTurboJPEG==1.7.1 \
+    numpy==1.26.0
+fi
+export BMS_HA_PYTHON="$PWD/$ha/bin/python"
+
 echo "== formatting"
 cargo fmt --check
 echo "== clippy"

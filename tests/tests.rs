@@ -14,6 +14,7 @@ mod grafana;
 mod metrics;
 mod mqtt_cleanup;
 mod mqtt_control;
+mod mqtt_discovery;
 mod observability;
 mod pace_vectors;
 mod prometheus_rules;
