@@ -295,8 +295,7 @@ pub async fn run(config: &MqttConfig, scraper: &Scraper, topic: &str, payload: &
         protocol: target.protocol,
         up: fresh && status.last.succeeded(),
         values: &values,
-        // Energy totals are the publisher's; a command's immediate state message goes without them.
-        energy: &[],
+        energy: status.energy.packs(),
     };
     Handled { outcome: verdict, messages: super::state(config, &view) }
 }
