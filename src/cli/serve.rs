@@ -150,15 +150,13 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let mqtt_stats = mqtt.as_ref().map(|_| Arc::new(MqttStats::default()));
         let publisher = match (mqtt, &mqtt_stats) {
             (Some(mqtt), Some(stats)) => {
-                tracing::info!(
-                    broker = %publisher::broker_url(&mqtt),
-                    layout = mqtt.layout.as_str(),
-                    interval_s = mqtt.interval.as_secs_f64(),
-                    discovery = mqtt.discovery.enabled,
-                    control = mqtt.control,
-                    "publishing to MQTT"
-                );
-                Some(publisher::spawn(mqtt, Arc::clone(&scraper), Arc::clone(stats))?)
+                let (broker, layout) = (publisher::broker_url(&mqtt), mqtt.layout.as_str());
+                let (interval_s, discovery, control) =
+                    (mqtt.interval.as_secs_f64(), mqtt.discovery.enabled, mqtt.control);
+                // An unreadable password file or a bad CA or client certificate fails the start here.
+                let started = publisher::spawn(mqtt, Arc::clone(&scraper), Arc::clone(stats))?;
+                tracing::info!(broker = %broker, layout, interval_s, discovery, control, "publishing to MQTT");
+                Some(started)
             }
             _ => None,
         };
