@@ -510,6 +510,45 @@ fn mqtt_a_restarted_broker_gets_the_birth_again_and_metrics_never_stop() {
 }
 
 #[test]
+fn mqtt_discovery_is_sent_once_per_connection_and_again_when_home_assistant_comes_online() {
+    let dir = Scratch::new("mqtt-discovery");
+    let sim = daly("mqtt-discovery");
+    let port = free_port();
+    let broker = Broker::plain(&dir, "broker", port);
+    let watch = broker.watch("homeassistant/#");
+    let config = mqtt_config(port, "discovery");
+    let landed = layout_landed(&config);
+    let exporter = Exporter::start(&dir, &sim, config);
+    exporter.wait_connected(true, Duration::from_secs(10));
+    if !landed {
+        return;
+    }
+    let configs = || watch.lines().iter().filter(|l| l.contains("/config ")).count();
+    let first = wait_for("the discovery configs", Duration::from_secs(10), || Some(configs()).filter(|&n| n > 0));
+    // Several intervals later nothing has changed, so nothing was sent again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(configs(), first, "{:?}", watch.lines());
+
+    // Home Assistant's birth message: every config again.
+    let publish = Process::new(required_program("mosquitto_pub", "mosquitto-clients"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.observer_port.to_string(),
+            "-t",
+            "homeassistant/status",
+            "-m",
+            "online",
+        ])
+        .status()
+        .unwrap();
+    assert!(publish.success());
+    wait_for("the discovery configs again", Duration::from_secs(5), || (configs() == 2 * first).then_some(()));
+    assert!(exporter.log().contains("Home Assistant is online"), "{}", exporter.log());
+}
+
+#[test]
 fn mqtt_user_name_and_password_are_sent_and_a_refusal_is_logged_with_its_reason() {
     let dir = Scratch::new("mqtt-auth");
     let sim = daly("mqtt-auth");
