@@ -7,12 +7,15 @@ export CARGO_TERM_COLOR=never
 
 echo "== system packages"
 # Real peers the tests start: a Prometheus server and promtool (tests/exporter.rs, observability.rs,
-# prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, and strace to hold the
-# systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), and jq, which the Home Assistant
-# add-on's run.sh needs (tests/addon.rs). Installed only when missing; the tests fail loudly without them.
+# prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, strace to hold the
+# systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), jq, which the Home Assistant
+# add-on's run.sh needs (tests/addon.rs), and the mosquitto broker with its clients for the MQTT tests
+# (tests/mqtt*.rs). Installed only when missing; the tests fail loudly without them.
+# mosquitto lives in /usr/sbin, which a non-root PATH may lack.
 need=()
-for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace jq:jq; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace jq:jq \
+  mosquitto:mosquitto mosquitto_sub:mosquitto-clients; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
   as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"

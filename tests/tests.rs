@@ -12,6 +12,7 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod metrics;
+mod mqtt;
 mod mqtt_cleanup;
 mod mqtt_control;
 mod mqtt_discovery;

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config;
+use crate::mqtt::{MqttStats, publisher};
 use crate::scrape::{Freshness, Scraper};
 use crate::server;
 use crate::session::Settings;
@@ -140,12 +141,25 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // The web port first: a port in use fails the start before any device is opened, and the demo's
         // devices (on ports the kernel picks) can never take the port asked for.
         let listener = bind(&args.listen_address).await?;
-        let buses = match plan.source {
-            Source::Config(config) => config.buses(),
-            Source::Demo(settings) => crate::demo::start(settings, plan.freshness.stale_after).await?,
+        let (buses, mqtt) = match plan.source {
+            Source::Config(config) => (config.buses(), config.mqtt),
+            Source::Demo(settings) => (crate::demo::start(settings, plan.freshness.stale_after).await?, None),
         };
         let scraper = Arc::new(Scraper::spawn(buses, plan.freshness));
         scraper.warm_up();
+        let mqtt_stats = mqtt.as_ref().map(|_| Arc::new(MqttStats::default()));
+        let publisher = match (mqtt, &mqtt_stats) {
+            (Some(mqtt), Some(stats)) => {
+                let (broker, layout) = (publisher::broker_url(&mqtt), mqtt.layout.as_str());
+                let (interval_s, discovery, control) =
+                    (mqtt.interval.as_secs_f64(), mqtt.discovery.enabled, mqtt.control);
+                // An unreadable password file or a bad CA or client certificate fails the start here.
+                let started = publisher::spawn(mqtt, Arc::clone(&scraper), Arc::clone(stats))?;
+                tracing::info!(broker = %broker, layout, interval_s, discovery, control, "publishing to MQTT");
+                Some(started)
+            }
+            _ => None,
+        };
         let local = listener.local_addr().context("the listening address")?;
         tracing::info!(
             address = %local,
@@ -157,8 +171,21 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             max_connections: fit_connections(args.max_connections, open_files.map(|l| l.soft), scraper.targets().len()),
             header_read_timeout: args.header_read_timeout,
         };
-        let app = server::routes::router(Arc::clone(&scraper), &telemetry_path);
-        server::serve_with(listener, app, web, limits, shutdown_signal()).await?;
+        let app = server::routes::router(Arc::clone(&scraper), &telemetry_path, mqtt_stats);
+        // On the signal the publisher says goodbye to the broker while open requests finish, so Home Assistant
+        // marks the entities unavailable at once instead of after the keep-alive.
+        let stop = publisher.as_ref().map(publisher::Publisher::stop_handle);
+        let signal = async move {
+            shutdown_signal().await;
+            if let Some(stop) = stop {
+                stop.stop();
+            }
+        };
+        let served = server::serve_with(listener, app, web, limits, signal).await;
+        if let Some(publisher) = publisher {
+            publisher.shutdown().await;
+        }
+        served?;
         tracing::info!("stopped");
         Ok(())
     })

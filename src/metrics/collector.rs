@@ -11,15 +11,15 @@ use std::fmt::{self, Write as _};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
-    GaugeValueEncoder, LabelValueEncoder, MetricEncoder,
+    GaugeValueEncoder, LabelValueEncoder, MetricEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
-use super::DeviceView;
 use super::names::{self, Kind, Metric};
+use super::{DeviceView, MqttView};
 use crate::model::energy::PackEnergy;
 use crate::model::{LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId};
 use crate::poller::DeviceStatus;
@@ -29,6 +29,8 @@ use crate::protocol::Protocol;
 #[derive(Debug)]
 pub(crate) struct Scrape {
     devices: Vec<Device>,
+    /// The MQTT publisher's health, when it runs.
+    mqtt: Option<MqttView>,
 }
 
 /// One configured device.
@@ -68,9 +70,9 @@ struct Pack {
 }
 
 impl Scrape {
-    /// Copy and normalise what `views` say.
-    pub(crate) fn new(views: &[DeviceView<'_>]) -> Self {
-        Self { devices: views.iter().map(Device::new).collect() }
+    /// Copy and normalise what `views` say (and `mqtt`, the publisher's health, when it runs).
+    pub(crate) fn new(views: &[DeviceView<'_>], mqtt: Option<MqttView>) -> Self {
+        Self { devices: views.iter().map(Device::new).collect(), mqtt }
     }
 
     /// Every online pack of every fresh device, in render order, with its device name.
@@ -496,10 +498,27 @@ impl Scrape {
     }
 }
 
+/// The MQTT publisher's families, after everything else (so the families of [`names::ALL`] keep their order).
+/// Label-less samples are written straight to the family's encoder: `encode_family` would add `{}`.
+fn encode_mqtt(enc: &mut DescriptorEncoder<'_>, mqtt: &MqttView) -> fmt::Result {
+    let count = |m: &mut MetricEncoder<'_>, n: u64| m.encode_counter::<NoLabelSet, _, f64>(&n, None);
+    family(enc, &names::MQTT_CONNECTED, |m| m.encode_gauge(&i64::from(mqtt.connected)))?;
+    family(enc, &names::MQTT_MESSAGES, |m| count(m, mqtt.messages_published))?;
+    family(enc, &names::MQTT_BYTES, |m| count(m, mqtt.publish_bytes))?;
+    family(enc, &names::MQTT_ERRORS, |m| count(m, mqtt.connection_errors))?;
+    family(enc, &names::MQTT_LAST_PUBLISH, |m| {
+        mqtt.last_publish_unix.filter(|v| v.is_finite()).map_or(Ok(()), |v| m.encode_gauge(&v))
+    })
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_health(&mut enc)?;
-        self.encode_pack_values(&mut enc)
+        self.encode_pack_values(&mut enc)?;
+        match &self.mqtt {
+            Some(mqtt) => encode_mqtt(&mut enc, mqtt),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1087,5 +1106,44 @@ mod tests {
             let all = samples(&body(&[view("d", Some(&s), true)]));
             assert_eq!(series(&all, "bms_temperature_celsius")[0].label("sensor"), Some(sensor.label().as_str()));
         }
+    }
+
+    #[test]
+    fn the_mqtt_families_follow_the_table_only_when_the_publisher_runs() {
+        use crate::metrics::{MqttView, render_with};
+        let s = status("d", vec![rich_pack(1)], true);
+        let views = [view("d", Some(&s), true)];
+        let without = body(&views);
+        assert!(!without.contains("bms_mqtt"), "{without}");
+
+        let mqtt = MqttView {
+            connected: true,
+            messages_published: 12,
+            publish_bytes: 3456,
+            connection_errors: 2,
+            last_publish_unix: Some(1_700_000_000.25),
+        };
+        let mut with = String::new();
+        render_with(&views, Some(&mqtt), &mut with).unwrap();
+        // The same body up to `# EOF`, then the publisher's families in the order of their table.
+        let head = without.strip_suffix("# EOF\n").unwrap();
+        let tail = with.strip_prefix(head).expect("the MQTT families come after every other family");
+        let types: Vec<&str> = tail.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let expected: Vec<String> = names::MQTT.iter().map(|m| format!("{} {}", m.family(), m.kind.as_str())).collect();
+        assert_eq!(types, expected);
+        let all = samples(tail);
+        assert_eq!(value(&all, "bms_mqtt_connected", &[]), Some(1.0));
+        assert_eq!(value(&all, "bms_mqtt_messages_published_total", &[]), Some(12.0));
+        assert_eq!(value(&all, "bms_mqtt_publish_bytes_total", &[]), Some(3456.0));
+        assert_eq!(value(&all, "bms_mqtt_connection_errors_total", &[]), Some(2.0));
+        assert_eq!(value(&all, "bms_mqtt_last_publish_timestamp_seconds", &[]), Some(1_700_000_000.25));
+        assert!(tail.contains("\nbms_mqtt_connected 1\n"), "no labels, no braces:\n{tail}");
+
+        // Before the first publish the timestamp has no series (its family is still declared).
+        let mut first = String::new();
+        render_with(&views, Some(&MqttView::default()), &mut first).unwrap();
+        assert!(first.contains("# TYPE bms_mqtt_last_publish_timestamp_seconds gauge"));
+        assert!(!first.contains("\nbms_mqtt_last_publish_timestamp_seconds "), "{first}");
+        assert!(first.contains("\nbms_mqtt_connected 0\n"));
     }
 }

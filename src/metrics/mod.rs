@@ -34,10 +34,30 @@ pub struct DeviceView<'a> {
     pub values: Option<&'a DeviceSnapshot>,
 }
 
+/// The MQTT publisher's health, when `mqtt:` is configured (the `bms_mqtt_*` families).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MqttView {
+    /// Whether the broker connection is up.
+    pub connected: bool,
+    /// Messages handed to the broker connection since start.
+    pub messages_published: u64,
+    /// Their payload bytes.
+    pub publish_bytes: u64,
+    /// Failed connection attempts and lost connections since start.
+    pub connection_errors: u64,
+    /// Unix time of the last message handed to the broker connection, if any.
+    pub last_publish_unix: Option<f64>,
+}
+
 /// Append the whole body for `devices` (in their order) to `out`; it ends with `# EOF`.
 pub fn render(devices: &[DeviceView<'_>], out: &mut String) -> std::fmt::Result {
+    render_with(devices, None, out)
+}
+
+/// [`render`], plus the MQTT publisher's families ([`names::MQTT`]) when `mqtt` is given.
+pub fn render_with(devices: &[DeviceView<'_>], mqtt: Option<&MqttView>, out: &mut String) -> std::fmt::Result {
     // No prefix: the collector writes full `bms_` names, and a registry prefix would double them.
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector::Scrape::new(devices)));
+    registry.register_collector(Box::new(collector::Scrape::new(devices, mqtt.copied())));
     prometheus_client::encoding::text::encode(out, &registry)
 }

@@ -387,13 +387,61 @@ pub const ALL: &[&Metric] = &[
     &TEMPERATURE_ALARM,
 ];
 
-/// The metrics reference as a Markdown table, one row per family of [`ALL`] (the README embeds it; a test keeps
-/// the two equal).
+/// `bms_mqtt_connected`.
+pub const MQTT_CONNECTED: Metric = mqtt(
+    "bms_mqtt_connected",
+    Kind::Gauge,
+    None,
+    "1 while the MQTT publisher is connected to the broker, else 0 (only with mqtt: configured, like every bms_mqtt_ family)",
+);
+/// `bms_mqtt_messages_published_total`.
+pub const MQTT_MESSAGES: Metric = mqtt(
+    "bms_mqtt_messages_published_total",
+    Kind::Counter,
+    None,
+    "MQTT messages (state, discovery, status) handed to the broker connection since the exporter started",
+);
+/// `bms_mqtt_publish_bytes_total`.
+pub const MQTT_BYTES: Metric = mqtt(
+    "bms_mqtt_publish_bytes_total",
+    Kind::Counter,
+    Some("bytes"),
+    "Payload bytes of the MQTT messages handed to the broker connection since the exporter started",
+);
+/// `bms_mqtt_connection_errors_total`.
+pub const MQTT_ERRORS: Metric = mqtt(
+    "bms_mqtt_connection_errors_total",
+    Kind::Counter,
+    None,
+    "Failed MQTT connection attempts and lost connections (broker down, refused credentials, TLS errors)",
+);
+/// `bms_mqtt_last_publish_timestamp_seconds`.
+pub const MQTT_LAST_PUBLISH: Metric = mqtt(
+    "bms_mqtt_last_publish_timestamp_seconds",
+    Kind::Gauge,
+    Some("seconds"),
+    "Unix time of the last MQTT message handed to the broker connection; absent before the first",
+);
+
+const fn mqtt(name: &'static str, kind: Kind, unit: Option<&'static str>, help: &'static str) -> Metric {
+    Metric { name, kind, unit, help, labels: &[], scope: Scope::Exporter }
+}
+
+/// The MQTT publisher's families, rendered after [`ALL`] only when `mqtt:` is configured.
+pub const MQTT: &[&Metric] = &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH];
+
+/// Every family the exporter can serve: [`ALL`], then [`MQTT`].
+pub fn every() -> impl Iterator<Item = &'static Metric> {
+    ALL.iter().chain(MQTT).copied()
+}
+
+/// The metrics reference as a Markdown table, one row per family of [`ALL`] and [`MQTT`] (the README embeds
+/// it; a test keeps the two equal).
 #[must_use]
 pub fn reference_markdown() -> String {
     use std::fmt::Write as _;
     let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
-    for metric in ALL {
+    for metric in every() {
         let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
         // A `|` in help text would end the cell early.
         let help = metric.help.replace('|', "\\|");
@@ -413,11 +461,11 @@ mod tests {
 
     #[test]
     fn names_carry_their_unit_and_type_suffix_and_are_unique() {
-        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        let mut names: Vec<&str> = every().map(|m| m.name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), ALL.len(), "a family is listed twice");
-        for m in ALL {
+        assert_eq!(names.len(), every().count(), "a family is listed twice");
+        for m in every() {
             assert!(m.name.starts_with("bms_"), "{}", m.name);
             assert!(is_name(m.name), "{}", m.name);
             if let Some(suffix) = m.kind.suffix() {
@@ -451,7 +499,7 @@ mod tests {
 
     #[test]
     fn help_needs_no_escaping_and_labels_start_with_the_scope_keys() {
-        for m in ALL {
+        for m in every() {
             assert!(!m.help.is_empty(), "{}", m.name);
             assert!(!m.help.contains(['\\', '"', '\n']), "{}: HELP would need escaping", m.name);
             assert!(m.labels.iter().all(|l| is_name(l)), "{}", m.name);

@@ -6,6 +6,9 @@ use crate::model::energy::PackEnergy;
 use crate::protocol::Protocol;
 
 pub mod connect;
+pub mod publisher;
+
+pub use publisher::{MqttStats, Publisher};
 
 /// One MQTT message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]

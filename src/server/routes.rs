@@ -12,7 +12,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 
-use crate::metrics::{self, DeviceView};
+use crate::metrics::{self, DeviceView, MqttView};
+use crate::mqtt::MqttStats;
 use crate::scrape::{Scraper, Seen, scrape_budget};
 
 /// Header in which Prometheus announces its scrape timeout.
@@ -23,11 +24,14 @@ const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
 struct App {
     scraper: Arc<Scraper>,
     telemetry_path: String,
+    /// The MQTT publisher's health, when `mqtt:` is configured.
+    mqtt: Option<Arc<MqttStats>>,
 }
 
-/// The router for `scraper`, with the metrics at `telemetry_path` (e.g. `/metrics`).
-pub fn router(scraper: Arc<Scraper>, telemetry_path: &str) -> Router {
-    let app = Arc::new(App { scraper, telemetry_path: telemetry_path.to_owned() });
+/// The router for `scraper`, with the metrics at `telemetry_path` (e.g. `/metrics`), which also carry the MQTT
+/// publisher's health when `mqtt` is given.
+pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, mqtt: Option<Arc<MqttStats>>) -> Router {
+    let app = Arc::new(App { scraper, telemetry_path: telemetry_path.to_owned(), mqtt });
     Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(scrape))
@@ -41,7 +45,7 @@ pub fn router(scraper: Arc<Scraper>, telemetry_path: &str) -> Router {
 async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let deadline = deadline(&headers);
     let seen = app.scraper.collect(None, deadline).await;
-    render(&app.scraper, &seen)
+    render(&app.scraper, &seen, app.mqtt.as_deref().map(MqttStats::view).as_ref())
 }
 
 /// `/probe?target=NAME`: one configured device (the multi-target pattern of blackbox and snmp exporters).
@@ -67,7 +71,8 @@ async fn probe(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Res
         return (StatusCode::NOT_FOUND, body).into_response();
     };
     let seen = app.scraper.collect(Some(index), deadline(&headers)).await;
-    render(&app.scraper, &seen)
+    // The exporter's MQTT health belongs to `/metrics`, not to a probe of one device.
+    render(&app.scraper, &seen, None)
 }
 
 /// The deadline for a scrape that arrived now with `headers`.
@@ -76,8 +81,9 @@ fn deadline(headers: &HeaderMap) -> Instant {
     Instant::now() + scrape_budget(announced)
 }
 
-/// Render the devices `seen` (indices into the scraper's targets) as one OpenMetrics body.
-fn render(scraper: &Scraper, seen: &[(usize, Seen)]) -> Response {
+/// Render the devices `seen` (indices into the scraper's targets), and the MQTT publisher's health when given,
+/// as one OpenMetrics body.
+fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) -> Response {
     let views: Vec<DeviceView<'_>> = seen
         .iter()
         .filter_map(|(index, seen)| {
@@ -93,7 +99,7 @@ fn render(scraper: &Scraper, seen: &[(usize, Seen)]) -> Response {
         })
         .collect();
     let mut body = String::with_capacity(16 * 1024);
-    match metrics::render(&views, &mut body) {
+    match metrics::render_with(&views, mqtt, &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Err(error) => {
             tracing::error!(%error, "rendering the metrics failed");
