@@ -51,6 +51,7 @@ pub mod bmspace;
 pub mod control;
 pub mod daly_cli;
 pub mod native;
+pub mod once;
 pub mod python;
 
 use crate::config::mqtt::{Layout, MqttConfig};
