@@ -11,6 +11,7 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod metrics;
+mod mqtt_compat;
 mod observability;
 mod pace_vectors;
 mod prometheus_rules;
