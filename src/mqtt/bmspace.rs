@@ -828,6 +828,74 @@ mod tests {
     }
 
     #[test]
+    fn a_simulated_pace_master_read_through_the_real_codec_fills_every_topic() {
+        use crate::model::Sections;
+        use crate::protocol::Exchange as _;
+        use crate::protocol::exchange::test_support::poll;
+        use crate::protocol::pace::VER_PACE;
+        use crate::protocol::pace::exchange::{PaceExchange, PackSelection};
+        use crate::simulator::Responder as _;
+        use crate::simulator::pace::{MASTER_ADR, PaceBus};
+
+        let mut bus = PaceBus::new(2, 16, 6, 7);
+        for _ in 0..10 {
+            bus.step(30.0);
+        }
+        bus.pack_mut(2).unwrap().set_charge_mosfet(false);
+        let mut exchange = PaceExchange::new(MASTER_ADR, PackSelection::All, VER_PACE);
+        poll(&mut exchange, &mut bus, Sections::all());
+        let values = exchange.snapshot();
+        let truth = bus.truth();
+        let messages = state(&config(), &view(&values));
+        let get = |topic: &str| {
+            messages.iter().find(|m| m.topic == topic).map_or_else(|| panic!("{topic} missing"), |m| m.payload.as_str())
+        };
+        let sn = get("bmspace/bms_sn");
+        assert!(sn.starts_with("SIMBMS") && sn.len() == 15, "{sn}");
+        assert!(get("bmspace/pack_sn").starts_with("SIMPACK"));
+        assert!(get("bmspace/bms_version").starts_with("P16S100A"));
+        for (p, t) in [("1", &truth.packs[0]), ("2", &truth.packs[1])] {
+            for (i, volts) in t.cell_volts.iter().enumerate() {
+                let mv: i64 = get(&format!("bmspace/pack_{p}/v_cells/cell_{}", i + 1)).parse().unwrap();
+                assert!((mv as f64 - volts.unwrap() * 1000.0).abs() <= 1.0, "pack {p} cell {}", i + 1);
+            }
+            for n in 1..=6 {
+                let celsius: f64 = get(&format!("bmspace/pack_{p}/temps/temp_{n}")).parse().unwrap();
+                assert!((-40.0..100.0).contains(&celsius));
+            }
+            assert_eq!(get(&format!("bmspace/pack_{p}/cycles")), t.cycle_count.unwrap().to_string());
+            let remaining: f64 = get(&format!("bmspace/pack_{p}/i_remain_cap")).parse().unwrap();
+            let full: f64 = get(&format!("bmspace/pack_{p}/i_full_cap")).parse().unwrap();
+            assert_eq!(get(&format!("bmspace/pack_{p}/soc")), float_str(round(remaining / full * 100.0, 2)));
+            assert!(get(&format!("bmspace/pack_{p}/balancing1")).chars().all(|c| c == '0' || c == '1'));
+        }
+        assert_eq!(get("bmspace/pack_1/charge_fet"), "1");
+        assert_eq!(get("bmspace/pack_2/charge_fet"), "0");
+        assert_eq!(get("bmspace/pack_2/discharge_fet"), "1");
+        assert_eq!(get("bmspace/pack_remain_cap"), get("bmspace/pack_1/i_remain_cap"));
+
+        // Discovery names exactly the state topics, once each: 2 × (16 cells + 6 temperatures + 22) + 5.
+        let configs = discovery(&config(), &view(&values));
+        assert_eq!(configs.len(), 2 * (16 + 6 + 22) + 5);
+        let mut named: Vec<String> = configs
+            .iter()
+            .map(|c| {
+                serde_json::from_str::<serde_json::Value>(&c.payload).unwrap()["state_topic"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        named.sort();
+        named.dedup();
+        assert_eq!(named.len(), configs.len(), "no two configs share a state topic");
+        for topic in &named {
+            assert!(messages.iter().any(|m| &m.topic == topic), "{topic} is never published");
+        }
+        assert!(configs.iter().all(|c| c.topic.contains(&format!("/BMS-{sn}/"))));
+    }
+
+    #[test]
     fn a_protocol_without_instruction_bits_still_reports_its_mosfets() {
         let mut p = PackSnapshot::new(1);
         p.set_alarms([Alarm::new("short_circuit", AlarmSeverity::Protection, true)]);
