@@ -9,6 +9,8 @@
 //!   (`52.6`, `53.0`, `16`), `True`/`False`, the text of a string, an empty payload for `None`, and a list as
 //!   `json.dumps` writes it (`[]`, `["a", "b"]`). A section the BMS did not answer is one leaf whose payload is
 //!   `False`, as the tool publishes it. Not retained. The tool publishes at QoS 0; `qos: 0` matches it.
+//!   The values are those `read --format daly-bms-cli` prints, with the deviations listed there (which cell a
+//!   range names on a tie, the sign of the current on discharge-positive boards unless configured).
 //! - Discovery: before each leaf the tool sends a retained config to
 //!   `homeassistant/sensor/daly_bms/<path, / → _>/config` (here `<discovery prefix>/…`) with `unique_id`
 //!   `daly_bms_<path, / → _>` (so `daly_bms__soc_soc_percent`), `name` `Daly BMS <path, / → space>`,
