@@ -26,13 +26,15 @@ fi
 echo "== python peers"
 # The independent client the simulator must satisfy (issue #4): daly-bms-cli from PyPI, in a venv under target/;
 # the official Python Prometheus client, whose OpenMetrics parser must accept /metrics (tests/metrics.rs);
-# kubernetes-validate, whose bundled schemas check deploy/kubernetes offline (tests/deploy.rs).
+# kubernetes-validate, whose bundled schemas check deploy/kubernetes offline (tests/deploy.rs); paho-mqtt for
+# daly-bms-cli --mqtt (tests/mqtt_compat.rs), a 1.x release: dalybms 0.5.0 calls paho.Client() without the
+# callback API version that 2.x requires.
 venv=target/py
-if ! "$venv/bin/python" -c "import dalybms, serial, prometheus_client, kubernetes_validate" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import dalybms, serial, prometheus_client, kubernetes_validate, paho.mqtt.client" 2>/dev/null; then
   rm -rf "$venv"
   mkdir -p target
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check dalybms==0.5.0 pyserial==3.5 prometheus-client==0.26.0 kubernetes-validate==1.37.0
+  "$venv/bin/pip" install --quiet --disable-pip-version-check dalybms==0.5.0 pyserial==3.5 prometheus-client==0.26.0 kubernetes-validate==1.37.0 paho-mqtt==1.6.1
 fi
 export BMS_DALY_BMS_CLI="$PWD/$venv/bin/daly-bms-cli"
 

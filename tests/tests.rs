@@ -14,6 +14,7 @@ mod grafana;
 mod metrics;
 mod mqtt;
 mod mqtt_cleanup;
+mod mqtt_compat;
 mod mqtt_control;
 mod mqtt_discovery;
 mod observability;

@@ -2,6 +2,7 @@
 //! device once through a bus worker, exactly as the exporter will.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use super::connection::ConnectionArgs;
+use crate::config::mqtt::{Broker, Discovery, Layout, MqttConfig, MqttTls};
 use crate::model::{Section, Sections};
+use crate::mqtt::{self, DeviceView};
 use crate::output::json::PackFilter;
 use crate::output::nagios::{self, Limit, Thresholds};
 use crate::output::{daly_cli, json as json_out};
@@ -74,6 +77,26 @@ pub struct ReadArgs {
     /// With --watch: stop after this many polls (default: until interrupted).
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
+    /// Publish the read to this MQTT broker the way `daly-bms-cli --all --mqtt` does (its topics and payloads)
+    /// instead of printing it, then exit once the broker has every message: mqtt://HOST[:PORT] or
+    /// mqtts://HOST[:PORT]. Reads every section.
+    #[arg(long, value_name = "URL", value_parser = mqtt::once::parse_broker, conflicts_with = "watch")]
+    pub mqtt: Option<Broker>,
+    /// With --mqtt: also publish daly-bms-cli's Home Assistant discovery configs (its `--mqtt-hass`).
+    #[arg(long, requires = "mqtt")]
+    pub mqtt_hass: bool,
+    /// With --mqtt: the base topic (daly-bms-cli's `--mqtt-topic`; default daly_bms).
+    #[arg(long, value_name = "TOPIC", requires = "mqtt")]
+    pub mqtt_topic: Option<String>,
+    /// With --mqtt: the user name the broker asks for.
+    #[arg(long, value_name = "USER", requires = "mqtt")]
+    pub mqtt_user: Option<String>,
+    /// With --mqtt-user: a file whose first line is the password (never a password on the command line).
+    #[arg(long, value_name = "FILE", requires = "mqtt_user")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// With an mqtts:// broker: the CA certificate(s) that sign it (PEM; default: the system's).
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    pub mqtt_ca_file: Option<PathBuf>,
 }
 
 /// Arguments of `check`.
@@ -159,12 +182,12 @@ fn failures_json(report: &PollReport) -> Value {
 /// Run `read`.
 pub(super) fn read(args: &ReadArgs) -> anyhow::Result<ExitCode> {
     let protocol = args.connection.protocol()?;
-    let sections = if args.all || args.sections.is_empty() || args.format == Format::DalyBmsCli {
-        Sections::all()
-    } else {
-        args.sections.iter().copied().collect()
-    };
+    let full = args.all || args.sections.is_empty() || args.format == Format::DalyBmsCli || args.mqtt.is_some();
+    let sections = if full { Sections::all() } else { args.sections.iter().copied().collect() };
     let device = OneDevice::new(&args.connection, sections, args.pack)?;
+    if let Some(broker) = &args.mqtt {
+        return publish_poll(args, broker, protocol, &device);
+    }
     let Some(interval) = args.watch else { return print_poll(args, protocol, sections, &device.poll()?, false) };
     if !(interval.is_finite() && interval >= 0.0) {
         anyhow::bail!("--watch {interval}: expected a number of seconds, 0 or more");
@@ -189,6 +212,59 @@ pub(super) fn read(args: &ReadArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+/// `read --mqtt`: what `daly-bms-cli --mqtt` is given for one-shot use from cron.
+fn mqtt_config(args: &ReadArgs, broker: &Broker) -> MqttConfig {
+    MqttConfig {
+        broker: broker.clone(),
+        // Never the serving exporter's id: a broker drops the older of two clients with one id.
+        client_id: format!("bms_exporter-read-{}", std::process::id()),
+        username: args.mqtt_user.clone(),
+        password_file: args.mqtt_password_file.clone(),
+        tls: MqttTls { ca_file: args.mqtt_ca_file.clone(), cert_file: None, key_file: None },
+        topic_prefix: args.mqtt_topic.clone().unwrap_or_else(|| "daly_bms".to_owned()),
+        interval: Duration::ZERO,
+        // QoS 1 (daly-bms-cli sends 0): the broker's acknowledgements tell the command that every message
+        // arrived before it exits 0; what subscribers see does not change.
+        qos: 1,
+        layout: Layout::DalyBmsCli,
+        discovery: Discovery { enabled: args.mqtt_hass, prefix: "homeassistant".to_owned() },
+        control: false,
+        zero_pad_number_cells: 0,
+        zero_pad_number_packs: 0,
+    }
+}
+
+/// Poll once and publish it in daly-bms-cli's layout; nothing on stdout (like daly-bms-cli --mqtt, so a cron
+/// job mails nothing on success). Exit code 1 if any request failed (what was read is still published).
+fn publish_poll(
+    args: &ReadArgs,
+    broker: &Broker,
+    protocol: crate::protocol::Protocol,
+    device: &OneDevice,
+) -> anyhow::Result<ExitCode> {
+    let status = device.poll()?;
+    let report = &status.last;
+    if report.answered == 0 {
+        let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
+        anyhow::bail!("no reply from {} ({first}); nothing published", args.connection.transport()?.describe());
+    }
+    let mut values = report.device.clone();
+    if let PackArg::One(n) = args.pack {
+        values.packs.retain(|p| p.pack == n);
+    }
+    let config = mqtt_config(args, broker);
+    let view = DeviceView { name: "cli", protocol, up: true, values: &values, energy: &[] };
+    let messages = mqtt::daly_cli::interleaved(&config, &view, args.mqtt_hass);
+    device.runtime.block_on(mqtt::once::publish(&config, &messages, mqtt::once::DEADLINE))?;
+    if report.succeeded() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.failures {
+        eprintln!("warning: {} failed after {} attempt(s): {}", f.label, f.attempts, f.error);
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// Print one poll's document; exit code 1 if any request failed.

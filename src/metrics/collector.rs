@@ -650,6 +650,7 @@ mod tests {
             model: Some("PACE-48V".to_owned()),
             firmware_version: Some("P16S100A-1.2".to_owned()),
             serial_number: Some("SN001".to_owned()),
+            ..PackInfo::default()
         };
         p
     }
@@ -1021,7 +1022,7 @@ mod tests {
     #[test]
     fn pack_info_carries_only_the_identity_strings_that_were_read() {
         let mut p = rich_pack(1);
-        p.info = PackInfo { model: None, firmware_version: Some("V1".to_owned()), serial_number: None };
+        p.info = PackInfo { firmware_version: Some("V1".to_owned()), ..PackInfo::default() };
         let s = status("d", vec![p], true);
         let all = samples(&body(&[view("d", Some(&s), true)]));
         let info = series(&all, "bms_pack_info");

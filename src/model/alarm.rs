@@ -47,6 +47,26 @@ pub struct LevelAlarm {
     pub kind: LevelAlarmKind,
 }
 
+/// A non-normal warning level of a pack-wide quantity (Pace 0x44: charge current, pack voltage, discharge
+/// current), which a plain active flag would lose the direction of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QuantityAlarm {
+    /// Which quantity: `charge_current`, `pack_voltage` or `discharge_current`.
+    pub quantity: &'static str,
+    /// What the level byte says.
+    pub kind: LevelAlarmKind,
+}
+
+/// A named on/off state a device reports that is not an alarm (Pace instruction and control bits: heartbeat,
+/// AC in, buzzer enabled, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Indicator {
+    /// Stable snake_case identifier from the protocol specification.
+    pub name: &'static str,
+    /// Whether it is on.
+    pub on: bool,
+}
+
 /// The meaning of a Pace level byte (`protocols/pace.md` §7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

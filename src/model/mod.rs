@@ -10,7 +10,7 @@ pub mod energy;
 mod retained;
 mod section;
 
-pub use alarm::{Alarm, AlarmSeverity, LevelAlarm, LevelAlarmKind};
+pub use alarm::{Alarm, AlarmSeverity, Indicator, LevelAlarm, LevelAlarmKind, QuantityAlarm};
 pub use retained::Retained;
 pub use section::{Section, Sections, UnknownSection};
 
@@ -119,6 +119,9 @@ pub struct PackInfo {
     pub firmware_version: Option<String>,
     /// Serial number or battery code.
     pub serial_number: Option<String>,
+    /// The BMS board's own serial where the device reports it apart from the pack's (Pace 0xC2 carries both;
+    /// tools that key Home Assistant entities by it need this one, not the pack's).
+    pub bms_serial_number: Option<String>,
 }
 
 /// What one pack reported in one poll.
@@ -174,6 +177,12 @@ pub struct PackSnapshot {
     pub cell_alarms: Vec<LevelAlarm>,
     /// Per-sensor warning levels that are not normal (Pace).
     pub temperature_alarms: Vec<LevelAlarm>,
+    /// Pack-wide quantities whose warning level is not normal (Pace: charge current, pack voltage, discharge
+    /// current), with the direction the level byte gives.
+    pub quantity_alarms: Vec<QuantityAlarm>,
+    /// On/off states besides alarms, every one the protocol defines, in its table order (Pace instruction and
+    /// control bits); empty when the protocol reports none.
+    pub indicators: Vec<Indicator>,
     /// Identity strings.
     pub info: PackInfo,
 }
@@ -208,6 +217,8 @@ impl PackSnapshot {
             alarms: Vec::new(),
             cell_alarms: Vec::new(),
             temperature_alarms: Vec::new(),
+            quantity_alarms: Vec::new(),
+            indicators: Vec::new(),
             info: PackInfo::default(),
         }
     }

@@ -80,11 +80,12 @@ struct RetainedPack {
     balancing: f64,
     /// `digital_io` comes whole from one reply.
     digital_io: f64,
-    /// `alarms`, `cell_alarms` and `temperature_alarms` come together from one reply: the level lists hold
-    /// only active levels, so an empty list is news only when the reply that carries the alarms was read.
+    /// `alarms`, `cell_alarms`, `temperature_alarms`, `quantity_alarms` and `indicators` come together from one
+    /// reply: the level lists hold only active levels, so an empty list is news only when the reply that carries
+    /// the alarms was read.
     alarms: f64,
-    /// Model, firmware version, serial number.
-    info: [f64; 3],
+    /// Model, firmware version, serial number, BMS serial number.
+    info: [f64; 4],
 }
 
 impl RetainedPack {
@@ -97,7 +98,7 @@ impl RetainedPack {
             balancing: 0.0,
             digital_io: 0.0,
             alarms: 0.0,
-            info: [0.0; 3],
+            info: [0.0; 4],
         }
     }
 
@@ -132,14 +133,26 @@ impl RetainedPack {
             values.digital_io.clone_from(&new.digital_io);
             self.digital_io = now;
         }
-        if !new.alarms.is_empty() || !new.cell_alarms.is_empty() || !new.temperature_alarms.is_empty() {
+        if !new.alarms.is_empty()
+            || !new.cell_alarms.is_empty()
+            || !new.temperature_alarms.is_empty()
+            || !new.quantity_alarms.is_empty()
+            || !new.indicators.is_empty()
+        {
             values.alarms.clone_from(&new.alarms);
             values.cell_alarms.clone_from(&new.cell_alarms);
             values.temperature_alarms.clone_from(&new.temperature_alarms);
+            values.quantity_alarms.clone_from(&new.quantity_alarms);
+            values.indicators.clone_from(&new.indicators);
             self.alarms = now;
         }
-        let info = [&new.info.model, &new.info.firmware_version, &new.info.serial_number];
-        let kept = [&mut values.info.model, &mut values.info.firmware_version, &mut values.info.serial_number];
+        let info = [&new.info.model, &new.info.firmware_version, &new.info.serial_number, &new.info.bms_serial_number];
+        let kept = [
+            &mut values.info.model,
+            &mut values.info.firmware_version,
+            &mut values.info.serial_number,
+            &mut values.info.bms_serial_number,
+        ];
         for ((kept, new), at) in kept.into_iter().zip(info).zip(&mut self.info) {
             if new.is_some() {
                 kept.clone_from(new);
@@ -177,8 +190,15 @@ impl RetainedPack {
             pack.alarms.clear();
             pack.cell_alarms.clear();
             pack.temperature_alarms.clear();
+            pack.quantity_alarms.clear();
+            pack.indicators.clear();
         }
-        let info = [&mut pack.info.model, &mut pack.info.firmware_version, &mut pack.info.serial_number];
+        let info = [
+            &mut pack.info.model,
+            &mut pack.info.firmware_version,
+            &mut pack.info.serial_number,
+            &mut pack.info.bms_serial_number,
+        ];
         for (value, at) in info.into_iter().zip(self.info) {
             if at < oldest {
                 *value = None;
@@ -226,7 +246,7 @@ impl Retained {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Alarm, AlarmSeverity, LevelAlarm, LevelAlarmKind};
+    use crate::model::{Alarm, AlarmSeverity, Indicator, LevelAlarm, LevelAlarmKind, QuantityAlarm};
 
     const T0: f64 = 1_700_000_000.0;
     const STALE: f64 = 60.0;
@@ -241,7 +261,10 @@ mod tests {
         p.cell_balancing = vec![false, true, false];
         p.alarms = vec![Alarm::new("cell_overvoltage", AlarmSeverity::Warning, false)];
         p.cell_alarms = vec![LevelAlarm { index: 2, kind: LevelAlarmKind::AboveUpperLimit }];
+        p.quantity_alarms = vec![QuantityAlarm { quantity: "charge_current", kind: LevelAlarmKind::AboveUpperLimit }];
+        p.indicators = vec![Indicator { name: "heart", on: true }];
         p.info.model = Some("M".to_owned());
+        p.info.bms_serial_number = Some("BMS1".to_owned());
         p
     }
 
@@ -285,6 +308,7 @@ mod tests {
         assert_eq!(pack.cell_volts, vec![None, Some(3.310), None], "cells age one by one");
         assert!(pack.temperatures.is_empty() && pack.cell_balancing.is_empty() && pack.alarms.is_empty());
         assert!(pack.cell_alarms.is_empty() && pack.info.model.is_none());
+        assert!(pack.quantity_alarms.is_empty() && pack.indicators.is_empty() && pack.info.bms_serial_number.is_none());
 
         assert!(kept.view(T0 + 111.0, STALE).packs.is_empty(), "nothing fresh: the pack is not shown");
     }
@@ -311,13 +335,18 @@ mod tests {
         // The alarm reply was read again: no level is active any more (an empty list is news here).
         let mut next = PackSnapshot::new(1);
         next.alarms = vec![Alarm::new("cell_overvoltage", AlarmSeverity::Warning, true)];
+        next.indicators = vec![Indicator { name: "heart", on: false }];
         kept.update(&device(vec![next]), T0 + 1.0);
         let pack = &kept.view(T0 + 2.0, STALE).packs[0];
         assert!(pack.alarms[0].active);
         assert!(pack.cell_alarms.is_empty(), "a level cleared in the same reply is gone");
-        // A poll without the alarm reply leaves both as they were.
+        assert!(pack.quantity_alarms.is_empty(), "so is a pack-wide level");
+        assert_eq!(pack.indicators, [Indicator { name: "heart", on: false }]);
+        // A poll without the alarm reply leaves them all as they were.
         kept.update(&device(vec![PackSnapshot::new(1)]), T0 + 3.0);
-        assert!(kept.view(T0 + 4.0, STALE).packs[0].alarms[0].active);
+        let pack = &kept.view(T0 + 4.0, STALE).packs[0];
+        assert!(pack.alarms[0].active);
+        assert_eq!(pack.indicators, [Indicator { name: "heart", on: false }]);
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub mod cleanup;
 pub mod control;
 pub mod daly_cli;
 pub mod native;
+pub mod once;
+pub mod python;
 
 use crate::config::mqtt::{Layout, MqttConfig};
 

@@ -9,8 +9,8 @@ use super::Reply;
 use super::analog::{AnalogPack, AnalogReply};
 use super::status::{self, StatusPack, StatusReply};
 use crate::model::{
-    Alarm, AlarmSeverity, CurrentSign, DeviceSnapshot, LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId,
-    Temperature,
+    Alarm, AlarmSeverity, CurrentSign, DeviceSnapshot, Indicator, LevelAlarm, LevelAlarmKind, PackSnapshot, PackState,
+    QuantityAlarm, SensorId, Temperature,
 };
 
 /// Below this magnitude (A) the pack counts as idle.
@@ -57,7 +57,9 @@ pub fn apply(reply: &Reply, sign: CurrentSign, device: &mut DeviceSnapshot) {
         Reply::SoftwareVersion(r) => device.pack_mut(1).info.firmware_version = Some(r.version.clone()),
         Reply::ProductInfo(r) => {
             let serial = if r.pack_serial.is_empty() { &r.bms_serial } else { &r.pack_serial };
-            device.pack_mut(1).info.serial_number = Some(serial.clone());
+            let info = &mut device.pack_mut(1).info;
+            info.serial_number = Some(serial.clone());
+            info.bms_serial_number = Some(r.bms_serial.clone());
         }
         Reply::PackCapacity(r) => {
             let pack = device.pack_mut(1);
@@ -156,6 +158,20 @@ fn apply_status_pack(p: &StatusPack, pack: &mut PackSnapshot) {
     pack.set_alarms(alarms(p));
     pack.cell_alarms = level_alarms(&b.cell_warn);
     pack.temperature_alarms = level_alarms(&b.temp_warn);
+    pack.quantity_alarms = [
+        ("charge_current", b.charge_current_warn),
+        ("pack_voltage", b.pack_voltage_warn),
+        ("discharge_current", b.discharge_current_warn),
+    ]
+    .into_iter()
+    .filter_map(|(quantity, level)| Some(QuantityAlarm { quantity, kind: LevelAlarmKind::from_level(level)? }))
+    .collect();
+    pack.indicators = indicators(b.system, &status::SYSTEM).chain(indicators(b.control, &status::CONTROL)).collect();
+}
+
+/// Every bit of an instruction or control byte as a named indicator, bit 0 first.
+fn indicators(bits: u8, names: &'static [&'static str; 8]) -> impl Iterator<Item = Indicator> {
+    names.iter().enumerate().map(move |(k, &name)| Indicator { name, on: bits >> k & 1 == 1 })
 }
 
 /// Every alarm 0x44 defines, in table order: protection 1/2, faults, warnings 1/2, the three level warnings.
@@ -199,6 +215,58 @@ mod tests {
         assert_eq!(pack_number(false, 7, 1), 7);
         assert_eq!(pack_number(false, 0, 1), 1);
         assert_eq!(pack_number(false, 0xFF, 1), 1);
+    }
+
+    #[test]
+    fn status_keeps_the_pack_wide_levels_and_every_instruction_and_control_bit() {
+        use super::super::status::StatusBlock;
+        let block = StatusBlock {
+            cell_warn: vec![0; 4],
+            temp_warn: vec![0; 2],
+            charge_current_warn: 0x02,
+            pack_voltage_warn: 0x00,
+            discharge_current_warn: 0xF0,
+            system: 0b1000_0110,
+            control: 0b0000_0001,
+            ..StatusBlock::default()
+        };
+        let mut device = DeviceSnapshot::default();
+        apply_status_pack(&StatusPack::from_block(1, block), device.pack_mut(1));
+        let pack = &device.packs[0];
+        assert_eq!(
+            pack.quantity_alarms,
+            [
+                QuantityAlarm { quantity: "charge_current", kind: LevelAlarmKind::AboveUpperLimit },
+                QuantityAlarm { quantity: "discharge_current", kind: LevelAlarmKind::OtherFault },
+            ]
+        );
+        let on: Vec<&str> = pack.indicators.iter().filter(|i| i.on).map(|i| i.name).collect();
+        assert_eq!(on, ["charge_mosfet_on", "discharge_mosfet_on", "heart", "buzzer_enabled"]);
+        assert_eq!(pack.indicators.len(), 16, "every bit of both bytes, set or not");
+        assert_eq!((pack.charge_mosfet_enabled, pack.discharge_mosfet_enabled), (Some(true), Some(true)));
+    }
+
+    #[test]
+    fn product_info_keeps_the_bms_serial_beside_the_pack_serial() {
+        use super::super::frame::Header;
+        use super::super::info::ProductInfoReply;
+        let header = Header { ver: 0x25, adr: 1, cid1: 0x46, code: 0 };
+        let reply = |pack_serial: &str| {
+            Reply::ProductInfo(ProductInfoReply {
+                header,
+                lenid: 80,
+                bms_serial: "216061024400003A".to_owned(),
+                pack_serial: pack_serial.to_owned(),
+                info_hex: String::new(),
+            })
+        };
+        let mut device = DeviceSnapshot::default();
+        apply(&reply("GPSR2PC200YW28021109"), CurrentSign::Auto, &mut device);
+        let info = &device.packs[0].info;
+        assert_eq!(info.serial_number.as_deref(), Some("GPSR2PC200YW28021109"));
+        assert_eq!(info.bms_serial_number.as_deref(), Some("216061024400003A"));
+        apply(&reply(""), CurrentSign::Auto, &mut device);
+        assert_eq!(device.packs[0].info.serial_number.as_deref(), Some("216061024400003A"));
     }
 
     #[test]
