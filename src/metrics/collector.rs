@@ -508,6 +508,12 @@ fn encode_mqtt(enc: &mut DescriptorEncoder<'_>, mqtt: &MqttView) -> fmt::Result 
     family(enc, &names::MQTT_ERRORS, |m| count(m, mqtt.connection_errors))?;
     family(enc, &names::MQTT_LAST_PUBLISH, |m| {
         mqtt.last_publish_unix.filter(|v| v.is_finite()).map_or(Ok(()), |v| m.encode_gauge(&v))
+    })?;
+    family(enc, &names::MQTT_COMMANDS, |m| {
+        names::MQTT_COMMAND_RESULTS
+            .iter()
+            .zip(mqtt.commands)
+            .try_for_each(|(result, n)| counter(m, &[("result", Label::Str(result))], n))
     })
 }
 
@@ -1123,6 +1129,7 @@ mod tests {
             publish_bytes: 3456,
             connection_errors: 2,
             last_publish_unix: Some(1_700_000_000.25),
+            commands: [3, 0, 7, 1, 0],
         };
         let mut with = String::new();
         render_with(&views, Some(&mqtt), &mut with).unwrap();
@@ -1139,6 +1146,10 @@ mod tests {
         assert_eq!(value(&all, "bms_mqtt_connection_errors_total", &[]), Some(2.0));
         assert_eq!(value(&all, "bms_mqtt_last_publish_timestamp_seconds", &[]), Some(1_700_000_000.25));
         assert!(tail.contains("\nbms_mqtt_connected 1\n"), "no labels, no braces:\n{tail}");
+        for (result, want) in [("refused", 3.0), ("duplicate", 0.0), ("obeyed", 7.0), ("ignored_by_bms", 1.0)] {
+            assert_eq!(value(&all, "bms_mqtt_commands_total", &[("result", result)]), Some(want), "{result}");
+        }
+        assert_eq!(value(&all, "bms_mqtt_commands_total", &[("result", "failed")]), Some(0.0));
 
         // Before the first publish the timestamp has no series (its family is still declared).
         let mut first = String::new();
@@ -1146,5 +1157,9 @@ mod tests {
         assert!(first.contains("# TYPE bms_mqtt_last_publish_timestamp_seconds gauge"));
         assert!(!first.contains("\nbms_mqtt_last_publish_timestamp_seconds "), "{first}");
         assert!(first.contains("\nbms_mqtt_connected 0\n"));
+        // Every command result is there from the start, at 0.
+        for result in names::MQTT_COMMAND_RESULTS {
+            assert!(first.contains(&format!("\nbms_mqtt_commands_total{{result=\"{result}\"}} 0\n")), "{first}");
+        }
     }
 }

@@ -47,6 +47,8 @@ pub struct MqttView {
     pub connection_errors: u64,
     /// Unix time of the last message handed to the broker connection, if any.
     pub last_publish_unix: Option<f64>,
+    /// Control commands handled, per result in the order of [`names::MQTT_COMMAND_RESULTS`].
+    pub commands: [u64; names::MQTT_COMMAND_RESULTS.len()],
 }
 
 /// Append the whole body for `devices` (in their order) to `out`; it ends with `# EOF`.

@@ -423,12 +423,30 @@ pub const MQTT_LAST_PUBLISH: Metric = mqtt(
     "Unix time of the last MQTT message handed to the broker connection; absent before the first",
 );
 
+/// `bms_mqtt_commands_total`.
+pub const MQTT_COMMANDS: Metric = Metric {
+    labels: &["result"],
+    ..mqtt(
+        "bms_mqtt_commands_total",
+        Kind::Counter,
+        None,
+        "MQTT control commands handled, by result: refused (failed a check; nothing was sent), duplicate (the same \
+         command was still running), obeyed (the read-back shows it), ignored_by_bms (sent, but the read-back does \
+         not show it), failed (the link failed; what the BMS did is unknown); all 0 unless control: true",
+    )
+};
+
+/// The bounded `result` label values of `bms_mqtt_commands_total` (`mqtt::control::Outcome`), in this order;
+/// each is rendered from the start, 0 until it happens, so `increase()` and alerts see the series at once.
+pub const MQTT_COMMAND_RESULTS: [&str; 5] = ["refused", "duplicate", "obeyed", "ignored_by_bms", "failed"];
+
 const fn mqtt(name: &'static str, kind: Kind, unit: Option<&'static str>, help: &'static str) -> Metric {
     Metric { name, kind, unit, help, labels: &[], scope: Scope::Exporter }
 }
 
 /// The MQTT publisher's families, rendered after [`ALL`] only when `mqtt:` is configured.
-pub const MQTT: &[&Metric] = &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH];
+pub const MQTT: &[&Metric] =
+    &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH, &MQTT_COMMANDS];
 
 /// Every family the exporter can serve: [`ALL`], then [`MQTT`].
 pub fn every() -> impl Iterator<Item = &'static Metric> {

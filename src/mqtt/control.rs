@@ -140,6 +140,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of the counter's label values.
+    pub const ALL: [Self; 5] = [Self::Refused, Self::Duplicate, Self::Obeyed, Self::IgnoredByBms, Self::Failed];
+
     /// The label value: `refused`, `duplicate`, `obeyed`, `ignored_by_bms` or `failed`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -454,8 +457,8 @@ mod tests {
 
     #[test]
     fn outcome_labels_are_the_counter_values() {
-        let all = [Outcome::Refused, Outcome::Duplicate, Outcome::Obeyed, Outcome::IgnoredByBms, Outcome::Failed];
-        let labels: Vec<&str> = all.iter().map(|o| o.as_str()).collect();
+        let labels = Outcome::ALL.map(Outcome::as_str);
         assert_eq!(labels, ["refused", "duplicate", "obeyed", "ignored_by_bms", "failed"]);
+        assert_eq!(labels, crate::metrics::names::MQTT_COMMAND_RESULTS);
     }
 }

@@ -5,8 +5,9 @@
 //! cause, counting errors), and tells the *publisher* about connections and incoming messages; the publisher
 //! asks the [`Scraper`] for every device (the same single-flight path as scrapes), sends birth, discovery and
 //! state, re-sends discovery when Home Assistant comes online or a device's discovery changes, and hands
-//! command messages to [`control::handle`] one at a time. While the broker is away nothing is queued: state is
-//! skipped until the next connection, and a full request queue makes a publish give up instead of waiting.
+//! command messages to [`control::run`] one at a time, counting each result. While the broker is away nothing
+//! is queued: state is skipped until the next connection, and a full request queue makes a publish give up
+//! instead of waiting.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 
+use super::control::Outcome;
 use super::{DeviceView, Message, connect, control};
 use crate::config::mqtt::MqttConfig;
-use crate::metrics::MqttView;
+use crate::metrics::{MqttView, names};
 use crate::scrape::{Scraper, unix_now};
 
 /// The first wait after a failed connection; it doubles up to [`BACKOFF_MAX`].
@@ -51,6 +53,8 @@ pub struct MqttStats {
     errors: AtomicU64,
     /// Unix time of the last publish in milliseconds; 0 before the first.
     last_publish_ms: AtomicU64,
+    /// Control commands handled, per [`Outcome`] in the order of [`names::MQTT_COMMAND_RESULTS`].
+    commands: [AtomicU64; names::MQTT_COMMAND_RESULTS.len()],
 }
 
 impl MqttStats {
@@ -75,6 +79,16 @@ impl MqttStats {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Count one handled control command under its result.
+    pub fn command_handled(&self, outcome: Outcome) {
+        // Outcome's labels are the table's, in its order (a unit test in control.rs holds them equal).
+        if let Some(count) =
+            names::MQTT_COMMAND_RESULTS.iter().position(|r| *r == outcome.as_str()).and_then(|i| self.commands.get(i))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The values `/metrics` renders.
     #[must_use]
     pub fn view(&self) -> MqttView {
@@ -85,6 +99,7 @@ impl MqttStats {
             publish_bytes: self.bytes.load(Ordering::Relaxed),
             connection_errors: self.errors.load(Ordering::Relaxed),
             last_publish_unix: (last > 0).then(|| last as f64 / 1000.0),
+            commands: self.commands.each_ref().map(|n| n.load(Ordering::Relaxed)),
         }
     }
 }
@@ -447,8 +462,9 @@ fn spawn_commands(
     let (config, scraper, outbox) = (Arc::clone(config), Arc::clone(scraper), outbox.clone());
     tokio::spawn(async move {
         while let Some((topic, payload)) = rx.recv().await {
-            let replies = control::handle(&config, &scraper, &topic, &payload).await;
-            outbox.publish_all(&replies).await;
+            let handled = control::run(&config, &scraper, &topic, &payload).await;
+            outbox.stats.command_handled(handled.outcome);
+            outbox.publish_all(&handled.messages).await;
         }
     });
     tx
@@ -526,9 +542,15 @@ mod tests {
         stats.published(10);
         stats.published(5);
         stats.connection_failed();
+        stats.command_handled(Outcome::Obeyed);
+        stats.command_handled(Outcome::Refused);
+        stats.command_handled(Outcome::Refused);
+        stats.command_handled(Outcome::Failed);
         let view = stats.view();
         assert!(view.connected);
         assert_eq!((view.messages_published, view.publish_bytes, view.connection_errors), (2, 15, 1));
+        // refused, duplicate, obeyed, ignored_by_bms, failed.
+        assert_eq!(view.commands, [2, 0, 1, 0, 1]);
         assert!(view.last_publish_unix.is_some_and(|t| (t - unix_now()).abs() < 60.0));
     }
 
