@@ -245,7 +245,7 @@ devices:
 }
 
 /// The mistakes DESIGN.md §3 and the issue name; each must keep a fixture so none can silently lose its test.
-const REQUIRED_BAD: [&str; 20] = [
+const REQUIRED_BAD: [&str; 21] = [
     "unknown-key",
     "bad-duration",
     "duplicate-name",
@@ -263,6 +263,7 @@ const REQUIRED_BAD: [&str; 20] = [
     "mqtt-broker",
     "mqtt-qos",
     "mqtt-control-layout",
+    "mqtt-layout-devices",
     "serial-baud-conflict",
     "serial-parity-conflict",
     "syntax-error",

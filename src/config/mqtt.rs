@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 
 use super::ConfigError;
 use super::locate::{Position, join};
-use super::resolve::{Source, duration};
+use super::resolve::{DeviceConfig, Source, duration};
 
 /// Where the broker is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +190,12 @@ const MAX_PAD: u8 = 3;
 /// The client id without a host name, and the prefix of the default one.
 const CLIENT_ID_BASE: &str = "bms_exporter";
 
-/// The `mqtt:` block, checked and with every default filled in.
-pub(super) fn resolve_mqtt(block: &Spanned<RawMqtt>, src: &Source<'_>) -> Result<MqttConfig, ConfigError> {
+/// The `mqtt:` block, checked and with every default filled in; `devices` are the configured devices.
+pub(super) fn resolve_mqtt(
+    block: &Spanned<RawMqtt>,
+    devices: &[DeviceConfig],
+    src: &Source<'_>,
+) -> Result<MqttConfig, ConfigError> {
     let raw = &block.value;
     // `password:` with no value parses as no key at all, so the index is asked as well.
     let password_at = raw.password.as_ref().map(|p| src.key_position(p, &path("password")));
@@ -220,6 +224,7 @@ pub(super) fn resolve_mqtt(block: &Spanned<RawMqtt>, src: &Source<'_>) -> Result
         Some(v) => topic(v, &path("topic_prefix"), src)?,
         None => layout.default_topic_prefix().to_owned(),
     };
+    one_device_per_base_topic(raw.layout.as_ref(), layout, &topic_prefix, devices, src)?;
     let interval = match &raw.interval {
         Some(v) => duration(v, &path("interval"), INTERVAL_RANGE, src)?,
         None => DEFAULT_INTERVAL,
@@ -358,6 +363,34 @@ fn layout(value: Option<&Spanned<String>>, src: &Source<'_>) -> Result<Layout, C
         "bmspace" => Ok(Layout::Bmspace),
         _ => Err(src.at_value(v, &path("layout"), format!("{} is not native, daly-bms-cli or bmspace", src.quote(v)))),
     }
+}
+
+/// The compatibility layouts publish every device at the same topics below one base topic (the tools they copy
+/// know one BMS), so a second device would overwrite the first one's values message by message: refused, at the
+/// layout that says so.
+fn one_device_per_base_topic(
+    value: Option<&Spanned<String>>,
+    layout: Layout,
+    topic_prefix: &str,
+    devices: &[DeviceConfig],
+    src: &Source<'_>,
+) -> Result<(), ConfigError> {
+    let (Some(v), [_, _, ..]) = (value, devices) else { return Ok(()) };
+    if layout == Layout::Native {
+        return Ok(());
+    }
+    let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+    Err(src.at_value(
+        v,
+        &path("layout"),
+        format!(
+            "{} publishes every device at the same topics below {topic_prefix}, so the {} configured devices ({}) \
+             would overwrite each other's values: use layout: native, or one exporter per device",
+            layout.as_str(),
+            names.len(),
+            names.join(", ")
+        ),
+    ))
 }
 
 /// QoS 0 or 1; 2 is refused by name, since a user may well expect it to work.
@@ -835,6 +868,28 @@ mqtt:
             error("mqtt:\n  broker: mqtt://b\n  layout: bmspace\n  zero_pad_number_packs: 4\n"),
             "m.yaml:8:26: mqtt.zero_pad_number_packs: \"4\" is not a number of digits 0–3 (0 = no padding, 2 = 01)"
         );
+    }
+
+    #[test]
+    fn the_compatibility_layouts_take_one_device_and_native_any_number() {
+        let two = "devices:\n  - name: house\n    protocol: daly\n    serial: /dev/ttyUSB0\n\
+                   \x20 - name: rack\n    protocol: pace\n    tcp: 192.168.1.20:5000\n";
+        let parse_two = |mqtt: &str| crate::config::parse(&format!("{two}{mqtt}"), Path::new("m.yaml"));
+        for (layout, base) in [("daly-bms-cli", "daly_bms"), ("bmspace", "bmspace")] {
+            let error = parse_two(&format!("mqtt:\n  broker: mqtt://b\n  layout: {layout}\n")).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "m.yaml:10:11: mqtt.layout: {layout} publishes every device at the same topics below {base}, so \
+                     the 2 configured devices (house, rack) would overwrite each other's values: use layout: \
+                     native, or one exporter per device"
+                )
+            );
+        }
+        let native = parse_two("mqtt:\n  broker: mqtt://b\n  layout: native\n").unwrap();
+        assert_eq!(native.mqtt.map(|m| m.layout), Some(Layout::Native));
+        // One device with several packs (boards on one bus, a Pace rack) is one tree: accepted.
+        assert_eq!(ok("mqtt:\n  broker: mqtt://b\n  layout: bmspace\n").layout, Layout::Bmspace);
     }
 
     #[test]

@@ -232,7 +232,7 @@ pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, Confi
         devices.push(device);
     }
     let mqtt = match &raw.mqtt {
-        Some(block) => Some(mqtt::resolve_mqtt(block, src)?),
+        Some(block) => Some(mqtt::resolve_mqtt(block, &devices, src)?),
         None => match mqtt::empty_block(src) {
             Some(error) => return Err(error),
             None => None,
