@@ -1,6 +1,7 @@
 //! Home Assistant's own code accepts the discovery configs of every MQTT layout: `scripts/ha-check-discovery.py`,
-//! run by the Python of a venv with `homeassistant==2024.3.3` (`BMS_HA_PYTHON`, which the test command sets up),
-//! validates each config with the component's discovery schema and renders its templates against the states.
+//! run by the Python of a venv with `homeassistant==2024.3.3` (the test command builds it at `target/ha`;
+//! `BMS_HA_PYTHON` names another), validates each config with the component's discovery schema and renders its
+//! templates against the states.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,6 +16,8 @@ use bms_exporter::model::{
 use bms_exporter::mqtt::{self, DeviceView, Message};
 use bms_exporter::protocol::Protocol;
 use serde_json::{Value, json};
+
+use crate::util::venv_program_in;
 
 /// Every layout; the match makes a new variant a compile error here until it is added to the list.
 const LAYOUTS: [Layout; 3] = [Layout::Native, Layout::DalyBmsCli, Layout::Bmspace];
@@ -113,16 +116,10 @@ fn energy(pack: u8) -> PackEnergy {
     }
 }
 
-/// The Python of the Home Assistant venv, from `BMS_HA_PYTHON`; the test fails loudly without it.
+/// The Python of the Home Assistant venv: `BMS_HA_PYTHON`, else the one the test command builds at `target/ha`;
+/// the test fails loudly when it is missing or cannot import homeassistant.
 fn ha_python() -> PathBuf {
-    let hint = "set BMS_HA_PYTHON to the python of a venv with homeassistant==2024.3.3: run the test command \
-                (bash scripts/test.sh), which builds one at target/ha";
-    let Some(path) = std::env::var_os("BMS_HA_PYTHON").map(PathBuf::from) else {
-        panic!("BMS_HA_PYTHON is not set: {hint}");
-    };
-    let imports = Command::new(&path).args(["-c", "import homeassistant"]).output().is_ok_and(|o| o.status.success());
-    assert!(imports, "{} is missing or cannot import homeassistant: {hint}", path.display());
-    path
+    venv_program_in("target/ha", "BMS_HA_PYTHON", "python", Some("homeassistant"), "homeassistant==2024.3.3")
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -173,9 +173,14 @@ impl Simulator {
 /// A program from the venv the test command builds under `target/py` (or `$var`), checked to exist and, with
 /// `module`, to import it; the test fails loudly, naming the PyPI package, when it does not.
 pub fn venv_program(var: &str, file: &str, module: Option<&str>, package: &str) -> PathBuf {
+    venv_program_in("target/py", var, file, module, package)
+}
+
+/// [`venv_program`] from the venv the test command builds at `venv` (relative to the manifest directory).
+pub fn venv_program_in(venv: &str, var: &str, file: &str, module: Option<&str>, package: &str) -> PathBuf {
     let path = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin").join(file));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(venv).join("bin").join(file));
     let usable = path.exists()
         && module.is_none_or(|m| {
             Process::new(&path).args(["-c", &format!("import {m}")]).output().is_ok_and(|o| o.status.success())
