@@ -155,9 +155,17 @@ fn render(layout: Layout, control: bool) -> (Vec<Message>, Vec<Message>) {
         DeviceView { name: "garage", protocol: Protocol::Daly, up: true, values: &daly, energy: &energy[..1] },
         DeviceView { name: "rack", protocol: Protocol::Pace, up: true, values: &pace, energy: &energy },
     ];
-    let discovery = devices.iter().flat_map(|d| mqtt::discovery(&config, d)).collect();
-    let state = devices.iter().flat_map(|d| mqtt::state(&config, d)).collect();
-    (discovery, state)
+    // As the publisher sends them: the exporter's own device first, then each device's; the birth is state too.
+    // The compatibility layouts publish one device under their base topic (the config refuses more).
+    let devices = match layout {
+        Layout::Native => &devices[..],
+        Layout::DalyBmsCli => &devices[..1],
+        Layout::Bmspace => &devices[1..],
+    };
+    let discovery =
+        mqtt::exporter_discovery(&config).into_iter().chain(devices.iter().flat_map(|d| mqtt::discovery(&config, d)));
+    let state = mqtt::birth(&config).into_iter().chain(devices.iter().flat_map(|d| mqtt::state(&config, d)));
+    (discovery.collect(), state.collect())
 }
 
 #[test]

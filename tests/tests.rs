@@ -11,6 +11,7 @@ mod daly_vectors;
 mod deploy;
 mod exporter;
 mod grafana;
+mod homeassistant;
 mod metrics;
 mod mqtt;
 mod mqtt_cleanup;

@@ -90,6 +90,17 @@ pub fn state(config: &MqttConfig, device: &DeviceView<'_>) -> Vec<Message> {
     }
 }
 
+/// Discovery of the exporter's own Home Assistant device (native layout, discovery on): published once per
+/// connection, before the devices' configs, because every pack device names it as `via_device`.
+#[must_use]
+pub fn exporter_discovery(config: &MqttConfig) -> Vec<Message> {
+    if config.discovery.enabled && config.layout == Layout::Native {
+        vec![native::discovery::bridge_config(config)]
+    } else {
+        Vec::new()
+    }
+}
+
 /// One device's discovery configs in the configured layout (empty when discovery is off).
 #[must_use]
 pub fn discovery(config: &MqttConfig, device: &DeviceView<'_>) -> Vec<Message> {

@@ -419,6 +419,9 @@ impl Run {
         let interval = self.config.interval;
         let deadline = Instant::now() + (interval.mul_f64(0.8)).min(COLLECT_MAX);
         let seen = self.scraper.collect(None, deadline).await;
+        if self.discovery_due && !self.outbox.publish_all(&super::exporter_discovery(&self.config)).await {
+            return;
+        }
         for (index, seen) in &seen {
             let Some(target) = self.scraper.targets().get(*index) else { continue };
             let view = DeviceView {

@@ -32,8 +32,48 @@ use crate::model::{PackSnapshot, SensorId};
 use crate::mqtt::{DeviceView, Message};
 use crate::protocol::Protocol;
 
-/// The exporter's own name: origin of every config and the device every pack device hangs off.
+/// The exporter's own name: origin of every config and the node id of its own device's entity.
 const EXPORTER: &str = "bms_exporter";
+
+/// The Home Assistant device of the exporter itself (every pack device hangs off it): `bms_exporter_<prefix>`,
+/// so two exporters with their own topic prefixes on one broker stay two devices. Its node id in the discovery
+/// topic is plain `bms_exporter`, which `mqtt cleanup` (looking for `bms_exporter_<device>`) never touches.
+#[must_use]
+pub fn bridge_id(config: &MqttConfig) -> String {
+    let prefix: String = config
+        .topic_prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    format!("{EXPORTER}_{prefix}")
+}
+
+/// The exporter's own device: one connectivity sensor on the status topic (birth and last will), so Home
+/// Assistant shows whether the exporter is connected and links each pack device to it.
+#[must_use]
+pub fn bridge_config(config: &MqttConfig) -> Message {
+    let id = bridge_id(config);
+    let payload = json!({
+        "name": "Status",
+        "unique_id": format!("{id}_status"),
+        "object_id": format!("{id}_status"),
+        "state_topic": status_topic(config),
+        "payload_on": "online",
+        "payload_off": "offline",
+        "device_class": "connectivity",
+        "entity_category": "diagnostic",
+        "device": {
+            "identifiers": [id],
+            "name": "BMS Exporter",
+            "manufacturer": "bms_exporter",
+            "model": "bms_exporter",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+        },
+        "origin": { "name": EXPORTER, "sw_version": env!("CARGO_PKG_VERSION") },
+    });
+    let topic = format!("{}/binary_sensor/{EXPORTER}/{id}_status/config", config.discovery.prefix);
+    Message::retained(topic, payload.to_string())
+}
 
 /// Which Home Assistant platform an entity belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,11 +409,12 @@ fn total_entities() -> Vec<Entity> {
 pub fn configs(config: &MqttConfig, device: &DeviceView<'_>) -> Vec<Message> {
     let switches = mosfet_switches(config, device.protocol);
     let single = device.values.packs.len() == 1;
+    let bridge = bridge_id(config);
     let mut messages = Vec::new();
     for pack in &device.values.packs {
         let energy = device.energy.iter().find(|e| e.pack == pack.pack);
         let state = pack_state(pack, energy);
-        let device_info = device_info(device, pack, single);
+        let device_info = device_info(device, pack, single, &bridge);
         for entity in entities(pack, &state, switches) {
             let payload = entity_config(config, device.name, pack.pack, &entity, &device_info);
             let topic = config_topic(config, entity.component, device.name, pack.pack, &entity.field);
@@ -390,7 +431,7 @@ pub fn configs(config: &MqttConfig, device: &DeviceView<'_>) -> Vec<Message> {
 }
 
 /// The Home Assistant device of one pack: what the BMS says about itself, and nothing it does not say.
-fn device_info(device: &DeviceView<'_>, pack: &PackSnapshot, single: bool) -> Value {
+fn device_info(device: &DeviceView<'_>, pack: &PackSnapshot, single: bool, bridge: &str) -> Value {
     let label = pack_label(pack.pack);
     let name = if single { device.name.to_owned() } else { format!("{} pack {label}", device.name) };
     let manufacturer = match device.protocol {
@@ -411,7 +452,7 @@ fn device_info(device: &DeviceView<'_>, pack: &PackSnapshot, single: bool) -> Va
             info.insert(key.to_owned(), json!(text));
         }
     }
-    info.insert("via_device".to_owned(), json!(EXPORTER));
+    info.insert("via_device".to_owned(), json!(bridge));
     Value::Object(info)
 }
 
@@ -519,7 +560,7 @@ mod tests {
             json!({
                 "identifiers": ["bms_exporter_garage_01"], "name": "garage", "manufacturer": "Daly",
                 "model": "DL-16S", "sw_version": "20210222-1.01T", "serial_number": "SN123",
-                "via_device": "bms_exporter",
+                "via_device": "bms_exporter_bms",
             })
         );
 
