@@ -3,62 +3,18 @@
 //! command line refuses a configuration without an mqtt: block (tests/tests.rs `mod mqtt_cleanup`).
 
 use std::collections::BTreeSet;
-use std::net::TcpStream;
-use std::process::{Command as Process, Stdio};
+use std::process::Command as Process;
 use std::time::Duration;
 
 use bms_exporter::config::mqtt::{Broker, Discovery, Layout, MqttConfig, MqttTls};
 use bms_exporter::mqtt::cleanup;
 
-use crate::util::{Killed, Scratch, free_port, required_program, wait_for};
+use crate::mqtt_util::Mosquitto;
+use crate::util::{Scratch, free_port};
 
-/// A mosquitto on a free loopback port, with no persistence.
-struct Mosquitto {
-    _process: Killed,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(dir: &Scratch) -> Self {
-        let binary = required_program("mosquitto", "mosquitto");
-        let port = free_port();
-        let config = dir
-            .write("mosquitto.conf", &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"));
-        let log = std::fs::File::create(dir.path("mosquitto.log")).unwrap();
-        let process =
-            Killed(Process::new(binary).arg("-c").arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap());
-        wait_for("mosquitto to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).ok());
-        Self { _process: process, port }
-    }
-
-    /// Publish `payload` retained on `topic` (and wait until the broker has it: QoS 1).
-    fn retain(&self, topic: &str, payload: &str) {
-        let status = Process::new(required_program("mosquitto_pub", "mosquitto-clients"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-r", "-t", topic, "-m", payload])
-            .status()
-            .unwrap();
-        assert!(status.success(), "mosquitto_pub {topic}");
-    }
-
-    /// The topics holding a retained message under the filters.
-    fn retained(&self, filters: &[&str]) -> BTreeSet<String> {
-        let mut command = Process::new(required_program("mosquitto_sub", "mosquitto-clients"));
-        command.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-v", "--retained-only", "-W", "2"]);
-        for filter in filters {
-            command.args(["-t", filter]);
-        }
-        // It exits once the retained messages are in (or on the timeout, with status 27): only its output counts.
-        let output = command.output().unwrap();
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| line.split_once(' ').map(|(topic, _)| topic.to_owned()))
-            .collect()
-    }
-
-    fn config(&self) -> MqttConfig {
-        mqtt_config(self.port)
-    }
+/// The topics holding a retained message under `filters`.
+fn retained_topics(broker: &Mosquitto, filters: &[&str]) -> BTreeSet<String> {
+    broker.retained(filters).into_iter().map(|m| m.topic).collect()
 }
 
 /// The native layout on the broker at 127.0.0.1:`port`, discovery under `homeassistant`, state under `bms`.
@@ -98,18 +54,17 @@ fn set(topics: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_removes_the_discovery_and_availability_of_unconfigured_devices_only() {
-    let dir = Scratch::new("mqtt-cleanup");
-    let broker = Mosquitto::start(&dir);
+    let broker = Mosquitto::plain("cleanup");
     for topic in OLD.iter().chain(&KEPT).chain([&FOREIGN]) {
-        broker.retain(topic, r#"{"name":"x"}"#);
+        broker.publish(topic, r#"{"name":"x"}"#, true);
     }
-    broker.retain("bms/old/availability", "online");
-    broker.retain("bms/kept/availability", "online");
+    broker.publish("bms/old/availability", "online", true);
+    broker.publish("bms/kept/availability", "online", true);
     let filters = ["homeassistant/#", "bms/#"];
-    let everything = broker.retained(&filters);
+    let everything = retained_topics(&broker, &filters);
     assert_eq!(everything.len(), 8, "{everything:?}");
 
-    let config = broker.config();
+    let config = mqtt_config(broker.port);
     let kept = ["kept".to_owned()];
     let wait = Duration::from_millis(500);
 
@@ -119,7 +74,7 @@ async fn cleanup_removes_the_discovery_and_availability_of_unconfigured_devices_
     expected.push("bms/old/availability".to_owned());
     assert_eq!(report.removed, expected);
     assert_eq!((report.devices.as_slice(), report.kept, report.dry_run), (&["old".to_owned()][..], 2, true));
-    assert_eq!(broker.retained(&filters), everything, "a dry run removed something");
+    assert_eq!(retained_topics(&broker, &filters), everything, "a dry run removed something");
 
     // The real run removes exactly those, and leaves the configured device's and other tools' messages.
     let report = cleanup::cleanup(&config, &kept, wait, false).await.unwrap();
@@ -127,7 +82,7 @@ async fn cleanup_removes_the_discovery_and_availability_of_unconfigured_devices_
     let mut left = set(&KEPT);
     left.insert(FOREIGN.to_owned());
     left.insert("bms/kept/availability".to_owned());
-    assert_eq!(broker.retained(&filters), left);
+    assert_eq!(retained_topics(&broker, &filters), left);
 
     // Nothing is left to remove the second time.
     let report = cleanup::cleanup(&config, &kept, wait, false).await.unwrap();

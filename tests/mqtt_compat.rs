@@ -3,140 +3,13 @@
 //! (PyPI dalybms 0.5.0 with paho-mqtt 1.x) and `bms_exporter read --mqtt [--mqtt-hass]` read the same frozen
 //! Daly simulator, and must publish the same topics in the same order, the same discovery payloads byte for byte
 //! and the same values.
-//!
-//! The helpers ([`mosquitto`], [`Recorder`]) serve any test that needs a broker and a subscriber.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-
-use crate::util::{Killed, Scratch, Simulator, daly_bms_cli, free_port, required_program};
-
-/// A running mosquitto on 127.0.0.1, killed with its scratch directory when dropped.
-pub(crate) struct Broker {
-    pub port: u16,
-    pub dir: Scratch,
-    _process: Killed,
-}
-
-impl Broker {
-    /// The broker's log so far (its stderr).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path("mosquitto.log")).unwrap_or_default()
-    }
-}
-
-/// A fresh mosquitto with the recipe's config (`listener PORT 127.0.0.1`, `allow_anonymous true`, `persistence
-/// false`) plus `extra` config lines, listening before this returns.
-pub(crate) fn mosquitto(name: &str, extra: &str) -> Broker {
-    let binary = required_program("mosquitto", "mosquitto");
-    let dir = Scratch::new(&format!("mqtt-{name}"));
-    // A port taken by something else between free_port and mosquitto's bind: try another.
-    for _ in 0..3 {
-        let port = free_port();
-        let config = dir.write(
-            "mosquitto.conf",
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
-        );
-        let log = std::fs::File::create(dir.path("mosquitto.log")).unwrap();
-        let child = Process::new(&binary).arg("-c").arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let mut process = Killed(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Broker { port, dir, _process: process };
-            }
-            let log = std::fs::read_to_string(dir.path("mosquitto.log")).unwrap_or_default();
-            if let Some(status) = process.0.try_wait().unwrap() {
-                assert!(log.contains("Address already in use"), "mosquitto exited ({status}):\n{log}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port} within 10 s:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("mosquitto found its port taken three times")
-}
-
-/// One message as a subscriber received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Received {
-    pub topic: String,
-    pub payload: String,
-    pub retain: bool,
-}
-
-/// A subscriber to `#` on a broker, recording every message in arrival order.
-pub(crate) struct Recorder {
-    client: Client,
-    got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Recorder {
-    /// Subscribe to everything on `port` (at QoS 1, so nothing is lost) and wait for the broker's SUBACK, so no
-    /// message published afterwards is missed. Retained messages arrive first, flagged `retain`.
-    pub fn start(port: u16) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!("recorder-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut connection) = Client::new(options, 16);
-        client.subscribe("#", QoS::AtLeastOnce).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&got);
-        let (ready, subscribed) = mpsc::channel();
-        std::thread::spawn(move || {
-            for event in connection.iter() {
-                match event {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Received {
-                        topic: p.topic.clone(),
-                        payload: String::from_utf8(p.payload.to_vec()).expect("payloads are UTF-8"),
-                        retain: p.retain,
-                    }),
-                    Ok(_) => {}
-                    // Disconnected (the test is done with it) or the broker went away: stop recording.
-                    Err(_) => break,
-                }
-            }
-        });
-        subscribed.recv_timeout(Duration::from_secs(10)).expect("the recorder's subscription was not acknowledged");
-        Self { client, got }
-    }
-
-    /// Everything received once nothing new has arrived for 300 ms (at most 10 s).
-    pub fn settle(&self) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = usize::MAX;
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = self.got.lock().unwrap().len();
-            if now == seen || Instant::now() > deadline {
-                return self.got.lock().unwrap().clone();
-            }
-            seen = now;
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let _ = self.client.disconnect();
-    }
-}
-
-/// The retained messages a broker holds: what a new subscriber gets first.
-pub(crate) fn retained(port: u16) -> Vec<Received> {
-    let all = Recorder::start(port).settle();
-    assert!(all.iter().all(|m| m.retain), "only retained messages were expected: {all:?}");
-    all
-}
+use crate::mqtt_util::{Login, Mosquitto, Received};
+use crate::util::{Scratch, Simulator, daly_bms_cli, free_port, required_program, wait_for};
 
 /// Run `program args…` to completion within 30 s (a hang fails the test instead of stalling the suite).
 fn run(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
@@ -207,8 +80,8 @@ fn daly_simulator(name: &str, extra: &[&str]) -> (Simulator, PathBuf) {
 /// What `daly-bms-cli -d LINK --all --mqtt ARGS…` published on a fresh broker, and what that broker retained.
 fn daly_bms_cli_run(name: &str, link: &Path, args: &[&str]) -> (Vec<Received>, Vec<Received>) {
     let cli = daly_bms_cli_with_paho();
-    let broker = mosquitto(&format!("{name}-tool"), "");
-    let recorder = Recorder::start(broker.port);
+    let broker = Mosquitto::plain(&format!("{name}-tool"));
+    let recorder = broker.recorder(&["#"]);
     let port = broker.port.to_string();
     let mut all = vec!["-d", link.to_str().unwrap(), "--all", "--mqtt", "--mqtt-broker", "127.0.0.1", "--mqtt-port"];
     all.push(&port);
@@ -217,21 +90,21 @@ fn daly_bms_cli_run(name: &str, link: &Path, args: &[&str]) -> (Vec<Received>, V
     let out = run(&cli, &all, &[("PYTHONPATH", &shim)]);
     assert!(out.status.success(), "daly-bms-cli failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "daly-bms-cli --mqtt prints nothing");
-    (recorder.settle(), retained(broker.port))
+    (recorder.settle(), broker.retained(&["#"]))
 }
 
 /// What `bms_exporter read --protocol daly --serial LINK --mqtt URL ARGS…` published on a fresh broker, and
 /// what that broker retained.
 fn read_run(name: &str, link: &Path, args: &[&str]) -> (Vec<Received>, Vec<Received>) {
-    let broker = mosquitto(&format!("{name}-ours"), "");
-    let recorder = Recorder::start(broker.port);
+    let broker = Mosquitto::plain(&format!("{name}-ours"));
+    let recorder = broker.recorder(&["#"]);
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let mut all = vec!["read", "--protocol", "daly", "--serial", link.to_str().unwrap(), "--mqtt", &url];
     all.extend_from_slice(args);
     let out = bms_exporter(&all);
     assert!(out.status.success(), "read --mqtt failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "read --mqtt prints nothing, like daly-bms-cli --mqtt");
-    (recorder.settle(), retained(broker.port))
+    (recorder.settle(), broker.retained(&["#"]))
 }
 
 fn topics(messages: &[Received]) -> Vec<&str> {
@@ -326,8 +199,8 @@ fn read_mqtt_without_hass_publishes_only_values_below_the_chosen_topic_like_the_
 #[test]
 fn read_mqtt_puts_other_boards_below_pack_n_and_keeps_board_one_at_the_tools_topics() {
     let (_sim, link) = daly_simulator("mqtt-compat-boards", &["--boards", "2"]);
-    let broker = mosquitto("boards", "");
-    let recorder = Recorder::start(broker.port);
+    let broker = Mosquitto::plain("boards");
+    let recorder = broker.recorder(&["#"]);
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let path = link.to_str().unwrap();
     let out = bms_exporter(&["read", "--protocol", "daly", "--serial", path, "--address", "1,2", "--mqtt", &url]);
@@ -375,7 +248,9 @@ fn read_mqtt_reports_an_unreachable_or_refusing_broker_and_logs_in_with_a_passwo
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let broker = mosquitto("passwords", &format!("password_file {}\nallow_anonymous false\n", passwords.display()));
+    let login = Login { user: "bms", password: "s3cret" };
+    let global = format!("password_file {}\nallow_anonymous false", passwords.display());
+    let broker = Mosquitto::start("passwords", None, "", &global, Some(login));
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let wrong = dir.write("wrong", "nope\n");
     let right = dir.write("right", "s3cret\n");
@@ -400,32 +275,9 @@ fn read_mqtt_reports_an_unreachable_or_refusing_broker_and_logs_in_with_a_passwo
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refused the connection"), "{stderr}\nbroker log:\n{}", broker.log());
 
-    let recorder = {
-        let mut options = MqttOptions::new("checker", "127.0.0.1", broker.port);
-        options.set_credentials("bms", "s3cret");
-        let (client, mut connection) = Client::new(options, 16);
-        client.subscribe("daly_bms/soc/#", QoS::AtLeastOnce).unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for event in connection.iter() {
-                match event {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = tx.send(None);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send(Some(p.topic.clone()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), None, "subscribed");
-        (client, rx)
-    };
+    let recorder = broker.recorder(&["daly_bms/soc/#"]);
     let out = with(&right);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let first = recorder.1.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(first.as_deref(), Some("daly_bms/soc/total_voltage"));
-    let _ = recorder.0.disconnect();
+    let first = wait_for("the first value", Duration::from_secs(10), || recorder.messages().into_iter().next());
+    assert_eq!(first.topic, "daly_bms/soc/total_voltage");
 }
