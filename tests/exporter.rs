@@ -82,7 +82,7 @@ fn close(what: &str, got: f64, want: f64, tolerance: f64) {
 }
 
 /// Half the step each protocol reports a field in: (volts, amperes, cell volts, °C).
-fn tolerance(protocol: &str) -> (f64, f64, f64, f64) {
+pub(crate) fn tolerance(protocol: &str) -> (f64, f64, f64, f64) {
     match protocol {
         "daly" | "daly-modbus" => (0.051, 0.051, 0.000_51, 0.51),
         "pace" => (0.005_1, 0.005_1, 0.000_51, 0.051),
@@ -229,7 +229,7 @@ fn families_in_prometheus(prom: &str) -> Vec<String> {
     names
 }
 
-fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--protocol", protocol, "--baud", "0", "--latency-ms", "0", "--time-scale", "0"];
     args.extend_from_slice(extra);
     args

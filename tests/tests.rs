@@ -18,6 +18,7 @@ mod mqtt_cleanup;
 mod mqtt_compat;
 mod mqtt_control;
 mod mqtt_discovery;
+mod mqtt_e2e;
 mod mqtt_util;
 mod observability;
 mod pace_vectors;
