@@ -181,15 +181,25 @@ fn mqtt_discovery_is_sent_once_per_connection_and_again_when_home_assistant_come
     let exporter = Exporter::start(&dir, "exporter", &config(&sim, &plain_url(broker.port), &client_id("disc"), ""));
     exporter.wait_connected(true, Duration::from_secs(10));
     let configs = || recorder.messages().iter().filter(|m| m.topic.ends_with("/config")).count();
-    // The configs of the 4-cell pack: voltage, current, every cell, the MOSFETs… (far more than a dozen).
-    let first = wait_for("the discovery configs", Duration::from_secs(10), || Some(configs()).filter(|&n| n > 12));
+    // The configs of the 4-cell pack: voltage, current, every cell, the MOSFETs… (far more than a dozen). The
+    // energy totals join once two polls have been integrated, so the count settles a round or two later.
+    let first = wait_for("the discovery configs to settle", Duration::from_secs(15), || {
+        let before = configs();
+        std::thread::sleep(Duration::from_millis(2500));
+        Some(before).filter(|&n| n > 12 && n == configs())
+    });
     // Several intervals later nothing has changed, so nothing was sent again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(configs(), first, "{:?}", recorder.messages());
 
     // Home Assistant's birth message: every config again.
     broker.publish("homeassistant/status", "online", false);
-    wait_for("the discovery configs again", Duration::from_secs(5), || (configs() == 2 * first).then_some(()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while configs() < 2 * first && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let topics: Vec<String> = recorder.messages().into_iter().map(|m| m.topic).collect();
+    assert_eq!(configs(), 2 * first, "every config once more:\n{topics:#?}\n{}", exporter.log());
     assert!(exporter.log().contains("Home Assistant is online"), "{}", exporter.log());
 }
 

@@ -146,8 +146,8 @@ fn assert_state_matches_truth(what: &str, protocol: &str, state: &Value, pack: &
     }
 }
 
-/// Every pack of `sim`'s truth has a state message on `bms/<device>/<NN>/state` equal to it; returns the states.
-fn assert_device_matches_truth(recorder: &Recorder, device: &str, protocol: &str, sim: &Simulator) -> Vec<Value> {
+/// Every pack of `sim`'s truth has a state message on `bms/<device>/<NN>/state` equal to it; returns how many.
+fn assert_device_matches_truth(recorder: &Recorder, device: &str, protocol: &str, sim: &Simulator) -> usize {
     let truth = sim.truth_json();
     let packs = truth["packs"].as_array().unwrap();
     // A state published from this moment on, so from a poll of the simulator as it is now.
@@ -159,16 +159,27 @@ fn assert_device_matches_truth(recorder: &Recorder, device: &str, protocol: &str
             let topic = format!("bms/{device}/{n:02}/state");
             let state = json(&recorder.next_after(from, &topic, SOON));
             assert_state_matches_truth(&format!("{device} pack {n:02}"), protocol, &state, pack);
-            state
         })
-        .collect()
+        .count()
 }
 
 /// The retained discovery of the native layout: the exporter's own status entity, and for every pack of every
-/// device the entities of its values, each with the unique id `bms_exporter_<device>_<NN>_<field>`, on the topic
-/// and state topic that id names, reading a key the pack's state has.
-fn assert_native_discovery(broker: &Mosquitto, packs: &[(&str, &Value, &Value)]) {
+/// device (with its truth) the entities of its values, each with the unique id
+/// `bms_exporter_<device>_<NN>_<field>`, on the topic and state topic that id names, reading a key the pack's
+/// state has.
+fn assert_native_discovery(broker: &Mosquitto, recorder: &Recorder, devices: &[(&str, &Simulator)]) {
     let configs = broker.retained(&["homeassistant/#"]);
+    // States published after these configs: discovery only grows (the energy totals join after two polls), and
+    // a round sends its configs before its states.
+    let from = recorder.len();
+    let truths: Vec<(&str, Value)> = devices.iter().map(|(name, sim)| (*name, sim.truth_json())).collect();
+    let mut packs: Vec<(&str, Value, &Value)> = Vec::new();
+    for (device, truth) in &truths {
+        for pack in truth["packs"].as_array().unwrap() {
+            let topic = format!("bms/{device}/{:02}/state", pack["pack"].as_u64().unwrap());
+            packs.push((device, json(&recorder.next_after(from, &topic, SOON)), pack));
+        }
+    }
     let mut fields: BTreeSet<(String, String, String)> = BTreeSet::new();
     let mut own = 0;
     for message in &configs {
@@ -179,16 +190,17 @@ fn assert_native_discovery(broker: &Mosquitto, packs: &[(&str, &Value, &Value)])
             continue;
         }
         let id = config["unique_id"].as_str().unwrap_or_else(|| panic!("{}: no unique_id", message.topic));
-        let (device, pack, state) = packs
+        let (device, pack, state, field) = packs
             .iter()
             .find_map(|(device, state, truth)| {
                 let pack = format!("{:02}", truth["pack"].as_u64().unwrap());
                 let field = id.strip_prefix(&format!("bms_exporter_{device}_{pack}_"))?;
-                Some((device, pack, state)).filter(|_| !field.is_empty())
+                Some((device, pack, state, field))
             })
             .unwrap_or_else(|| panic!("{}: unique id {id} names no configured device and pack", message.topic));
-        let field = id.strip_prefix(&format!("bms_exporter_{device}_{pack}_")).unwrap();
-        assert!(field.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{id}");
+        let field_chars = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        assert!(!field.is_empty() && field.bytes().all(field_chars), "{id}");
+        assert_eq!(config["object_id"], id, "{}", message.topic);
         let component = message.topic.split('/').nth(1).unwrap();
         assert_eq!(
             message.topic,
@@ -215,6 +227,16 @@ fn assert_native_discovery(broker: &Mosquitto, packs: &[(&str, &Value, &Value)])
                 .map(str::to_owned)
                 .into();
         wanted.extend(["charge_mosfet", "discharge_mosfet", "problem", "alarms"].map(str::to_owned));
+        // Values only some protocols report (Pace: health, full and design capacity) have entities where they do.
+        for (key, field) in [
+            ("state_of_health_ratio", "state_of_health"),
+            ("full_capacity_ampere_hours", "full_capacity"),
+            ("design_capacity_ampere_hours", "design_capacity"),
+        ] {
+            if state.get(key).is_some() {
+                wanted.push(field.to_owned());
+            }
+        }
         wanted.extend(state["cells"].as_object().unwrap().keys().map(|label| format!("cell_{label}")));
         wanted.extend(
             truth_temperatures(truth)
@@ -245,21 +267,12 @@ fn mqtt_native_states_are_the_simulators_truth_with_discovery_and_availability_f
     broker.wait_retained("bms/status", "online", SOON);
     broker.wait_retained("bms/daly/availability", "online", SOON);
     broker.wait_retained("bms/pace/availability", "online", SOON);
-    let daly_states = assert_device_matches_truth(&recorder, "daly", "daly", &daly);
-    let pace_states = assert_device_matches_truth(&recorder, "pace", "pace", &pace);
-    assert_eq!(pace_states.len(), 2);
+    assert_device_matches_truth(&recorder, "daly", "daly", &daly);
+    assert_eq!(assert_device_matches_truth(&recorder, "pace", "pace", &pace), 2, "packs");
     for message in recorder.messages().iter().filter(|m| m.topic.ends_with("/state")) {
         assert!(!message.retain, "{} is not retained", message.topic);
     }
-
-    let (daly_truth, pace_truth) = (daly.truth_json(), pace.truth_json());
-    let packs: Vec<(&str, &Value, &Value)> = daly_states
-        .iter()
-        .zip(daly_truth["packs"].as_array().unwrap())
-        .map(|(s, t)| ("daly", s, t))
-        .chain(pace_states.iter().zip(pace_truth["packs"].as_array().unwrap()).map(|(s, t)| ("pace", s, t)))
-        .collect();
-    assert_native_discovery(&broker, &packs);
+    assert_native_discovery(&broker, &recorder, &[("daly", &daly), ("pace", &pace)]);
 
     // While both answer, availability only ever said online.
     let availability = |device: &str| {
