@@ -380,20 +380,39 @@ fn mqtt_bmspace_topics_carry_the_pace_truth_and_zero_padding_renames_the_cells()
     }
 }
 
+/// One frozen Daly board (device `daly`) on a PTY, published by the exporter to a fresh broker with the `mqtt`
+/// lines, and a recorder on `filter` started before the exporter.
+struct DalyRun {
+    exporter: Exporter,
+    recorder: Recorder,
+    broker: Mosquitto,
+    sim: Simulator,
+    _dir: Scratch,
+}
+
+impl DalyRun {
+    fn start(name: &str, sim_extra: &[&str], filter: &str, mqtt: &str) -> Self {
+        let dir = Scratch::new(&format!("mqtt-e2e-{name}"));
+        let (sim, tty) = Simulator::pty(&format!("mqtt-e2e-{name}"), &sim_args("daly", sim_extra));
+        let broker = Mosquitto::plain(&format!("e2e-{name}"));
+        let recorder = broker.recorder(&[filter]);
+        let yaml = config_yaml(&daly_device("daly", &tty), &url(&broker), &client_id(name), mqtt);
+        let exporter = Exporter::start(&dir, "exporter", &yaml);
+        exporter.wait_connected(true, Duration::from_secs(10));
+        Self { exporter, recorder, broker, sim, _dir: dir }
+    }
+}
+
 #[test]
 fn mqtt_daly_bms_cli_layout_through_serve_carries_the_daly_truth_with_the_tools_discovery() {
-    let dir = Scratch::new("mqtt-e2e-daly-cli");
-    let (daly, tty) = Simulator::pty("mqtt-e2e-daly-cli", &sim_args("daly", &["--cells", "16", "--temperatures", "4"]));
-    let broker = Mosquitto::plain("e2e-daly-cli");
-    let recorder = broker.recorder(&["daly_bms/#"]);
-    let yaml = config_yaml(&daly_device("house", &tty), &url(&broker), &client_id("cli"), "  layout: daly-bms-cli\n");
-    let exporter = Exporter::start(&dir, "exporter", &yaml);
-    exporter.wait_connected(true, Duration::from_secs(10));
+    let run =
+        DalyRun::start("daly-cli", &["--cells", "16", "--temperatures", "4"], "daly_bms/#", "  layout: daly-bms-cli\n");
+    let (daly, broker, recorder) = (&run.sim, &run.broker, &run.recorder);
 
     let truth = daly.truth_json();
     let pack = &truth["packs"][0];
     let (volts, amperes, cell_volts, celsius) = tolerance("daly");
-    let close = |topic: &str, want: f64, tolerance: f64| assert_close(topic, number(&recorder, topic), want, tolerance);
+    let close = |topic: &str, want: f64, tolerance: f64| assert_close(topic, number(recorder, topic), want, tolerance);
     close("daly_bms/soc/total_voltage", truth_f64(pack, "voltage_volts"), volts);
     close("daly_bms/soc/current", truth_f64(pack, "current_amperes"), amperes);
     close("daly_bms/soc/soc_percent", truth_f64(pack, "state_of_charge_ratio") * 100.0, 0.51);
@@ -413,7 +432,7 @@ fn mqtt_daly_bms_cli_layout_through_serve_carries_the_daly_truth_with_the_tools_
         [("charging_mosfet", "charge_mosfet_enabled"), ("discharging_mosfet", "discharge_mosfet_enabled")]
     {
         let want = if pack[field] == true { "True" } else { "False" };
-        assert_eq!(latest(&recorder, &format!("daly_bms/mosfet_status/{leaf}")), want, "{leaf}");
+        assert_eq!(latest(recorder, &format!("daly_bms/mosfet_status/{leaf}")), want, "{leaf}");
     }
     assert!(recorder.messages().iter().all(|m| !m.retain), "the tool's values are not retained");
 
@@ -429,13 +448,8 @@ fn mqtt_daly_bms_cli_layout_through_serve_carries_the_daly_truth_with_the_tools_
 
 #[test]
 fn mqtt_control_through_the_broker_switches_the_simulated_mosfet_and_refuses_bad_commands_without_a_write() {
-    let dir = Scratch::new("mqtt-e2e-control");
-    let (daly, tty) = Simulator::pty("mqtt-e2e-control", &sim_args("daly", &["--cells", "8", "--temperatures", "2"]));
-    let broker = Mosquitto::plain("e2e-control");
-    let recorder = broker.recorder(&["bms/#"]);
-    let yaml = config_yaml(&daly_device("daly", &tty), &url(&broker), &client_id("control"), "  control: true\n");
-    let exporter = Exporter::start(&dir, "exporter", &yaml);
-    exporter.wait_connected(true, Duration::from_secs(10));
+    let run = DalyRun::start("control", &["--cells", "8", "--temperatures", "2"], "bms/#", "  control: true\n");
+    let (daly, broker, recorder, exporter) = (&run.sim, &run.broker, &run.recorder, &run.exporter);
     let mosfets = || {
         let truth = daly.truth_json();
         (truth["packs"][0]["charge_mosfet_enabled"].clone(), truth["packs"][0]["discharge_mosfet_enabled"].clone())
