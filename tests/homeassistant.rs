@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Killed, Scratch, free_port, required_program, wait_for};
+use crate::mqtt_util::Mosquitto;
+use crate::util::{Killed, Scratch, free_port, wait_for};
 
 /// A running Home Assistant with an onboarded owner's access token.
 pub struct HomeAssistant {
@@ -153,19 +154,6 @@ impl HomeAssistant {
     }
 }
 
-/// A mosquitto broker on a free loopback port, anonymous, without persistence.
-pub fn mosquitto(dir: &Path) -> (Killed, u16) {
-    let binary = required_program("mosquitto", "mosquitto");
-    let port = free_port();
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(&config, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
-    let child =
-        Process::new(binary).arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let broker = Killed(child);
-    wait_for("mosquitto to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).ok());
-    (broker, port)
-}
-
 /// Expected unit, device class and state class of an entity, by field, as Home Assistant defines them.
 fn classes(field: &str) -> (Option<&'static str>, Option<&'static str>, Option<&'static str>) {
     match field {
@@ -280,7 +268,8 @@ fn home_assistant_shows_every_pack_as_a_device_with_true_values_and_switches_the
     let hass = HomeAssistant::program();
     let _ = hass;
     let scratch = Scratch::new("ha-e2e");
-    let (_broker, mqtt_port) = mosquitto(&scratch.0);
+    let broker = Mosquitto::plain("ha-e2e");
+    let mqtt_port = broker.port;
     let fixed = ["--baud", "0", "--latency-ms", "0", "--time-scale", "0"];
     let (daly, link) = crate::util::Simulator::pty("ha-daly", &[&["--protocol", "daly"], &fixed[..]].concat());
     let pace = crate::util::Simulator::tcp("ha-pace", &[&["--protocol", "pace", "--packs", "2"], &fixed[..]].concat());

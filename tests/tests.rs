@@ -14,6 +14,7 @@ mod grafana;
 mod homeassistant;
 mod metrics;
 mod mqtt;
+mod mqtt_acl;
 mod mqtt_cleanup;
 mod mqtt_compat;
 mod mqtt_control;

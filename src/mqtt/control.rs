@@ -237,12 +237,8 @@ pub fn check(config: &MqttConfig, scraper: &Scraper, topic: &str, payload: &[u8]
 }
 
 /// Handle one message on a command topic: refuse it with a log line, or run the guarded write through the
-/// device's bus worker. Returns messages to publish at once (the device's new state), if any.
-pub async fn handle(config: &MqttConfig, scraper: &Scraper, topic: &str, payload: &[u8]) -> Vec<Message> {
-    run(config, scraper, topic, payload).await.messages
-}
-
-/// [`handle`], also saying what became of the command (for a `result`-labelled command counter).
+/// device's bus worker. Returns what became of it (for `bms_mqtt_commands_total`) and the messages to publish at
+/// once (the device's new state), if any.
 pub async fn run(config: &MqttConfig, scraper: &Scraper, topic: &str, payload: &[u8]) -> Handled {
     let refused = |reason: &dyn fmt::Display| {
         tracing::warn!(topic, reason = %reason, "MQTT command refused; nothing was sent");
