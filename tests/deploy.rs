@@ -62,6 +62,22 @@ fn the_systemd_unit_verifies_without_a_word() {
 }
 
 #[test]
+fn the_bluetooth_drop_in_only_adds_the_bluetooth_group_and_the_unit_still_verifies_with_it() {
+    let drop_in = read("deploy/systemd/bluetooth.conf");
+    let settings = unit_settings(&drop_in);
+    assert_eq!(settings, vec![("SupplementaryGroups".to_owned(), "dialout bluetooth".to_owned())]);
+    // systemd reads a drop-in as if its lines were appended to the unit: verify that combination.
+    let scratch = Scratch::in_dir(&root().join("target"), "deploy-test-bluetooth");
+    let combined = format!("{}\n{}", read(UNIT), drop_in);
+    let out = verify(&unit_copy(&scratch, &combined));
+    assert!(out.status.success() && text(&out).is_empty(), "systemd-analyze verify with the drop-in:\n{}", text(&out));
+    // The main unit can still talk to the system bus (a Unix socket) and names no group a host may lack.
+    let unit = unit_settings(&read(UNIT));
+    assert!(unit.iter().any(|(k, v)| k == "RestrictAddressFamilies" && v.split(' ').any(|f| f == "AF_UNIX")));
+    assert!(!unit.iter().any(|(k, v)| k == "SupplementaryGroups" && v.contains("bluetooth")));
+}
+
+#[test]
 fn the_systemd_unit_is_rated_well_below_medium_exposure() {
     // 1.5 "OK" with systemd 252 (see the unit's header); 2.0 leaves room for a newer systemd's weights while
     // still failing if a hardening block is lost (losing the syscall filter alone costs more than 0.5).
