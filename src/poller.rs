@@ -167,7 +167,7 @@ struct WriteAsk {
     pack: u8,
     action: Action,
     reply: oneshot::Sender<Result<Written, WriteError>>,
-    /// Released when the worker drops the request, after it has answered.
+    /// Released by the worker once the write is done, before it answers.
     _slot: PendingSlot,
 }
 
@@ -375,10 +375,13 @@ impl Worker {
         while let Some(job) = rx.recv().await {
             let ask = match job {
                 Job::Snapshot(ask) => ask,
-                Job::Write(ask) => {
-                    let result = self.write(ask.device, ask.pack, ask.action).await;
+                Job::Write(WriteAsk { device, pack, action, reply, _slot: slot }) => {
+                    let result = self.write(device, pack, action).await;
+                    // Free the slot before answering: a caller woken by the answer may send the same write again
+                    // at once (on another runtime thread), and must not find it still pending.
+                    drop(slot);
                     // The caller may have given up waiting; the read-back is recorded all the same.
-                    let _ = ask.reply.send(result);
+                    let _ = reply.send(result);
                     continue;
                 }
             };

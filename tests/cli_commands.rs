@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::util::{Simulator, daly_bms_cli, fixture};
+use crate::util::{Simulator, daly_bms_cli, fixture, wait_for};
 use bms_exporter::protocol::daly::{Address, Command as DalyCommand, Filler, Request};
 use bms_exporter::protocol::daly_modbus::{Map as ModbusMap, d2, encode_request};
 use bms_exporter::protocol::to_hex;
@@ -702,6 +702,108 @@ fn set_refuses_other_protocols_and_two_boards_before_sending() {
     let run = bms(cmd("set", connection("daly", "--tcp", &silent.addr), &["--address", "1,2", "--soc", "50", "--yes"]));
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("--address"), "{}", run.stderr);
+    assert_eq!(silent.received(), Vec::<u8>::new());
+}
+
+/// The `requests=… replies=…` line the TCP simulator logs when its one client of a `set` run goes.
+fn client_gone_line(sim: &Simulator) -> String {
+    wait_for("the simulator to log the client going", Duration::from_secs(5), || {
+        sim.lines.lock().unwrap().iter().find(|l| l.contains(" gone: ")).cloned()
+    })
+}
+
+#[test]
+fn set_daly_modbus_over_a_pty_switches_each_mosfet_and_the_bms_obeys() {
+    let (sim, link) = Simulator::pty(
+        "cli-set-dmb-pty",
+        &["--protocol", "daly-modbus", "--time-scale", "0", "--baud", "0", "--latency-ms", "0"],
+    );
+    let serial = || connection("daly-modbus", "--serial", link.to_str().unwrap());
+    let truth = || truth_pack(&sim.truth_json(), 1).clone();
+    assert_eq!(
+        (truth()["charge_mosfet_enabled"].clone(), truth()["discharge_mosfet_enabled"].clone()),
+        (true.into(), true.into())
+    );
+
+    let run = bms(cmd("set", serial(), &["--charge-mosfet", "off", "--yes"]));
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // The D2 charge-MOSFET-off frame, shown with its meaning before it is sent.
+    let frame = to_hex(&encode_request(ModbusMap::D2, d2::set_charge_mosfet(false)));
+    assert_eq!(frame, "d20600a500008a4a");
+    assert!(run.stdout.contains(&frame), "shows the frame {frame}:\n{}", run.stdout);
+    assert!(run.stdout.contains("register 0x00a5 (charge MOSFET switch) = 0"), "{}", run.stdout);
+    assert!(run.stdout.contains("sent: acknowledged (echo: register 0x00a5 = 0)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("the BMS obeyed: the charge MOSFET is off") && !run.stdout.contains("NOT"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(truth()["charge_mosfet_enabled"], false);
+    assert_eq!(truth()["discharge_mosfet_enabled"], true, "only the charge MOSFET moved");
+
+    let run = bms(cmd("set", serial(), &["--discharge-mosfet", "off", "--yes"]));
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("d20600a600007a4a") && run.stdout.contains("obeyed"), "{}", run.stdout);
+    assert_eq!(truth()["discharge_mosfet_enabled"], false);
+
+    let run = bms(cmd("set", serial(), &["--charge-mosfet", "on", "--yes"]));
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(truth()["charge_mosfet_enabled"], true);
+
+    // A read afterwards sees the new state, as any client would.
+    let doc = bms(cmd("read", serial(), &["mosfet"])).json();
+    assert_eq!(doc["packs"][0]["mosfet"]["charge_mosfet_enabled"], true);
+    assert_eq!(doc["packs"][0]["mosfet"]["discharge_mosfet_enabled"], false);
+}
+
+#[test]
+fn set_daly_modbus_over_tcp_sends_the_write_once_and_reads_back_once() {
+    let sim = simulator("set-dmb-tcp", "daly-modbus", &[]);
+    let run = bms(cmd("set", tcp("daly-modbus", &sim), &["--discharge-mosfet", "off", "--yes"]));
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("the BMS obeyed: the discharge MOSFET is off"), "{}", run.stdout);
+    assert_eq!(truth_pack(&sim.truth_json(), 1)["discharge_mosfet_enabled"], false);
+    // The write and the one read-back block: nothing repeated.
+    assert!(client_gone_line(&sim).contains("requests=2 replies=2"), "{:?}", sim.lines.lock().unwrap());
+}
+
+#[test]
+fn set_daly_modbus_to_a_board_that_never_answers_says_it_did_not_obey() {
+    // The simulator holds the D2 board only: a write to p81 board 1 goes unanswered, and so does the read-back.
+    let sim = simulator("set-dmb-p81", "daly-modbus", &[]);
+    let run = bms(cmd("set", tcp("daly-modbus", &sim), &["--address", "p81:1", "--charge-mosfet", "off", "--yes"]));
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("810601210000c7fc"), "the p81 frame for board 1: {}", run.stdout);
+    assert!(run.stdout.contains("sent: no acknowledgement from the board"), "{}", run.stdout);
+    assert!(run.stdout.contains("the BMS did NOT obey: the BMS did not answer the read-back"), "{}", run.stdout);
+    assert_eq!(truth_pack(&sim.truth_json(), 1)["charge_mosfet_enabled"], true);
+}
+
+#[test]
+fn set_daly_modbus_refuses_soc_and_restart_and_without_yes_sends_nothing() {
+    let sim = simulator("set-dmb-refused", "daly-modbus", &[]);
+    let before = sim.truth_json();
+    for action in [&["--soc", "50", "--yes"][..], &["--restart", "--yes"]] {
+        let run = bms(cmd("set", tcp("daly-modbus", &sim), action));
+        assert_eq!(run.code, 1, "{action:?}");
+        assert!(run.stderr.contains("daly-modbus has no write to"), "names the protocol: {}", run.stderr);
+        assert!(run.stderr.contains("nothing was sent"), "{}", run.stderr);
+        assert!(run.stdout.is_empty(), "no frame is offered for an action the protocol lacks: {}", run.stdout);
+    }
+    let run = bms(cmd("set", tcp("daly-modbus", &sim), &["--charge-mosfet", "off"]));
+    assert_ne!(run.code, 0, "refusing is not success");
+    assert!(run.stdout.contains("d20600a500008a4a") && run.stderr.contains("--yes"), "{}{}", run.stdout, run.stderr);
+    // None of the three even connected, and the battery is as it was.
+    std::thread::sleep(Duration::from_millis(100));
+    let lines = sim.lines.lock().unwrap().clone();
+    assert!(!lines.iter().any(|l| l.contains("connected")), "{lines:?}");
+    assert_eq!(sim.truth_json(), before);
+
+    // On a bare port too: not one byte reaches it.
+    let silent = SilentListener::start();
+    for action in [&["--soc", "50", "--yes"][..], &["--restart", "--yes"], &["--discharge-mosfet", "off"]] {
+        assert_ne!(bms(cmd("set", connection("daly-modbus", "--tcp", &silent.addr), action)).code, 0);
+    }
     assert_eq!(silent.received(), Vec::<u8>::new());
 }
 

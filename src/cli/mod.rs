@@ -24,7 +24,7 @@ pub use mqtt::{CleanupArgs, MqttCommand};
 pub use read::{CheckArgs, Format, PackArg, ReadArgs};
 pub use serve::{LogFormat, LogLevel, ServeArgs};
 
-use crate::control::{self, Action, Clock};
+use crate::control::{Action, Clock, Target};
 use crate::model::CurrentSign;
 use crate::protocol::{self, DecodeOptions, Protocol};
 use crate::simulator::fault::{Fault, FaultPlan};
@@ -55,8 +55,8 @@ pub enum Command {
     /// Nagios/Icinga plugin: poll once, judge against thresholds, print one status line with perfdata and exit
     /// 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN.
     Check(CheckArgs),
-    /// Send a write command (MOSFET, SOC, restart) to a Daly board: shows the frame, needs --yes, then reads
-    /// back whether the BMS obeyed.
+    /// Send a write command to a Daly board (A5: MOSFET, SOC, restart; daly-modbus: MOSFET): shows the frame,
+    /// needs --yes, then reads back whether the BMS obeyed.
     Set(SetArgs),
     /// Probe a port for every protocol at its usual addresses (reads only) and print a config block.
     Detect(DetectArgs),
@@ -78,7 +78,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("action").required(true).args(["charge_mosfet", "discharge_mosfet", "soc", "restart"])))]
 pub struct SetArgs {
-    /// How to reach the device (Daly A5 only).
+    /// How to reach the device (protocol daly or daly-modbus).
     #[command(flatten)]
     pub connection: ConnectionArgs,
     /// Switch the charge MOSFET.
@@ -87,10 +87,10 @@ pub struct SetArgs {
     /// Switch the discharge MOSFET.
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub discharge_mosfet: Option<bool>,
-    /// Set the state of charge, in percent (0–100).
+    /// Set the state of charge, in percent (0–100; daly only).
     #[arg(long, value_name = "PCT")]
     pub soc: Option<f64>,
-    /// Restart the BMS.
+    /// Restart the BMS (daly only).
     #[arg(long)]
     pub restart: bool,
     /// Really send it. Without this flag the command only shows what it would send.
@@ -273,27 +273,40 @@ fn set_action(args: &SetArgs) -> anyhow::Result<Action> {
     }
 }
 
+/// The board `set` writes to, from `--protocol` and `--address`; other protocols take no writes.
+fn set_target(connection: &ConnectionArgs) -> anyhow::Result<Target> {
+    let address = connection.address.as_deref();
+    match connection.protocol()? {
+        Protocol::Daly => {
+            let addresses = connection::daly_addresses(address.unwrap_or("rs485")).context("--address")?;
+            let [address] = addresses.as_slice() else {
+                bail!("--address: set talks to exactly one board, not {}", addresses.len());
+            };
+            Ok(Target::Daly(*address))
+        }
+        Protocol::DalyModbus => {
+            Ok(Target::DalyModbus(connection::daly_modbus_map(address.unwrap_or("d2")).context("--address")?))
+        }
+        other => bail!("set supports --protocol daly (the A5 frames) and daly-modbus only, not {other}"),
+    }
+}
+
 fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
     let connection = &args.connection;
-    if connection.protocol()? != Protocol::Daly {
-        bail!("set supports --protocol daly (the A5 frames) only");
-    }
+    let target = set_target(connection)?;
     let action = set_action(args)?;
-    let addresses =
-        connection::daly_addresses(connection.address.as_deref().unwrap_or("rs485")).context("--address")?;
-    let [address] = addresses.as_slice() else {
-        bail!("--address: set talks to exactly one board, not {}", addresses.len());
-    };
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let request = action.request(*address, Clock::from_unix(unix))?;
+    // Built before the link is opened: an action the protocol cannot carry is refused with nothing sent.
+    let prepared = action.prepare(target, Clock::from_unix(unix))?;
     let transport = connection.transport()?;
     println!(
-        "{} on board {} via {}: frame {}",
+        "{} on {} via {}: frame {}",
         action.describe(),
-        address.reply_board(),
+        prepared.board(),
         transport.describe(),
-        protocol::to_hex(&request.encode())
+        protocol::to_hex(&prepared.frame())
     );
+    println!("frame meaning: {}", prepared.meaning());
     if !args.yes {
         eprintln!("not sent: writing to a BMS changes how the battery behaves; repeat with --yes to send it");
         return Ok(ExitCode::FAILURE);
@@ -301,12 +314,7 @@ fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let outcome = runtime.block_on(async {
         let mut link = crate::transport::open(&transport).await?;
-        let mut exchange = protocol::daly::exchange::DalyExchange::new(
-            vec![*address],
-            protocol::daly::Filler::Zero,
-            connection.options(),
-        );
-        control::apply(&mut link, &mut exchange, action, request, connection.settings()).await
+        prepared.send(&mut link, action, connection.options(), connection.settings()).await
     })?;
     println!("sent: {}", outcome.acknowledgement.as_deref().unwrap_or("no acknowledgement from the board"));
     if outcome.obeyed {

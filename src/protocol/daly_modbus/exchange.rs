@@ -7,11 +7,14 @@
 //! voltage/current/SOC, counts) and the high window (0x41–0x7E: state, capacity, cycles, balancing, MOSFETs,
 //! MOSFET/board temperatures) are asked as the sections need them; p81 has no identity registers we know.
 //! Cell and sensor counts are cached and appear in every snapshot.
+//!
+//! A write (the `set` command) is a one-request plan of its own ([`DalyModbusExchange::begin_write`]): its echo,
+//! or the board's exception reply, is kept for the caller to report ([`DalyModbusExchange::write_reply`]).
 
 use std::collections::VecDeque;
 
-use super::{Map, Pdu, Registers, Reply, Request, check_plausible, d2, p81, parse_frame};
-use super::{ModbusFraming, READ, WRITE, encode_request};
+use super::{Map, Pdu, Registers, Reply, Request, WriteAck, check_plausible, d2, p81, parse_frame};
+use super::{ModbusFraming, READ, WRITE, encode_request, write_register_name};
 use crate::model::{DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
 use crate::protocol::exchange::Rejections;
@@ -28,6 +31,13 @@ enum Block {
     P81Low,
     /// p81 registers 0x41–0x7E.
     P81High,
+    /// A single-register write (function 6).
+    Write {
+        /// Register written.
+        register: u16,
+        /// Value written.
+        value: u16,
+    },
 }
 
 /// The request in flight and what has come of it.
@@ -55,6 +65,8 @@ pub struct DalyModbusExchange {
     version_unsupported: bool,
     /// The board answered the 80-register real-time read with an exception: ask 62.
     extended_unsupported: bool,
+    /// How the board answered the write of the current plan, once it has.
+    write_reply: Option<Result<WriteAck, DecodeError>>,
 }
 
 impl DalyModbusExchange {
@@ -72,7 +84,38 @@ impl DalyModbusExchange {
             version: None,
             version_unsupported: false,
             extended_unsupported: false,
+            write_reply: None,
         }
+    }
+
+    /// The map (and so the device addresses) this exchange talks to.
+    #[must_use]
+    pub fn map(&self) -> Map {
+        self.map
+    }
+
+    /// Plan one write of `value` to `register` instead of a poll; the session is then resumed on this
+    /// exchange. The board's answer is [`DalyModbusExchange::write_reply`] afterwards.
+    pub fn begin_write(&mut self, register: u16, value: u16) {
+        self.start();
+        self.plan.push_back(Block::Write { register, value });
+    }
+
+    /// How the board answered the last write: its echo (normally the request verbatim), or the exception it
+    /// refused it with; `None` when nothing valid came back (some boards accept a write without echoing it).
+    #[must_use]
+    pub fn write_reply(&self) -> Option<&Result<WriteAck, DecodeError>> {
+        self.write_reply.as_ref()
+    }
+
+    /// Forget the last plan and what came of it; cached counts and identity stay.
+    fn start(&mut self) {
+        self.plan.clear();
+        self.current = None;
+        self.rejections = Rejections::default();
+        self.deframer.clear();
+        self.write_reply = None;
+        self.device = self.cached_snapshot();
     }
 
     fn request(&self, block: Block) -> Request {
@@ -82,6 +125,7 @@ impl DalyModbusExchange {
             Block::D2Version => d2::VERSION,
             Block::P81Low => p81::REALTIME_LOW,
             Block::P81High => p81::REALTIME_HIGH,
+            Block::Write { register, value } => Request::Write { register, value },
         }
     }
 
@@ -99,6 +143,9 @@ impl DalyModbusExchange {
 
     /// Take in a complete, CRC-checked frame: the progress it makes, or why it does not answer the request.
     fn on_frame(&mut self, current: &Current, frame: &[u8]) -> Result<Progress, DecodeError> {
+        if let Block::Write { .. } = current.block {
+            return self.on_write_frame(frame);
+        }
         let start = current.start;
         let values = match parse_frame(self.map, frame) {
             Ok(Pdu::Read(values)) => values,
@@ -136,6 +183,23 @@ impl DalyModbusExchange {
         Ok(Progress::Complete)
     }
 
+    /// Take in the answer to a write: its echo completes it, an exception reply refuses it (never retried: a
+    /// write is sent once), a read reply is not an answer to it.
+    fn on_write_frame(&mut self, frame: &[u8]) -> Result<Progress, DecodeError> {
+        match parse_frame(self.map, frame) {
+            Ok(Pdu::Write { register, value }) => {
+                self.write_reply = Some(Ok(WriteAck { register, value }));
+                Ok(Progress::Complete)
+            }
+            Ok(Pdu::Read(_)) => Err(DecodeError::UnexpectedCommand { expected: WRITE, found: READ }),
+            Err(error @ DecodeError::ModbusException { function: WRITE, .. }) => {
+                self.write_reply = Some(Err(error));
+                Ok(Progress::Refused(error))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Remember what an exception reply says about the board; whether that settles the request (a fallback
     /// is planned, or the read was optional) rather than failing it.
     fn on_refusal(&mut self, block: Block) -> bool {
@@ -150,7 +214,7 @@ impl DalyModbusExchange {
                 self.version_unsupported = true;
                 true
             }
-            Block::D2Realtime | Block::P81Low | Block::P81High => false,
+            Block::D2Realtime | Block::P81Low | Block::P81High | Block::Write { .. } => false,
         }
     }
 }
@@ -162,12 +226,15 @@ fn label(map: Map, request: Request, block: Block) -> String {
         Block::D2Version => "D2 version",
         Block::P81Low => "p81 real-time low",
         Block::P81High => "p81 real-time high",
+        Block::Write { register, .. } => write_register_name(map, register).unwrap_or("register write"),
     };
     match request {
         Request::Read { start, count } => {
             format!("read {count} registers from 0x{start:02x} ({what}, device 0x{:02x})", map.request_address())
         }
-        Request::Write { register, value } => format!("write 0x{value:04x} to 0x{register:02x} ({what})"),
+        Request::Write { register, value } => {
+            format!("write {value} to register 0x{register:04x} ({what}, device 0x{:02x})", map.request_address())
+        }
     }
 }
 
@@ -179,10 +246,7 @@ impl Exchange for DalyModbusExchange {
     fn begin_poll(&mut self, sections: Sections) {
         use Section::{Alarms, Balancing, Cells, Info, Mosfet, Soc, Status, Temperatures};
         let wants = |list: &[Section]| list.iter().any(|&s| sections.contains(s));
-        self.plan.clear();
-        self.current = None;
-        self.rejections = Rejections::default();
-        self.deframer.clear();
+        self.start();
         match self.map {
             Map::D2 => {
                 if wants(&[Soc, Mosfet, Status, Cells, Temperatures, Balancing, Alarms]) {
@@ -205,7 +269,6 @@ impl Exchange for DalyModbusExchange {
                 // and `info` alone ask nothing.
             }
         }
-        self.device = self.cached_snapshot();
     }
 
     fn next_request(&mut self) -> Option<Outgoing> {
@@ -589,12 +652,24 @@ mod tests {
         }
 
         fn respond(&mut self, request: &[u8]) -> Option<Response> {
-            let (map, Request::Read { start, count }) = super::super::decode_request(request).ok()? else {
-                return None;
-            };
+            let (map, request) = super::super::decode_request(request).ok()?;
             if map != (Map::P81 { board: 2 }) {
                 return None;
             }
+            let (start, count) = match request {
+                Request::Read { start, count } => (start, count),
+                // The MOSFET control registers switch the state registers 0x52/0x53 and echo, as a board does.
+                Request::Write { register, value } => {
+                    let state = match register {
+                        p81::CHARGE_MOSFET_REGISTER => 0x52,
+                        p81::DISCHARGE_MOSFET_REGISTER => 0x53,
+                        _ => return None,
+                    };
+                    self.image.set(state, value);
+                    let reply = super::super::encode_write_reply(map, register, value);
+                    return Some(Response { other: reply.clone(), reply });
+                }
+            };
             self.asked.push((start, count));
             let window =
                 |start: u16, count: u16| self.image.values[usize::from(start)..usize::from(start + count)].to_vec();
@@ -657,5 +732,72 @@ mod tests {
         assert_eq!(exchange.handle_bytes(&response.other), Progress::Pending);
         assert_eq!(exchange.clear_reply().map(|e| e.kind()), Some("bad_length"));
         assert_eq!(exchange.handle_bytes(&response.reply), Progress::Complete);
+    }
+
+    /// Send the planned write through `exchange` to `bus` and feed back whatever it answers (`None`: silence).
+    fn write(exchange: &mut DalyModbusExchange, bus: &mut dyn Responder, register: u16, value: u16) -> Progress {
+        exchange.begin_write(register, value);
+        let outgoing = exchange.next_request().expect("a write is planned");
+        let progress = bus.respond(&outgoing.bytes).map_or(Progress::Pending, |r| exchange.handle_bytes(&r.reply));
+        assert_eq!(exchange.next_request(), None, "a write is one request");
+        progress
+    }
+
+    #[test]
+    fn a_d2_write_sends_the_documented_frame_and_its_echo_completes_it() {
+        let mut bus = bus();
+        let mut exchange = exchange();
+        exchange.begin_write(d2::CHARGE_MOSFET_REGISTER, 0);
+        let outgoing = exchange.next_request().unwrap();
+        assert_eq!(outgoing.bytes, [0xd2, 0x06, 0x00, 0xa5, 0x00, 0x00, 0x8a, 0x4a]);
+        assert!(outgoing.label.contains("charge MOSFET switch"), "{}", outgoing.label);
+        let reply = bus.respond(&outgoing.bytes).unwrap().reply;
+        assert_eq!(exchange.handle_bytes(&reply), Progress::Complete);
+        assert_eq!(exchange.write_reply(), Some(&Ok(WriteAck { register: d2::CHARGE_MOSFET_REGISTER, value: 0 })));
+        assert_eq!(bus.pack().mosfets(), (false, true));
+        // The read-back afterwards is an ordinary poll and sees the new state.
+        poll(&mut exchange, &mut bus, sections(&[Section::Mosfet]));
+        let pack = &exchange.snapshot().packs[0];
+        assert_eq!((pack.charge_mosfet_enabled, pack.discharge_mosfet_enabled), (Some(false), Some(true)));
+        assert_eq!(exchange.write_reply(), None, "a poll forgets the write's answer");
+    }
+
+    #[test]
+    fn a_write_refused_with_an_exception_is_refused_not_retried_and_silence_leaves_no_reply() {
+        let mut bus = bus();
+        let mut exchange = exchange();
+        let refused = DecodeError::ModbusException { function: WRITE, code: 0x02 };
+        assert_eq!(write(&mut exchange, &mut bus, 0x80, 1), Progress::Refused(refused));
+        assert_eq!(exchange.write_reply(), Some(&Err(refused)));
+        // A read reply is not the answer to a write; a board that stays silent leaves no reply to report.
+        exchange.begin_write(d2::DISCHARGE_MOSFET_REGISTER, 0);
+        exchange.next_request().unwrap();
+        let read = bus.respond(&bytes(d2::REALTIME)).unwrap().reply;
+        assert_eq!(exchange.handle_bytes(&read), Progress::Pending);
+        assert_eq!(exchange.clear_reply().map(|e| e.kind()), Some("unexpected_command"));
+        assert_eq!(exchange.write_reply(), None);
+        assert_eq!(bus.pack().mosfets(), (true, true));
+    }
+
+    #[test]
+    fn a_p81_write_goes_to_its_board_its_echo_comes_from_the_reply_address_and_the_high_window_shows_it() {
+        let mut board = P81Board::new();
+        let map = Map::p81(2).unwrap();
+        let mut exchange = DalyModbusExchange::new(map, DecodeOptions::default());
+        exchange.begin_write(p81::DISCHARGE_MOSFET_REGISTER, 1);
+        let outgoing = exchange.next_request().unwrap();
+        assert_eq!(outgoing.bytes, encode_request(map, p81::set_discharge_mosfet(true)));
+        assert_eq!(&outgoing.bytes[..6], [0x82, 0x06, 0x01, 0x22, 0x00, 0x01]);
+        // A half-duplex adapter's loop-back of the request is an echo, not the board's answer.
+        assert_eq!(exchange.handle_bytes(&outgoing.bytes), Progress::Pending);
+        let reply = board.respond(&outgoing.bytes).unwrap().reply;
+        assert_eq!(reply[0], 0x52);
+        assert_eq!(exchange.handle_bytes(&reply), Progress::Complete);
+        assert_eq!(exchange.write_reply(), Some(&Ok(WriteAck { register: p81::DISCHARGE_MOSFET_REGISTER, value: 1 })));
+        let sent = poll(&mut exchange, &mut board, sections(&[Section::Mosfet]));
+        assert_eq!(board.asked, [(0x41, 62)]);
+        assert_eq!(sent.len(), 1);
+        let pack = &exchange.snapshot().packs[0];
+        assert_eq!((pack.charge_mosfet_enabled, pack.discharge_mosfet_enabled), (Some(true), Some(true)));
     }
 }

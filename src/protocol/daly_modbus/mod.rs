@@ -154,6 +154,21 @@ pub fn decode_request(bytes: &[u8]) -> Result<(Map, Request), DecodeError> {
     Ok((map, request))
 }
 
+/// What a register written by [`Request::Write`] controls on a board of `map`, for showing a write before it
+/// is sent; `None` for a register this module knows no write for.
+#[must_use]
+pub fn write_register_name(map: Map, register: u16) -> Option<&'static str> {
+    match (map, register) {
+        (Map::D2, d2::CHARGE_MOSFET_REGISTER) | (Map::P81 { .. }, p81::CHARGE_MOSFET_REGISTER) => {
+            Some("charge MOSFET switch")
+        }
+        (Map::D2, d2::DISCHARGE_MOSFET_REGISTER) | (Map::P81 { .. }, p81::DISCHARGE_MOSFET_REGISTER) => {
+            Some("discharge MOSFET switch")
+        }
+        _ => None,
+    }
+}
+
 /// A block of consecutive register values read from `start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Registers {
