@@ -483,7 +483,8 @@ def SetSplit(_self, device_path, split, seed):
 
 @dbus.service.method(MOCK_IFACE, in_signature='ss', out_signature='')
 def SetDeviceMode(_self, device_path, mode):
-    '''Faults: `garbage` (random 1-4 byte notifications between a reply's pieces), `silent` (writes accepted,
+    '''Faults: `garbage` (random 1-4 byte notifications between a reply's pieces, which breaks the frame they
+    land in, and before a reply that fits one notification, which a parser must skip), `silent` (writes accepted,
     never answered), `disconnect_next` (the next write drops the connection; Connect works again afterwards),
     `unreachable` (drops the connection now and refuses Connect) and `normal`.'''
     link = _link(device_path)
