@@ -10,13 +10,17 @@ echo "== system packages"
 # prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, strace to hold the
 # systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), jq, which the Home Assistant
 # add-on's run.sh needs (tests/addon.rs), and the mosquitto broker with its clients for the MQTT tests
-# (tests/mqtt*.rs). Installed only when missing; the tests fail loudly without them.
+# (tests/mqtt*.rs), and for the Bluetooth tests (tests/ble_*.rs) a private dbus-daemon with a mock BlueZ from
+# python3-dbusmock, driven with gdbus. Installed only when missing; the tests fail loudly without them.
 # mosquitto lives in /usr/sbin, which a non-root PATH may lack.
 need=()
 for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace jq:jq \
-  mosquitto:mosquitto mosquitto_sub:mosquitto-clients; do
+  mosquitto:mosquitto mosquitto_sub:mosquitto-clients dbus-daemon:dbus-daemon gdbus:libglib2.0-bin; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
+# dbusmock is a Python module, not a command; the mock runs under the system python3, which is where Debian puts it
+# (with the python3-dbus and python3-gi it needs), so check it there rather than in any venv.
+/usr/bin/python3 -c 'import dbusmock' 2>/dev/null || need+=(python3-dbusmock)
 if ((${#need[@]})); then
   as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
   $as_root apt-get update -qq

@@ -1,6 +1,8 @@
 //! The one integration-test binary (ripgrep's layout): each topic is a module, sharing `util`.
 
 mod addon;
+mod ble_mock;
+mod ble_util;
 mod bus;
 mod cli_commands;
 mod cli_decode;
