@@ -156,6 +156,9 @@ pub(super) fn detect(args: &DetectArgs) -> anyhow::Result<ExitCode> {
             TransportSettings::Tcp(t) => {
                 let _ = writeln!(out, "    tcp: {}", t.address);
             }
+            TransportSettings::Bluetooth(b) => {
+                let _ = writeln!(out, "    bluetooth: {}", b.address);
+            }
         }
         let _ = writeln!(out, "    {}", probe.config);
     }
