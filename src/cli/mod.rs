@@ -280,7 +280,8 @@ fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
     }
     let action = set_action(args)?;
     let addresses =
-        connection::daly_addresses(connection.address.as_deref().unwrap_or("rs485")).context("--address")?;
+        connection::daly_addresses(connection.address.as_deref().unwrap_or(connection.daly_default_address()))
+            .context("--address")?;
     let [address] = addresses.as_slice() else {
         bail!("--address: set talks to exactly one board, not {}", addresses.len());
     };
@@ -300,13 +301,19 @@ fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let outcome = runtime.block_on(async {
-        let mut link = crate::transport::open(&transport).await?;
-        let mut exchange = protocol::daly::exchange::DalyExchange::new(
-            vec![*address],
-            protocol::daly::Filler::Zero,
-            connection.options(),
-        );
-        control::apply(&mut link, &mut exchange, action, request, connection.settings()).await
+        let outcome = async {
+            let mut link = crate::transport::open(&transport).await?;
+            let mut exchange = protocol::daly::exchange::DalyExchange::new(
+                vec![*address],
+                protocol::daly::Filler::Zero,
+                connection.options(),
+            );
+            control::apply(&mut link, &mut exchange, action, request, connection.settings()).await
+        }
+        .await;
+        // A Bluetooth module is released before the runtime (and with it the link's task) stops.
+        crate::transport::close_bluetooth(Duration::from_secs(5)).await;
+        outcome
     })?;
     println!("sent: {}", outcome.acknowledgement.as_deref().unwrap_or("no acknowledgement from the board"));
     if outcome.obeyed {
