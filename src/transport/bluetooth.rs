@@ -192,7 +192,11 @@ async fn find(adapter: &Adapter, address: &str, within: Duration) -> Result<Peri
         return Ok(peripheral);
     }
     tracing::debug!(address, "not known to BlueZ yet; scanning for it");
-    step("starting a scan", STEP_TIMEOUT, adapter.start_scan(ScanFilter::default())).await?;
+    // BlueZ refuses a second scan from the same D-Bus connection (two buses opening at once share ours) with
+    // InProgress; the scan that runs finds this module as well, so only the wait below decides.
+    if let Err(error) = step("starting a scan", STEP_TIMEOUT, adapter.start_scan(ScanFilter::default())).await {
+        tracing::debug!(%error, "could not start a scan; waiting for one that runs");
+    }
     let deadline = Instant::now() + within;
     let found = loop {
         sleep(SCAN_POLL).await;
