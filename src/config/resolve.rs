@@ -116,8 +116,8 @@ pub(super) fn bus_key(transport: &TransportSettings) -> BusKey {
 }
 
 impl Config {
-    /// One bus per serial path or TCP endpoint, in order of first appearance, each with its devices in file
-    /// order, a fresh exchange per device and every section polled. Validation has made sure devices on one bus
+    /// One bus per serial path, TCP endpoint or Bluetooth module, in order of first appearance, each with its
+    /// devices in file order, a fresh exchange per device and every section polled. Validation has made sure devices on one bus
     /// agree on line settings and timing.
     #[must_use]
     pub fn buses(&self) -> Vec<BusSpec> {
