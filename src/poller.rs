@@ -1,5 +1,5 @@
-//! One worker task per bus (a serial path or a TCP endpoint): it owns the port, runs every device's poll on
-//! it one after the other with the bus's quiet gap, reopens the link when a poll finds it down (at most once
+//! One worker task per bus (a serial path, a TCP endpoint or a Bluetooth module): it owns the port, runs every
+//! device's poll on it one after the other with the bus's quiet gap, reopens the link when a poll finds it down (at most once
 //! per [`RECONNECT_INTERVAL`], waiting for that moment when the caller's deadline allows), and answers [`BusHandle::snapshot`] requests. A request accepts any poll that finished no earlier than
 //! `max_age` before it was asked, so callers that arrive while a poll runs share that poll (single-flight).
 //!

@@ -244,8 +244,103 @@ devices:
     );
 }
 
+#[cfg(feature = "ble")]
+fn bluetooth(address: &str, adapter: Option<&str>) -> TransportSettings {
+    TransportSettings::Bluetooth(bms_exporter::transport::BluetoothSettings {
+        address: address.to_owned(),
+        adapter: adapter.map(str::to_owned),
+        connect_timeout: bms_exporter::transport::BLUETOOTH_CONNECT_TIMEOUT,
+    })
+}
+
+/// Two dongles, one module listed twice (two names for one connection) and a wired board.
+const BLUETOOTH_DEVICES: &str = "\
+devices:
+  - name: garage
+    protocol: daly
+    bluetooth: aa:bb:cc:dd:ee:ff
+  - name: shed
+    protocol: daly-modbus
+    bluetooth: 12:34:56:78:90:12
+    adapter: hci1
+  - name: shed-again
+    protocol: daly-modbus
+    bluetooth: 12:34:56:78:90:12
+    adapter: hci1
+    daly_modbus: { address: p81 }
+  - name: house
+    protocol: daly
+    serial: /dev/ttyUSB0
+";
+
+#[cfg(feature = "ble")]
+#[test]
+fn bluetooth_devices_resolve_with_their_address_adapter_uart_default_and_longer_timeout() {
+    let config = config::parse(BLUETOOTH_DEVICES, Path::new("ble.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let garage = config.device("garage").unwrap();
+    // Upper case whatever the file wrote, and an all-digit address stays text (not a YAML 1.1 sexagesimal).
+    assert_eq!(garage.transport, bluetooth("AA:BB:CC:DD:EE:FF", None));
+    assert_eq!(garage.transport.describe(), "bluetooth AA:BB:CC:DD:EE:FF");
+    assert_eq!(garage.transport.kind(), "bluetooth");
+    // A UART dongle forwards the UART host address; the wired default would go unanswered.
+    assert_eq!(
+        garage.options,
+        ProtocolOptions::Daly { addresses: vec![Address::Uart], current_sign: CurrentSign::Auto }
+    );
+    assert_eq!((garage.timeout, garage.retries), (config::BLUETOOTH_TIMEOUT, 3));
+    assert_eq!(config::BLUETOOTH_TIMEOUT, Duration::from_secs(5));
+    let shed = config.device("shed").unwrap();
+    assert_eq!(shed.transport, bluetooth("12:34:56:78:90:12", Some("hci1")));
+    assert_eq!(shed.transport.describe(), "bluetooth 12:34:56:78:90:12 (hci1)");
+    let house = config.device("house").unwrap();
+    assert_eq!(house.timeout, Duration::from_secs(1), "wired devices keep the general default");
+    assert_eq!(
+        house.options,
+        ProtocolOptions::Daly { addresses: vec![Address::Rs485], current_sign: CurrentSign::Auto }
+    );
+    // One bus per module address: the two entries of one module share its connection.
+    let buses = config.buses();
+    let per_bus: Vec<Vec<&str>> = buses.iter().map(|b| b.devices.iter().map(|d| d.name.as_str()).collect()).collect();
+    assert_eq!(per_bus, [vec!["garage"], vec!["shed", "shed-again"], vec!["house"]]);
+    assert_eq!(config.bus_count(), 3);
+    assert_eq!(buses[0].settings.timeout, config::BLUETOOTH_TIMEOUT);
+}
+
+#[cfg(feature = "ble")]
+#[test]
+fn a_written_timeout_wins_over_the_bluetooth_default() {
+    let with_defaults = format!("defaults:\n  timeout: 2s\n{BLUETOOTH_DEVICES}");
+    let config = config::parse(&with_defaults, Path::new("ble.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.devices.iter().all(|d| d.timeout == Duration::from_secs(2)), "{config:?}");
+    let own = "devices:\n  - name: g\n    protocol: daly\n    bluetooth: AA:BB:CC:DD:EE:FF\n    timeout: 800ms\n";
+    let config = config::parse(own, Path::new("ble.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.devices[0].timeout, Duration::from_millis(800));
+}
+
+#[cfg(feature = "ble")]
+#[test]
+fn one_module_through_two_adapters_is_refused_at_the_second_adapter() {
+    let text =
+        BLUETOOTH_DEVICES.replacen("    adapter: hci1\n    daly_modbus", "    adapter: hci0\n    daly_modbus", 1);
+    assert_eq!(
+        error_of(&text, "ble.yaml"),
+        "ble.yaml:12:5: devices[2].adapter: Bluetooth module 12:34:56:78:90:12 is reached through hci1 for \
+         devices[1] but through hci0 here; one module has one connection, through one adapter"
+    );
+}
+
+#[cfg(not(feature = "ble"))]
+#[test]
+fn without_the_ble_feature_a_bluetooth_device_is_refused_at_its_key() {
+    assert_eq!(
+        error_of(BLUETOOTH_DEVICES, "ble.yaml"),
+        "ble.yaml:4:5: devices[0].bluetooth: this bms_exporter was built without the ble feature (Bluetooth LE); \
+         rebuild it with default features, or reach the device through serial: or tcp:"
+    );
+}
+
 /// The mistakes DESIGN.md §3 and the issue name; each must keep a fixture so none can silently lose its test.
-const REQUIRED_BAD: [&str; 21] = [
+const REQUIRED_BAD: [&str; 24] = [
     "unknown-key",
     "bad-duration",
     "duplicate-name",
@@ -258,6 +353,9 @@ const REQUIRED_BAD: [&str; 21] = [
     "bad-baud",
     "bad-parity",
     "bluetooth",
+    "bluetooth-adapter",
+    "adapter-without-bluetooth",
+    "baud-on-bluetooth",
     "mqtt",
     "mqtt-password",
     "mqtt-broker",

@@ -16,7 +16,10 @@ use crate::protocol::pace::VER_PACE;
 use crate::protocol::pace::exchange::PackSelection;
 use crate::protocol::{DecodeOptions, Exchange, Protocol};
 use crate::session::Settings;
-use crate::transport::{Parity, SerialSettings, TcpSettings, TransportSettings};
+use crate::transport::{
+    BLUETOOTH_CONNECT_TIMEOUT, BluetoothSettings, Parity, SerialSettings, TcpSettings, TransportSettings,
+    parse_bluetooth_adapter, parse_bluetooth_address,
+};
 
 /// How to reach the device.
 #[derive(Debug, Clone, Args)]
@@ -36,19 +39,22 @@ pub struct ConnectionArgs {
     /// TCP serial server (RS485-to-Ethernet/Wi-Fi box, ser2net), HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "bluetooth")]
     pub tcp: Option<String>,
-    /// Bluetooth LE address of a Daly dongle (not in this build yet).
-    #[arg(long, value_name = "ADDR")]
+    /// Bluetooth LE address of a BMS module (a Daly UART dongle, or a DL-/JHB- module), AA:BB:CC:DD:EE:FF.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bluetooth_address)]
     pub bluetooth: Option<String>,
-    /// Device address. Daly: rs485 (0x40, default), uart (0x80), or board numbers such as 1 or 1,2,3 for
-    /// several boards on one bus. Daly Modbus-style: d2 (default) or p81:N. Pace: the master's ADR (default 1).
+    /// Bluetooth adapter to use with --bluetooth, e.g. hci1 (default: the first one).
+    #[arg(long, value_name = "NAME", value_parser = parse_bluetooth_adapter)]
+    pub adapter: Option<String>,
+    /// Device address. Daly: rs485 (0x40, default on a wire), uart (0x80, default over Bluetooth), or board
+    /// numbers such as 1 or 1,2,3 for several boards on one bus. Daly Modbus-style: d2 (default) or p81:N. Pace: the master's ADR (default 1).
     #[arg(long, value_name = "A")]
     pub address: Option<String>,
     /// How the device signs its current on the wire (Daly).
     #[arg(long, value_enum, default_value_t = SignArg::Auto)]
     pub current_sign: SignArg,
-    /// Reply timeout per request, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    pub timeout_ms: u64,
+    /// Reply timeout per request, in milliseconds [default: 1000, or 5000 over Bluetooth].
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
     /// Quiet time between requests on the bus, in milliseconds (Daly documents ≥ 120 for some boards, Pace
     /// v20 ~200).
     #[arg(long, default_value_t = 50, value_name = "MS")]
@@ -69,20 +75,45 @@ impl ConnectionArgs {
 
     /// The transport the flags name.
     pub fn transport(&self) -> anyhow::Result<TransportSettings> {
-        if self.bluetooth.is_some() {
-            bail!("--bluetooth: Bluetooth LE is not part of this build yet; use --serial or --tcp");
+        // Not a clap `requires`: `detect --bluetooth-scan` takes --adapter without --bluetooth.
+        if self.adapter.is_some() && self.bluetooth.is_none() {
+            bail!("--adapter names the Bluetooth adapter for --bluetooth ADDR; give --bluetooth too, or drop it");
         }
-        match (&self.serial, &self.tcp) {
-            (Some(path), None) => Ok(TransportSettings::Serial(SerialSettings {
+        match (&self.serial, &self.tcp, &self.bluetooth) {
+            (Some(path), None, None) => Ok(TransportSettings::Serial(SerialSettings {
                 path: path.clone(),
                 baud: self.baud,
                 parity: self.parity,
             })),
-            (None, Some(address)) => Ok(TransportSettings::Tcp(TcpSettings {
+            (None, Some(address), None) => Ok(TransportSettings::Tcp(TcpSettings {
                 address: address.clone(),
                 connect_timeout: Duration::from_secs(5),
             })),
-            _ => bail!("give exactly one of --serial PATH or --tcp HOST:PORT"),
+            (None, None, Some(address)) => {
+                if cfg!(not(feature = "ble")) {
+                    bail!(
+                        "--bluetooth: this bms_exporter was built without the ble feature (Bluetooth LE); rebuild \
+                         it with default features, or use --serial or --tcp"
+                    );
+                }
+                Ok(TransportSettings::Bluetooth(BluetoothSettings {
+                    address: address.clone(),
+                    adapter: self.adapter.clone(),
+                    connect_timeout: BLUETOOTH_CONNECT_TIMEOUT,
+                }))
+            }
+            _ => bail!("give exactly one of --serial PATH, --tcp HOST:PORT or --bluetooth ADDR"),
+        }
+    }
+
+    /// The reply timeout: `--timeout-ms`, else 1 s on a wire and the longer Bluetooth default over Bluetooth (a
+    /// request and its reply each wait for a connection interval).
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        match self.timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None if self.bluetooth.is_some() => crate::config::BLUETOOTH_TIMEOUT,
+            None => Settings::default().timeout,
         }
     }
 
@@ -90,7 +121,7 @@ impl ConnectionArgs {
     #[must_use]
     pub fn settings(&self) -> Settings {
         Settings {
-            timeout: Duration::from_millis(self.timeout_ms),
+            timeout: self.timeout(),
             retries: self.retry,
             request_gap: Duration::from_millis(self.request_gap_ms),
             ..Settings::default()
@@ -108,13 +139,20 @@ impl ConnectionArgs {
         Ok(self.protocol_options(protocol, packs)?.exchange())
     }
 
+    /// The Daly address when `--address` names none: a UART dongle forwards frames for the UART host address
+    /// only, a wired RS485 bus answers the RS485 one.
+    #[must_use]
+    pub fn daly_default_address(&self) -> &'static str {
+        if self.bluetooth.is_some() { "uart" } else { "rs485" }
+    }
+
     /// What `--address` and `--current-sign` mean for `protocol`; `packs` selects Pace packs.
     pub fn protocol_options(&self, protocol: Protocol, packs: Option<u8>) -> anyhow::Result<ProtocolOptions> {
         let address = self.address.as_deref();
         let current_sign = self.options().current_sign;
         Ok(match protocol {
             Protocol::Daly => ProtocolOptions::Daly {
-                addresses: daly_addresses(address.unwrap_or("rs485")).context("--address")?,
+                addresses: daly_addresses(address.unwrap_or(self.daly_default_address())).context("--address")?,
                 current_sign,
             },
             Protocol::DalyModbus => ProtocolOptions::DalyModbus {
@@ -150,7 +188,10 @@ impl ConnectionArgs {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
+    use crate::cli::{Cli, Command};
     use crate::protocol::daly::Address;
     use crate::protocol::daly_modbus::Map;
 
@@ -166,5 +207,64 @@ mod tests {
         assert!(daly_modbus_map("p82").is_err());
         assert_eq!(pace_adr("0x02").unwrap(), 2);
         assert!(pace_adr("300").is_err());
+    }
+    fn connection(flags: &[&str]) -> ConnectionArgs {
+        let cli = Cli::try_parse_from(["bms_exporter", "read"].iter().chain(flags)).unwrap();
+        let Some(Command::Read(read)) = cli.command else { panic!("not read") };
+        read.connection
+    }
+
+    #[test]
+    fn bluetooth_flags_pick_the_module_the_uart_address_and_the_longer_timeout() {
+        let ble = connection(&["--protocol", "daly", "--bluetooth", "aa:bb:cc:dd:ee:ff", "--adapter", "hci1"]);
+        let expected = TransportSettings::Bluetooth(BluetoothSettings {
+            address: "AA:BB:CC:DD:EE:FF".to_owned(),
+            adapter: Some("hci1".to_owned()),
+            connect_timeout: BLUETOOTH_CONNECT_TIMEOUT,
+        });
+        if cfg!(feature = "ble") {
+            assert_eq!(ble.transport().unwrap(), expected);
+        } else {
+            let error = ble.transport().unwrap_err().to_string();
+            assert!(error.contains("without the ble feature"), "{error}");
+        }
+        assert_eq!(ble.settings().timeout, crate::config::BLUETOOTH_TIMEOUT);
+        assert_eq!(
+            ble.protocol_options(Protocol::Daly, None).unwrap(),
+            ProtocolOptions::Daly { addresses: vec![Address::Uart], current_sign: crate::model::CurrentSign::Auto }
+        );
+        let wired = connection(&["--protocol", "daly", "--tcp", "127.0.0.1:8899"]);
+        assert_eq!(wired.settings().timeout, Duration::from_secs(1));
+        assert_eq!(
+            wired.protocol_options(Protocol::Daly, None).unwrap(),
+            ProtocolOptions::Daly { addresses: vec![Address::Rs485], current_sign: crate::model::CurrentSign::Auto }
+        );
+        let told = connection(&["--bluetooth", "AA:BB:CC:DD:EE:FF", "--timeout-ms", "700", "--address", "1"]);
+        assert_eq!(told.settings().timeout, Duration::from_millis(700));
+        let options = told.protocol_options(Protocol::Daly, None).unwrap();
+        assert!(matches!(options, ProtocolOptions::Daly { addresses, .. } if addresses == [Address::Board(1)]));
+    }
+
+    #[test]
+    fn an_adapter_without_a_module_and_a_malformed_address_are_refused() {
+        let stray = connection(&["--tcp", "127.0.0.1:8899", "--adapter", "hci0"]);
+        let error = stray.transport().unwrap_err().to_string();
+        assert!(error.contains("--adapter") && error.contains("--bluetooth"), "{error}");
+        for argv in [
+            ["bms_exporter", "read", "--bluetooth", "AA:BB:CC:DD:EE"],
+            ["bms_exporter", "read", "--bluetooth", "AA:BB:CC:DD:EE:FF:00"],
+        ] {
+            let error = Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(error.contains("not a Bluetooth address"), "{error}");
+        }
+        let error =
+            Cli::try_parse_from(["bms_exporter", "read", "--bluetooth", "AA:BB:CC:DD:EE:FF", "--adapter", "bt0"])
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("not a Bluetooth adapter name"), "{error}");
+        let error =
+            Cli::try_parse_from(["bms_exporter", "read", "--bluetooth", "AA:BB:CC:DD:EE:FF", "--tcp", "127.0.0.1:1"])
+                .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

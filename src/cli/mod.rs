@@ -278,7 +278,8 @@ fn set_target(connection: &ConnectionArgs) -> anyhow::Result<Target> {
     let address = connection.address.as_deref();
     match connection.protocol()? {
         Protocol::Daly => {
-            let addresses = connection::daly_addresses(address.unwrap_or("rs485")).context("--address")?;
+            let addresses = connection::daly_addresses(address.unwrap_or(connection.daly_default_address()))
+                .context("--address")?;
             let [address] = addresses.as_slice() else {
                 bail!("--address: set talks to exactly one board, not {}", addresses.len());
             };
@@ -313,8 +314,14 @@ fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let outcome = runtime.block_on(async {
-        let mut link = crate::transport::open(&transport).await?;
-        prepared.send(&mut link, action, connection.options(), connection.settings()).await
+        let outcome = async {
+            let mut link = crate::transport::open(&transport).await?;
+            prepared.send(&mut link, action, connection.options(), connection.settings()).await
+        }
+        .await;
+        // A Bluetooth module is released before the runtime (and with it the link's task) stops.
+        crate::transport::close_bluetooth(Duration::from_secs(5)).await;
+        outcome
     })?;
     println!("sent: {}", outcome.acknowledgement.as_deref().unwrap_or("no acknowledgement from the board"));
     if outcome.obeyed {

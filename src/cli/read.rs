@@ -165,6 +165,14 @@ impl OneDevice {
     }
 }
 
+impl Drop for OneDevice {
+    fn drop(&mut self) {
+        // A Bluetooth module is released while this runtime can still run the link's task; BlueZ would otherwise
+        // keep it connected after the command exits.
+        self.runtime.block_on(crate::transport::close_bluetooth(Duration::from_secs(5)));
+    }
+}
+
 /// Poll once.
 fn poll_once(connection: &ConnectionArgs, sections: Sections, pack: PackArg) -> anyhow::Result<DeviceStatus> {
     OneDevice::new(connection, sections, pack)?.poll()

@@ -185,6 +185,8 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         if let Some(publisher) = publisher {
             publisher.shutdown().await;
         }
+        // Bluetooth modules are released (BlueZ would keep them connected after the process exits).
+        crate::transport::close_bluetooth(std::time::Duration::from_secs(5)).await;
         served?;
         tracing::info!("stopped");
         Ok(())

@@ -8,7 +8,8 @@ use serde_saphyr::Spanned;
 use super::address::{ProtocolOptions, daly_addresses, daly_modbus_map, pace_adr};
 use super::locate::{Position, join};
 use super::resolve::{
-    BusKey, Defaults, DeviceConfig, Source, TCP_CONNECT_TIMEOUT, TIMEOUT_RANGE, bus_key, duration, retries,
+    BLUETOOTH_TIMEOUT, BusKey, Defaults, DeviceConfig, Source, TCP_CONNECT_TIMEOUT, TIMEOUT_RANGE, bus_key, duration,
+    retries,
 };
 use super::{ConfigError, OneOrList, RawDaly, RawDevice, RawPace};
 use crate::model::CurrentSign;
@@ -17,13 +18,18 @@ use crate::protocol::daly::Address;
 use crate::protocol::daly_modbus::Map;
 use crate::protocol::pace::exchange::PackSelection;
 use crate::protocol::pace::{VER_PACE, VER_PYLON};
-use crate::transport::{Parity, SerialSettings, TcpSettings, TransportSettings};
+use crate::transport::{
+    BLUETOOTH_CONNECT_TIMEOUT, BluetoothSettings, Parity, SerialSettings, TcpSettings, TransportSettings,
+    parse_bluetooth_adapter, parse_bluetooth_address,
+};
 
-/// One `devices:` item, checked and resolved; `path` is its key path (`devices[2]`).
+/// One `devices:` item, checked and resolved; `path` is its key path (`devices[2]`). `default_timeout_written`
+/// says whether the file's `defaults:` sets a timeout, which then applies to Bluetooth devices too.
 pub(super) fn resolve_device(
     item: &Spanned<RawDevice>,
     path: &str,
     defaults: &Defaults,
+    default_timeout_written: bool,
     src: &Source<'_>,
 ) -> Result<DeviceConfig, ConfigError> {
     let raw = &item.value;
@@ -42,9 +48,13 @@ pub(super) fn resolve_device(
     }
     .map_err(|e| src.at_value(protocol_text, &join(path, "protocol"), e.to_string()))?;
     let transport = transport(item, path, src)?;
-    let options = protocol_options(raw, protocol, path, src)?;
+    let bluetooth = matches!(transport, TransportSettings::Bluetooth(_));
+    // A Daly UART dongle forwards frames for the UART host address; the RS485 one goes unanswered there.
+    let daly_default = if bluetooth { Address::Uart } else { Address::Rs485 };
+    let options = protocol_options(raw, protocol, daly_default, path, src)?;
     let timeout = match &raw.timeout {
         Some(t) => duration(t, &join(path, "timeout"), TIMEOUT_RANGE, src)?,
+        None if bluetooth && !default_timeout_written => BLUETOOTH_TIMEOUT,
         None => defaults.timeout,
     };
     let retries = match &raw.retries {
@@ -78,9 +88,10 @@ fn device_name(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Resul
     Ok(text.clone())
 }
 
-/// Exactly one of serial/tcp (bluetooth is refused), with serial line settings only on serial.
+/// Exactly one of serial/tcp/bluetooth, with serial line settings only on serial and an adapter only on bluetooth.
 fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<TransportSettings, ConfigError> {
     let raw = &item.value;
+    let none_given = "no transport: add serial: PATH, tcp: HOST:PORT or bluetooth: AA:BB:CC:DD:EE:FF";
     // Every transport key given, in the order written, so the second one is the one reported.
     let mut given: Vec<(&str, Position)> = Vec::new();
     if let Some(v) = &raw.serial {
@@ -94,9 +105,7 @@ fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<
     }
     given.sort_by_key(|(_, at)| *at);
     match given.as_slice() {
-        [] => {
-            return Err(src.error(Position::of(item), path, "no transport: add serial: PATH or tcp: HOST:PORT"));
-        }
+        [] => return Err(src.error(Position::of(item), path, none_given)),
         [(first, _), (second, at), ..] => {
             return Err(src.error(
                 *at,
@@ -106,12 +115,17 @@ fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<
         }
         [_] => {}
     }
-    if let Some(ble) = &raw.bluetooth {
+    if let Some(adapter) = &raw.adapter
+        && raw.bluetooth.is_none()
+    {
         return Err(src.at_key(
-            ble,
-            &join(path, "bluetooth"),
-            "Bluetooth LE is not in this build; reach the device through serial: or tcp:",
+            adapter,
+            &join(path, "adapter"),
+            "adapter applies to bluetooth: devices only; it names the Bluetooth adapter (hci0) to reach them through",
         ));
+    }
+    if let Some(ble) = &raw.bluetooth {
+        return bluetooth(raw, ble, path, src);
     }
     if let Some(serial) = &raw.serial {
         let serial_path = join(path, "serial");
@@ -131,17 +145,9 @@ fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<
         return Ok(TransportSettings::Serial(SerialSettings { path: PathBuf::from(&serial.value), baud, parity }));
     }
     let Some(tcp) = &raw.tcp else {
-        return Err(src.error(Position::of(item), path, "no transport: add serial: PATH or tcp: HOST:PORT"));
+        return Err(src.error(Position::of(item), path, none_given));
     };
-    for (key, value) in [("baud", &raw.baud), ("parity", &raw.parity)] {
-        if let Some(v) = value {
-            return Err(src.at_key(
-                v,
-                &join(path, key),
-                format!("{key} applies to serial ports only; a TCP serial server has its own line settings"),
-            ));
-        }
-    }
+    serial_only_keys(raw, path, "a TCP serial server has its own line settings", src)?;
     let address = tcp.value.trim();
     if !is_host_port(address) {
         return Err(src.at_value(
@@ -151,6 +157,54 @@ fn transport(item: &Spanned<RawDevice>, path: &str, src: &Source<'_>) -> Result<
         ));
     }
     Ok(TransportSettings::Tcp(TcpSettings { address: address.to_owned(), connect_timeout: TCP_CONNECT_TIMEOUT }))
+}
+
+/// `baud:` and `parity:` belong to serial devices; `why` says why they mean nothing for this one.
+fn serial_only_keys(raw: &RawDevice, path: &str, why: &str, src: &Source<'_>) -> Result<(), ConfigError> {
+    for (key, value) in [("baud", &raw.baud), ("parity", &raw.parity)] {
+        if let Some(v) = value {
+            return Err(src.at_key(v, &join(path, key), format!("{key} applies to serial ports only; {why}")));
+        }
+    }
+    Ok(())
+}
+
+/// A `bluetooth:` device: its address, its adapter, and no serial line settings. The address and adapter are
+/// checked in every build, so a mistake is reported the same way with or without Bluetooth support.
+fn bluetooth(
+    raw: &RawDevice,
+    ble: &Spanned<String>,
+    path: &str,
+    src: &Source<'_>,
+) -> Result<TransportSettings, ConfigError> {
+    serial_only_keys(raw, path, "a Bluetooth module has its own line settings", src)?;
+    let ble_path = join(path, "bluetooth");
+    let address = parse_bluetooth_address(&ble.value).map_err(|_| {
+        src.at_value(
+            ble,
+            &ble_path,
+            format!("{} is not a Bluetooth address: write six hex pairs like AA:BB:CC:DD:EE:FF", src.quote(ble)),
+        )
+    })?;
+    let adapter = match &raw.adapter {
+        Some(a) => Some(parse_bluetooth_adapter(&a.value).map_err(|_| {
+            src.at_value(
+                a,
+                &join(path, "adapter"),
+                format!("{} is not a Bluetooth adapter name: write hci0, hci1, …", src.quote(a)),
+            )
+        })?),
+        None => None,
+    };
+    if cfg!(not(feature = "ble")) {
+        return Err(src.at_key(
+            ble,
+            &ble_path,
+            "this bms_exporter was built without the ble feature (Bluetooth LE); rebuild it with default features, \
+             or reach the device through serial: or tcp:",
+        ));
+    }
+    Ok(TransportSettings::Bluetooth(BluetoothSettings { address, adapter, connect_timeout: BLUETOOTH_CONNECT_TIMEOUT }))
 }
 
 /// Line speeds serial adapters and BMS boards actually offer; anything else is most likely a typo.
@@ -180,9 +234,11 @@ fn is_host_port(text: &str) -> bool {
 }
 
 /// The protocol block that matches `protocol` (none of another protocol's), resolved.
+/// `daly_default` is the Daly address when the `daly:` block names none (it depends on the transport).
 fn protocol_options(
     raw: &RawDevice,
     protocol: Protocol,
+    daly_default: Address,
     path: &str,
     src: &Source<'_>,
 ) -> Result<ProtocolOptions, ConfigError> {
@@ -218,7 +274,7 @@ fn protocol_options(
         }
     }
     Ok(match protocol {
-        Protocol::Daly => daly_options(raw.daly.as_ref().map(|b| &b.value), &join(path, "daly"), src)?,
+        Protocol::Daly => daly_options(raw.daly.as_ref().map(|b| &b.value), daly_default, &join(path, "daly"), src)?,
         Protocol::DalyModbus => {
             let address = raw.daly_modbus.as_ref().and_then(|b| b.value.address.as_ref());
             let map = match address {
@@ -233,11 +289,17 @@ fn protocol_options(
     })
 }
 
-/// The `daly:` block: addresses (default rs485) and current sign (default auto).
-fn daly_options(raw: Option<&RawDaly>, path: &str, src: &Source<'_>) -> Result<ProtocolOptions, ConfigError> {
+/// The `daly:` block: addresses (default `default`: rs485 on a wire, uart over Bluetooth) and current sign
+/// (default auto).
+fn daly_options(
+    raw: Option<&RawDaly>,
+    default: Address,
+    path: &str,
+    src: &Source<'_>,
+) -> Result<ProtocolOptions, ConfigError> {
     let address_path = join(path, "address");
     let addresses = match raw.and_then(|r| r.address.as_ref()) {
-        None => vec![Address::Rs485],
+        None => vec![default],
         Some(spanned) => match &spanned.value {
             OneOrList::One(text) => {
                 daly_addresses(text.trim()).map_err(|e| src.at_value(spanned, &address_path, e.to_string()))?
@@ -365,13 +427,13 @@ pub(super) fn check_shared_bus(
     let port = match &key {
         BusKey::Serial(p) => format!("serial port {}", p.display()),
         BusKey::Tcp(a) => format!("TCP endpoint {a}"),
+        BusKey::Bluetooth(a) => format!("Bluetooth module {a}"),
     };
     // Point at this device's own key when it wrote one, else at its transport.
     let place = |written: Option<&Spanned<String>>, key: &str| -> (Position, String) {
-        let transport = raw.serial.as_ref().or(raw.tcp.as_ref()).map(|t| {
-            let transport_key = if raw.serial.is_some() { "serial" } else { "tcp" };
-            (Position::of(t), join(path, transport_key))
-        });
+        let transport = [("serial", &raw.serial), ("tcp", &raw.tcp), ("bluetooth", &raw.bluetooth)]
+            .into_iter()
+            .find_map(|(transport_key, t)| t.as_ref().map(|t| (Position::of(t), join(path, transport_key))));
         match written {
             Some(w) => (src.key_position(w, &join(path, key)), join(path, key)),
             None => transport.unwrap_or((Position::of(item), path.to_owned())),
@@ -400,6 +462,22 @@ pub(super) fn check_shared_bus(
                 ),
             ));
         }
+    }
+    if let (TransportSettings::Bluetooth(a), TransportSettings::Bluetooth(b)) = (&other.transport, &device.transport)
+        && a.adapter != b.adapter
+    {
+        let (at, at_path) = place(raw.adapter.as_ref(), "adapter");
+        let name = |adapter: &Option<String>| adapter.clone().unwrap_or_else(|| "the first adapter".to_owned());
+        return Err(src.error(
+            at,
+            &at_path,
+            format!(
+                "{port} is reached through {} for devices[{first}] but through {} here; one module has one \
+                 connection, through one adapter",
+                name(&a.adapter),
+                name(&b.adapter)
+            ),
+        ));
     }
     if other.timeout != device.timeout || other.retries != device.retries {
         let (written, key) = if other.timeout == device.timeout {

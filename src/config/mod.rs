@@ -18,13 +18,13 @@ use std::fmt;
 use std::io::Read as _;
 use std::path::Path;
 
-use serde::de::{self, IgnoredAny};
+use serde::de;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::{Budget, Options, Spanned};
 
 pub use error::{ConfigError, Located};
 pub(crate) use resolve::parse_duration;
-pub use resolve::{Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT};
+pub use resolve::{BLUETOOTH_TIMEOUT, Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT};
 
 use locate::{PathIndex, Position};
 
@@ -139,8 +139,10 @@ pub(crate) struct RawDevice {
     pub(crate) serial: Option<Spanned<String>>,
     /// TCP serial server `host:port`.
     pub(crate) tcp: Option<Spanned<String>>,
-    /// Bluetooth LE address: recognised so the error can say it is not in this build.
-    pub(crate) bluetooth: Option<Spanned<IgnoredAny>>,
+    /// Bluetooth LE module address `AA:BB:CC:DD:EE:FF`.
+    pub(crate) bluetooth: Option<Spanned<String>>,
+    /// BlueZ adapter for the Bluetooth module (`hci0`; default: the first adapter).
+    pub(crate) adapter: Option<Spanned<String>>,
     /// Serial line speed (default 9600).
     pub(crate) baud: Option<Spanned<String>>,
     /// Serial parity: none (default), even or odd.

@@ -23,6 +23,11 @@ use crate::transport::TransportSettings;
 /// Prometheus scrape timeout.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The reply timeout of a Bluetooth device that sets none (and whose file sets no `defaults.timeout`): a request
+/// and its reply each wait for a connection interval, a reply of many frames arrives as several notifications,
+/// and Daly's own Bluetooth tools wait 5 s, where a wired bus answers within a second.
+pub const BLUETOOTH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -92,23 +97,27 @@ impl DeviceConfig {
     }
 }
 
-/// What makes two devices share one bus worker: the same serial path, or the same TCP endpoint as written.
+/// What makes two devices share one bus worker: the same serial path, the same TCP endpoint as written, or the
+/// same Bluetooth module (whatever the adapter: one module holds one connection, so it must be one worker).
+/// Modules with different addresses are different buses, polled independently over one adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum BusKey {
     Serial(PathBuf),
     Tcp(String),
+    Bluetooth(String),
 }
 
 pub(super) fn bus_key(transport: &TransportSettings) -> BusKey {
     match transport {
         TransportSettings::Serial(s) => BusKey::Serial(s.path.clone()),
         TransportSettings::Tcp(t) => BusKey::Tcp(t.address.clone()),
+        TransportSettings::Bluetooth(b) => BusKey::Bluetooth(b.address.clone()),
     }
 }
 
 impl Config {
-    /// One bus per serial path or TCP endpoint, in order of first appearance, each with its devices in file
-    /// order, a fresh exchange per device and every section polled. Validation has made sure devices on one bus
+    /// One bus per serial path, TCP endpoint or Bluetooth module, in order of first appearance, each with its
+    /// devices in file order, a fresh exchange per device and every section polled. Validation has made sure devices on one bus
     /// agree on line settings and timing.
     #[must_use]
     pub fn buses(&self) -> Vec<BusSpec> {
@@ -215,10 +224,12 @@ pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, Confi
         let at = src.index.key("devices").unwrap_or(Position { line: 1, column: 1 });
         return Err(src.error(at, "devices", "missing or empty: list at least one device"));
     };
+    // A Bluetooth device's own default timeout gives way to one the file sets for every device.
+    let default_timeout_written = raw.defaults.as_ref().is_some_and(|d| d.value.timeout.is_some());
     let mut devices: Vec<DeviceConfig> = Vec::with_capacity(list.value.len());
     for (i, item) in list.value.iter().enumerate() {
         let path = format!("devices[{i}]");
-        let device = device::resolve_device(item, &path, &defaults, src)?;
+        let device = device::resolve_device(item, &path, &defaults, default_timeout_written, src)?;
         if let Some(first) = devices.iter().position(|d| d.name == device.name) {
             let name = item.value.name.as_ref().map(|n| (Position::of(n), src.quote(n)));
             let (at, quoted) = name.unwrap_or((Position::of(item), format!("{:?}", device.name)));

@@ -24,7 +24,7 @@ pub struct DeviceView<'a> {
     pub name: &'a str,
     /// Its protocol (the `protocol` label of `bms_device_info`).
     pub protocol: Protocol,
-    /// How it is reached: "serial" or "tcp" (the `transport` label).
+    /// How it is reached: "serial", "tcp" or "bluetooth" (the `transport` label).
     pub transport: &'static str,
     /// The latest status; `None` until its first poll has ended.
     pub status: Option<&'a DeviceStatus>,

@@ -132,7 +132,7 @@ pub const DEVICE_INFO: Metric = Metric {
     name: "bms_device_info",
     kind: Kind::Info,
     unit: None,
-    help: "Configured device with its protocol and transport (serial or tcp); always 1",
+    help: "Configured device with its protocol and transport (serial, tcp or bluetooth); always 1",
     labels: &["device", "protocol", "transport"],
     scope: Scope::Device,
 };

@@ -1,9 +1,17 @@
-//! Transports as byte pipes: serial ports and TCP serial servers behind one `Link` type.
+//! Transports as byte pipes: serial ports, TCP serial servers and Bluetooth LE GATT pipes behind one `Link` type.
 //!
 //! This module owns opening a connection and nothing else: it does not frame, retry or time out requests (that is
 //! the session and the poller). Everything above it sees a [`Link`], an `AsyncRead + AsyncWrite` pipe, and never
 //! learns which transport it is; tests build one from an in-memory stream with [`Link::from_stream`].
+//!
+//! The Bluetooth settings, address parsing and scan results are here in every build, so a configuration that
+//! names a Bluetooth device parses the same way with or without the `ble` cargo feature; only opening one (and
+//! scanning) needs the feature.
 
+#[cfg(feature = "ble")]
+mod bluetooth;
+#[cfg(feature = "ble")]
+mod bridge;
 mod serial;
 mod tcp;
 
@@ -92,6 +100,45 @@ pub struct TcpSettings {
     pub connect_timeout: Duration,
 }
 
+/// How to reach a Bluetooth LE BMS module (a Daly UART dongle or a DL-/JHB- module) through BlueZ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BluetoothSettings {
+    /// The module's address, six upper-case hex pairs separated by colons (`AA:BB:CC:DD:EE:FF`), as
+    /// [`parse_bluetooth_address`] returns it.
+    pub address: String,
+    /// The BlueZ adapter to use (`hci0`); `None` takes the first one BlueZ lists.
+    pub adapter: Option<String>,
+    /// Upper bound for finding the module by a scan and, separately, for establishing the connection.
+    pub connect_timeout: Duration,
+}
+
+/// How long a Bluetooth LE module may take to be found and then to accept a connection: BlueZ's LE connection
+/// usually completes in 1–3 s, a module at the edge of its range needs a few attempts, and the bound stays below
+/// a Prometheus scrape's default 10 s timeout so a sleeping module fails one scrape, not several.
+pub const BLUETOOTH_CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Checks a Bluetooth device address (`AA:BB:CC:DD:EE:FF`, either case) and returns it in upper case, the
+/// spelling BlueZ and `bluetoothctl` print.
+pub fn parse_bluetooth_address(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let parts: Vec<&str> = text.split(':').collect();
+    let valid = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if valid {
+        Ok(text.to_ascii_uppercase())
+    } else {
+        Err(format!("{text:?} is not a Bluetooth address: expected six hex pairs like AA:BB:CC:DD:EE:FF"))
+    }
+}
+
+/// Checks a BlueZ adapter name (`hci0`, `hci1`, …): BlueZ names every adapter this way, so anything else is a typo.
+pub fn parse_bluetooth_adapter(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    match text.strip_prefix("hci") {
+        Some(n) if !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()) => Ok(text.to_owned()),
+        _ => Err(format!("{text:?} is not a Bluetooth adapter name: expected hci0, hci1, …")),
+    }
+}
+
 /// Which transport a device is reached through, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportSettings {
@@ -99,10 +146,13 @@ pub enum TransportSettings {
     Serial(SerialSettings),
     /// A TCP serial server.
     Tcp(TcpSettings),
+    /// A Bluetooth LE module.
+    Bluetooth(BluetoothSettings),
 }
 
 impl TransportSettings {
-    /// One line for logs and errors, e.g. `serial /dev/ttyUSB0 9600 8N1` or `tcp 192.168.1.50:8899`.
+    /// One line for logs and errors, e.g. `serial /dev/ttyUSB0 9600 8N1`, `tcp 192.168.1.50:8899` or
+    /// `bluetooth AA:BB:CC:DD:EE:FF (hci0)`.
     #[must_use]
     pub fn describe(&self) -> String {
         match self {
@@ -110,17 +160,37 @@ impl TransportSettings {
                 format!("serial {} {} 8{}1", s.path.display(), s.baud, s.parity.letter())
             }
             TransportSettings::Tcp(t) => format!("tcp {}", t.address),
+            TransportSettings::Bluetooth(b) => match &b.adapter {
+                Some(adapter) => format!("bluetooth {} ({adapter})", b.address),
+                None => format!("bluetooth {}", b.address),
+            },
         }
     }
 
-    /// The bounded `transport` label value: `serial` or `tcp`.
+    /// The bounded `transport` label value: `serial`, `tcp` or `bluetooth`.
     #[must_use]
     pub fn kind(&self) -> &'static str {
         match self {
             TransportSettings::Serial(_) => "serial",
             TransportSettings::Tcp(_) => "tcp",
+            TransportSettings::Bluetooth(_) => "bluetooth",
         }
     }
+}
+
+/// One device heard during a Bluetooth LE scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    /// Its address, upper case (`AA:BB:CC:DD:EE:FF`).
+    pub address: String,
+    /// The name it advertises, if any.
+    pub name: Option<String>,
+    /// The latest signal strength BlueZ reported, in dBm.
+    pub rssi: Option<i16>,
+    /// It advertises service `fff0` (the UART dongles' service; some Modbus-style modules use it too).
+    pub service_fff0: bool,
+    /// It advertises service `ff00` (only the newer Modbus-style DL-/JHB- modules).
+    pub service_ff00: bool,
 }
 
 /// Why a transport could not be opened or used; each variant names the port or address concerned.
@@ -183,6 +253,23 @@ pub enum TransportError {
         address: String,
         /// The operating system's error (in the message, not a `source`, so `{:#}` does not print it twice).
         cause: io::Error,
+    },
+    /// Bluetooth LE could not be used: BlueZ is unreachable, the adapter or module is missing, or a step of
+    /// connecting to the module failed or took too long.
+    #[error("{target}: {message}")]
+    Bluetooth {
+        /// What was being reached, e.g. `bluetooth AA:BB:CC:DD:EE:FF (hci0)` or `Bluetooth adapter hci1`.
+        target: String,
+        /// What went wrong, in words a user can act on.
+        message: String,
+    },
+    /// This binary was built without the `ble` cargo feature.
+    #[error(
+        "{target}: this bms_exporter was built without the ble feature (Bluetooth LE); rebuild with default features"
+    )]
+    BluetoothNotBuilt {
+        /// The transport that was asked for.
+        target: String,
     },
     /// An I/O failure while setting a transport up.
     #[error("{what}: {cause}")]
@@ -275,7 +362,40 @@ pub async fn open(settings: &TransportSettings) -> Result<Link, TransportError> 
     match settings {
         TransportSettings::Serial(s) => serial::open(s, description),
         TransportSettings::Tcp(t) => tcp::open(t, description).await,
+        #[cfg(feature = "ble")]
+        TransportSettings::Bluetooth(b) => bluetooth::open(b, description).await,
+        #[cfg(not(feature = "ble"))]
+        TransportSettings::Bluetooth(_) => Err(TransportError::BluetoothNotBuilt { target: description }),
     }
+}
+
+/// Scans for Bluetooth LE devices for `duration` on `adapter` (the first one when `None`) and returns every
+/// device BlueZ heard, strongest signal first.
+// Async in every build, so callers need no cfg of their own.
+#[cfg_attr(not(feature = "ble"), allow(clippy::unused_async))]
+pub async fn scan_bluetooth(adapter: Option<&str>, duration: Duration) -> Result<Vec<Advertised>, TransportError> {
+    #[cfg(feature = "ble")]
+    {
+        bluetooth::scan(adapter, duration).await
+    }
+    #[cfg(not(feature = "ble"))]
+    {
+        let _ = duration;
+        Err(TransportError::BluetoothNotBuilt { target: adapter.map_or("Bluetooth".to_owned(), str::to_owned) })
+    }
+}
+
+/// Closes every Bluetooth LE link this process still has open (their reads then fail as if the module had gone)
+/// and waits, at most `max`, until each has unsubscribed and disconnected. BlueZ keeps a connection up after the
+/// program that asked for it exits, and a module serves one connection at a time, so a command that exits without
+/// this would leave the module unreachable (for the phone app, or the next run) until the module drops it. Returns
+/// at once when no Bluetooth link is open, and always without the `ble` feature.
+#[cfg_attr(not(feature = "ble"), allow(clippy::unused_async))]
+pub async fn close_bluetooth(max: Duration) {
+    #[cfg(feature = "ble")]
+    bridge::BRIDGES.close_all(max).await;
+    #[cfg(not(feature = "ble"))]
+    let _ = max;
 }
 
 #[cfg(test)]
@@ -315,6 +435,68 @@ mod tests {
         });
         assert_eq!(tcp.describe(), "tcp 192.168.1.50:8899");
         assert_eq!(tcp.kind(), "tcp");
+    }
+
+    #[test]
+    fn bluetooth_addresses_are_six_hex_pairs_returned_in_upper_case() {
+        assert_eq!(parse_bluetooth_address("aa:bb:cc:dd:ee:ff"), Ok("AA:BB:CC:DD:EE:FF".to_owned()));
+        assert_eq!(parse_bluetooth_address(" 12:34:56:78:90:Ab "), Ok("12:34:56:78:90:AB".to_owned()));
+        for bad in [
+            "",
+            "AA:BB:CC:DD:EE",
+            "AA:BB:CC:DD:EE:FF:00",
+            "AA-BB-CC-DD-EE-FF",
+            "AABBCCDDEEFF",
+            "A:BB:CC:DD:EE:FF0",
+            "GG:BB:CC:DD:EE:FF",
+            "AA:BB:CC:DD:EE:F",
+            "AA::BB:CC:DD:EE",
+            "+A:BB:CC:DD:EE:FF",
+        ] {
+            let error = parse_bluetooth_address(bad).unwrap_err();
+            assert!(error.contains("AA:BB:CC:DD:EE:FF") && error.contains(&format!("{:?}", bad.trim())), "{error}");
+        }
+        assert_eq!(parse_bluetooth_adapter("hci0"), Ok("hci0".to_owned()));
+        assert_eq!(parse_bluetooth_adapter("hci12"), Ok("hci12".to_owned()));
+        for bad in ["", "hci", "hc0", "HCI0", "hci-1", "usb0", "hci1234"] {
+            assert!(parse_bluetooth_adapter(bad).unwrap_err().contains("hci0, hci1"), "{bad:?}");
+        }
+        // Trimmed, as YAML and shells may keep a stray space.
+        assert_eq!(parse_bluetooth_adapter("hci0 "), Ok("hci0".to_owned()));
+    }
+
+    #[test]
+    fn bluetooth_settings_describe_the_module_and_its_adapter() {
+        let mut settings = BluetoothSettings {
+            address: "AA:BB:CC:DD:EE:FF".to_owned(),
+            adapter: Some("hci0".to_owned()),
+            connect_timeout: BLUETOOTH_CONNECT_TIMEOUT,
+        };
+        assert_eq!(TransportSettings::Bluetooth(settings.clone()).describe(), "bluetooth AA:BB:CC:DD:EE:FF (hci0)");
+        settings.adapter = None;
+        let transport = TransportSettings::Bluetooth(settings);
+        assert_eq!(transport.describe(), "bluetooth AA:BB:CC:DD:EE:FF");
+        assert_eq!(transport.kind(), "bluetooth");
+        let error = TransportError::Bluetooth { target: transport.describe(), message: "not found".to_owned() };
+        assert_eq!(error.to_string(), "bluetooth AA:BB:CC:DD:EE:FF: not found");
+        assert_eq!(error.kind(), "io");
+    }
+
+    #[cfg(not(feature = "ble"))]
+    #[tokio::test]
+    async fn without_the_ble_feature_opening_or_scanning_says_so() {
+        let transport = TransportSettings::Bluetooth(BluetoothSettings {
+            address: "AA:BB:CC:DD:EE:FF".to_owned(),
+            adapter: None,
+            connect_timeout: BLUETOOTH_CONNECT_TIMEOUT,
+        });
+        let error = open(&transport).await.unwrap_err().to_string();
+        assert!(
+            error.starts_with("bluetooth AA:BB:CC:DD:EE:FF: ") && error.contains("without the ble feature"),
+            "{error}"
+        );
+        let error = scan_bluetooth(Some("hci0"), Duration::from_secs(1)).await.unwrap_err().to_string();
+        assert!(error.contains("without the ble feature"), "{error}");
     }
 
     #[test]
