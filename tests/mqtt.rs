@@ -188,6 +188,12 @@ fn mqtt_discovery_is_sent_once_per_connection_and_again_when_home_assistant_come
         std::thread::sleep(Duration::from_millis(2500));
         Some(before).filter(|&n| n > 12 && n == configs())
     });
+    // One connection, one discovery: a config comes again only when its content changed (the energy totals).
+    let mut seen = std::collections::HashSet::new();
+    for message in recorder.messages().into_iter().filter(|m| m.topic.ends_with("/config")) {
+        let topic = message.topic.clone();
+        assert!(seen.insert((message.topic, message.payload)), "{topic} sent twice unchanged\n{}", exporter.log());
+    }
     // Several intervals later nothing has changed, so nothing was sent again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(configs(), first, "{:?}", recorder.messages());

@@ -342,6 +342,9 @@ struct Run {
     discovery_sent: HashMap<String, String>,
     /// Send every discovery message at the next round (a new connection, Home Assistant restarted).
     discovery_due: bool,
+    /// The first connection's birth and subscriptions are done. The client marks itself connected before this
+    /// task hears of it, and a round in between would send discovery once more than the connection needs.
+    greeted: bool,
 }
 
 async fn run(
@@ -357,8 +360,14 @@ async fn run(
     let commands = command_filter.as_ref().map(|_| spawn_commands(&config, &scraper, &outbox));
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut state =
-        Run { config: Arc::clone(&config), scraper, outbox, discovery_sent: HashMap::new(), discovery_due: true };
+    let mut state = Run {
+        config: Arc::clone(&config),
+        scraper,
+        outbox,
+        discovery_sent: HashMap::new(),
+        discovery_due: true,
+        greeted: false,
+    };
     loop {
         tokio::select! {
             () = stopped(&mut stop) => break,
@@ -372,6 +381,7 @@ async fn run(
                         state.outbox.subscribe(filter).await;
                     }
                     state.discovery_due = true;
+                    state.greeted = true;
                     ticks.reset_immediately();
                 }
                 Some(Note::Message { topic, payload, retain }) => {
@@ -413,7 +423,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 impl Run {
     /// One interval: every device's discovery (when due or changed) and state.
     async fn round(&mut self) {
-        if !self.outbox.stats.connected() {
+        if !self.greeted || !self.outbox.stats.connected() {
             return;
         }
         let interval = self.config.interval;
@@ -496,24 +506,10 @@ async fn goodbye(config: &MqttConfig, outbox: &Outbox, driver: &mut JoinHandle<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::mqtt::{Broker, Discovery, Layout, MqttTls};
+    use crate::config::mqtt::{Broker, Layout};
 
     fn config() -> MqttConfig {
-        MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1 },
-            client_id: "unit".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
-            topic_prefix: "bms".to_owned(),
-            interval: Duration::from_secs(10),
-            qos: 1,
-            layout: Layout::Native,
-            discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
-            control: false,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
-        }
+        MqttConfig::with_defaults(Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1 }, "unit", Layout::Native)
     }
 
     /// An outbox whose client is never driven: its request queue holds `room` requests.
