@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command as Process;
 use std::time::Duration;
 
-use bms_exporter::config::mqtt::{Broker, Discovery, Layout, MqttConfig, MqttTls};
+use bms_exporter::config::mqtt::{Broker, Layout, MqttConfig};
 use bms_exporter::mqtt::cleanup;
 
 use crate::mqtt_util::Mosquitto;
@@ -19,21 +19,11 @@ fn retained_topics(broker: &Mosquitto, filters: &[&str]) -> BTreeSet<String> {
 
 /// The native layout on the broker at 127.0.0.1:`port`, discovery under `homeassistant`, state under `bms`.
 fn mqtt_config(port: u16) -> MqttConfig {
-    MqttConfig {
-        broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port },
-        client_id: "bms_exporter-cleanup-test".to_owned(),
-        username: None,
-        password_file: None,
-        tls: MqttTls::default(),
-        topic_prefix: "bms".to_owned(),
-        interval: Duration::from_secs(10),
-        qos: 1,
-        layout: Layout::Native,
-        discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
-        control: false,
-        zero_pad_number_cells: 0,
-        zero_pad_number_packs: 0,
-    }
+    MqttConfig::with_defaults(
+        Broker { tls: false, host: "127.0.0.1".to_owned(), port },
+        "bms_exporter-cleanup-test",
+        Layout::Native,
+    )
 }
 
 const OLD: [&str; 3] = [

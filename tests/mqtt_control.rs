@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bms_exporter::config::mqtt::{Broker, Discovery, Layout, MqttConfig, MqttTls};
+use bms_exporter::config::mqtt::{Broker, Layout, MqttConfig};
 use bms_exporter::model::{CurrentSign, DeviceSnapshot, Sections};
 use bms_exporter::mqtt::control::{self, Handled, Outcome};
 use bms_exporter::poller::{BusSpec, DeviceSpec};
@@ -22,19 +22,12 @@ use crate::util::Simulator;
 
 fn mqtt(control: bool) -> MqttConfig {
     MqttConfig {
-        broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-        client_id: "test".to_owned(),
-        username: None,
-        password_file: None,
-        tls: MqttTls::default(),
-        topic_prefix: "bms".to_owned(),
-        interval: Duration::from_secs(10),
-        qos: 1,
-        layout: Layout::Native,
-        discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
         control,
-        zero_pad_number_cells: 0,
-        zero_pad_number_packs: 0,
+        ..MqttConfig::with_defaults(
+            Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+            "test",
+            Layout::Native,
+        )
     }
 }
 

@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use bms_exporter::config::mqtt::{Broker, Discovery, Layout, MqttConfig, MqttTls};
+use bms_exporter::config::mqtt::{Broker, Layout, MqttConfig};
 use bms_exporter::model::energy::PackEnergy;
 use bms_exporter::model::{
     Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId,
@@ -29,26 +28,15 @@ fn _every_layout_is_listed(layout: Layout) {
 }
 
 fn config(layout: Layout, control: bool) -> MqttConfig {
-    // Each layout's own default base topic.
-    let prefix = match layout {
-        Layout::Native => "bms",
-        Layout::DalyBmsCli => "daly_bms",
-        Layout::Bmspace => "bmspace",
-    };
     MqttConfig {
-        broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-        client_id: "bms_exporter-test".to_owned(),
-        username: None,
-        password_file: None,
-        tls: MqttTls::default(),
-        topic_prefix: prefix.to_owned(),
-        interval: Duration::from_secs(10),
-        qos: 1,
-        layout,
-        discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
         control,
         zero_pad_number_cells: 2,
         zero_pad_number_packs: 2,
+        ..MqttConfig::with_defaults(
+            Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+            "bms_exporter-test",
+            layout,
+        )
     }
 }
 

@@ -80,7 +80,7 @@ pub struct ReadArgs {
     /// Publish the read to this MQTT broker the way `daly-bms-cli --all --mqtt` does (its topics and payloads)
     /// instead of printing it, then exit once the broker has every message: mqtt://HOST[:PORT] or
     /// mqtts://HOST[:PORT]. Reads every section.
-    #[arg(long, value_name = "URL", value_parser = mqtt::once::parse_broker, conflicts_with = "watch")]
+    #[arg(long, value_name = "URL", value_parser = crate::config::mqtt::parse_broker, conflicts_with = "watch")]
     pub mqtt: Option<Broker>,
     /// With --mqtt: also publish daly-bms-cli's Home Assistant discovery configs (its `--mqtt-hass`).
     #[arg(long, requires = "mqtt")]
@@ -224,23 +224,19 @@ pub(super) fn read(args: &ReadArgs) -> anyhow::Result<ExitCode> {
 
 /// `read --mqtt`: what `daly-bms-cli --mqtt` is given for one-shot use from cron.
 fn mqtt_config(args: &ReadArgs, broker: &Broker) -> MqttConfig {
+    // Never the serving exporter's id: a broker drops the older of two clients with one id.
+    let client_id = format!("bms_exporter-read-{}", std::process::id());
     MqttConfig {
-        broker: broker.clone(),
-        // Never the serving exporter's id: a broker drops the older of two clients with one id.
-        client_id: format!("bms_exporter-read-{}", std::process::id()),
         username: args.mqtt_user.clone(),
         password_file: args.mqtt_password_file.clone(),
         tls: MqttTls { ca_file: args.mqtt_ca_file.clone(), cert_file: None, key_file: None },
-        topic_prefix: args.mqtt_topic.clone().unwrap_or_else(|| "daly_bms".to_owned()),
+        topic_prefix: args.mqtt_topic.clone().unwrap_or_else(|| Layout::DalyBmsCli.default_topic_prefix().to_owned()),
         interval: Duration::ZERO,
         // QoS 1 (daly-bms-cli sends 0): the broker's acknowledgements tell the command that every message
         // arrived before it exits 0; what subscribers see does not change.
         qos: 1,
-        layout: Layout::DalyBmsCli,
         discovery: Discovery { enabled: args.mqtt_hass, prefix: "homeassistant".to_owned() },
-        control: false,
-        zero_pad_number_cells: 0,
-        zero_pad_number_packs: 0,
+        ..MqttConfig::with_defaults(broker.clone(), &client_id, Layout::DalyBmsCli)
     }
 }
 

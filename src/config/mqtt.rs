@@ -115,6 +115,29 @@ pub struct MqttConfig {
     pub zero_pad_number_packs: u8,
 }
 
+impl MqttConfig {
+    /// What a block holding only `broker:` and `layout:` gives (with this client id): every other key at its
+    /// documented default. For code that builds a configuration itself (`read --mqtt`, tests).
+    #[must_use]
+    pub fn with_defaults(broker: Broker, client_id: &str, layout: Layout) -> Self {
+        Self {
+            broker,
+            client_id: client_id.to_owned(),
+            username: None,
+            password_file: None,
+            tls: MqttTls::default(),
+            topic_prefix: layout.default_topic_prefix().to_owned(),
+            interval: DEFAULT_INTERVAL,
+            qos: DEFAULT_QOS,
+            layout,
+            discovery: Discovery { enabled: true, prefix: DEFAULT_DISCOVERY_PREFIX.to_owned() },
+            control: false,
+            zero_pad_number_cells: 0,
+            zero_pad_number_packs: 0,
+        }
+    }
+}
+
 impl Layout {
     /// The default `topic_prefix`: each compatibility layout's own default base topic, so its users' topics
     /// stay where their Home Assistant expects them.
@@ -178,6 +201,10 @@ pub(crate) struct RawDiscovery {
 
 /// How often every device is published unless `interval` says otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `qos`: at least once, so a state or discovery message is not lost on a busy broker.
+const DEFAULT_QOS: u8 = 1;
+/// Default `discovery.prefix`: the one Home Assistant listens on unless told otherwise.
+const DEFAULT_DISCOVERY_PREFIX: &str = "homeassistant";
 /// Accepted intervals: below a second a bus could not keep up, above an hour Home Assistant shows stale values.
 const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 /// Longest client id: MQTT 3.1.1 brokers must accept 23 characters and common ones take far more; 64 leaves
@@ -231,14 +258,14 @@ pub(super) fn resolve_mqtt(
     };
     let qos = match &raw.qos {
         Some(v) => qos(v, src)?,
-        None => 1,
+        None => DEFAULT_QOS,
     };
     let raw_discovery = raw.discovery.as_ref().map(|d| &d.value);
     let discovery = Discovery {
         enabled: raw_discovery.and_then(|d| d.enabled.as_ref()).is_none_or(|e| e.value),
         prefix: match raw_discovery.and_then(|d| d.prefix.as_ref()) {
             Some(v) => topic(v, &path("discovery.prefix"), src)?,
-            None => "homeassistant".to_owned(),
+            None => DEFAULT_DISCOVERY_PREFIX.to_owned(),
         },
     };
     let control = match &raw.control {
@@ -407,8 +434,9 @@ fn qos(v: &Spanned<String>, src: &Source<'_>) -> Result<u8, ConfigError> {
     }
 }
 
-/// `mqtt://host[:port]` or `mqtts://host[:port]`, IPv6 in brackets; the problem otherwise.
-fn parse_broker(text: &str) -> Result<Broker, String> {
+/// `mqtt://host[:port]` or `mqtts://host[:port]`, IPv6 in brackets; the problem otherwise. The config's `broker:`
+/// and `read --mqtt URL` both parse with this, so one URL means the same broker everywhere.
+pub fn parse_broker(text: &str) -> Result<Broker, String> {
     let Some((scheme, rest)) = text.split_once("://") else {
         return Err("write mqtt://HOST[:PORT] or mqtts://HOST[:PORT]".to_owned());
     };
@@ -583,7 +611,7 @@ mod tests {
         assert_eq!(config.broker, Broker { tls: false, host: "192.168.1.10".to_owned(), port: 1883 });
         assert_eq!(config.client_id, default_client_id(hostname().as_deref()));
         assert!(config.client_id.starts_with("bms_exporter"), "{}", config.client_id);
-        assert_eq!((config.username, config.password_file), (None, None));
+        assert_eq!((&config.username, &config.password_file), (&None, &None));
         assert_eq!(config.tls, MqttTls::default());
         assert_eq!(config.topic_prefix, "bms");
         assert_eq!(config.interval, Duration::from_secs(10));
@@ -592,6 +620,12 @@ mod tests {
         assert_eq!(config.discovery, Discovery { enabled: true, prefix: "homeassistant".to_owned() });
         assert!(!config.control);
         assert_eq!((config.zero_pad_number_cells, config.zero_pad_number_packs), (0, 0));
+        let built = MqttConfig::with_defaults(config.broker.clone(), &config.client_id, Layout::Native);
+        assert_eq!(built, config, "with_defaults is what a bare block parses to");
+        for layout in ["daly-bms-cli", "bmspace"] {
+            let parsed = ok(&format!("mqtt:\n  broker: mqtt://h\n  client_id: c\n  layout: {layout}\n"));
+            assert_eq!(MqttConfig::with_defaults(parsed.broker.clone(), "c", parsed.layout), parsed, "{layout}");
+        }
     }
 
     #[test]

@@ -513,27 +513,19 @@ impl Entity<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::mqtt::{Broker, Discovery, Layout, MqttTls};
+    use crate::config::mqtt::{Broker, Layout};
     use crate::model::{Alarm, AlarmSeverity, Indicator, LevelAlarm, QuantityAlarm, Temperature};
     use crate::protocol::pace::apply::alarms;
     use crate::protocol::pace::status::{StatusBlock, StatusPack};
-    use std::time::Duration;
 
     fn config() -> MqttConfig {
         MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-            client_id: "test".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
-            topic_prefix: "bmspace".to_owned(),
-            interval: Duration::from_secs(10),
             qos: 0,
-            layout: Layout::Bmspace,
-            discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
-            control: false,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
+            ..MqttConfig::with_defaults(
+                Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+                "test",
+                Layout::Bmspace,
+            )
         }
     }
 

@@ -171,23 +171,16 @@ async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::mqtt::{Broker, Discovery, Layout, MqttTls};
+    use crate::config::mqtt::{Broker, Discovery, Layout};
 
     fn config() -> MqttConfig {
         MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-            client_id: "bms_exporter-test".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
-            topic_prefix: "bms".to_owned(),
-            interval: Duration::from_secs(10),
-            qos: 1,
-            layout: Layout::Native,
             discovery: Discovery { enabled: true, prefix: "ha".to_owned() },
-            control: false,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
+            ..MqttConfig::with_defaults(
+                Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+                "bms_exporter-test",
+                Layout::Native,
+            )
         }
     }
 

@@ -304,7 +304,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::mqtt::{Broker, Discovery, Layout, MqttTls};
+    use crate::config::mqtt::{Broker, Layout};
     use crate::model::{CurrentSign, Sections};
     use crate::poller::{BusSpec, DeviceSpec};
     use crate::protocol::DecodeOptions;
@@ -317,19 +317,13 @@ mod tests {
 
     fn config(control: bool) -> MqttConfig {
         MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-            client_id: "test".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
             topic_prefix: "home/bms".to_owned(),
-            interval: Duration::from_secs(10),
-            qos: 1,
-            layout: Layout::Native,
-            discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
             control,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
+            ..MqttConfig::with_defaults(
+                Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+                "test",
+                Layout::Native,
+            )
         }
     }
 

@@ -234,28 +234,21 @@ fn sensor_config(config: &MqttConfig, path: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::mqtt::{Broker, Discovery, Layout, MqttTls};
+    use crate::config::mqtt::{Broker, Layout};
     use crate::model::{
         Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, PackSnapshot, PackState, SensorId, Temperature,
     };
     use crate::protocol::Protocol;
-    use std::time::Duration;
 
     fn config(prefix: &str) -> MqttConfig {
         MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-            client_id: "test".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
             topic_prefix: prefix.to_owned(),
-            interval: Duration::from_secs(10),
             qos: 0,
-            layout: Layout::DalyBmsCli,
-            discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
-            control: false,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
+            ..MqttConfig::with_defaults(
+                Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+                "test",
+                Layout::DalyBmsCli,
+            )
         }
     }
 

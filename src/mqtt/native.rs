@@ -271,28 +271,20 @@ fn finite(value: Option<f64>) -> Option<f64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::mqtt::{Broker, Discovery, Layout, MqttTls};
+    use crate::config::mqtt::{Broker, Layout};
     use crate::model::{
         Alarm, AlarmSeverity, DeviceSnapshot, DigitalPort, LevelAlarm, LevelAlarmKind, PackState, SensorId, Temperature,
     };
     use crate::protocol::Protocol;
-    use std::time::Duration;
 
     pub(crate) fn config(control: bool) -> MqttConfig {
         MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
-            client_id: "bms_exporter-test".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
-            topic_prefix: "bms".to_owned(),
-            interval: Duration::from_secs(10),
-            qos: 1,
-            layout: Layout::Native,
-            discovery: Discovery { enabled: true, prefix: "homeassistant".to_owned() },
             control,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
+            ..MqttConfig::with_defaults(
+                Broker { tls: false, host: "127.0.0.1".to_owned(), port: 1883 },
+                "bms_exporter-test",
+                Layout::Native,
+            )
         }
     }
 

@@ -15,54 +15,15 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, 
 
 use super::Message;
 use super::connect::{options, qos};
-use crate::config::mqtt::{Broker, MqttConfig};
+use crate::config::mqtt::MqttConfig;
 
 /// How long a one-shot publish may take in all, connecting included.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
-/// Parse a broker URL: `mqtt://HOST[:PORT]` (default port 1883) or `mqtts://HOST[:PORT]` (TLS, default 8883);
-/// an IPv6 address goes in brackets.
-pub fn parse_broker(url: &str) -> Result<Broker, String> {
-    let usage = || format!("{url:?}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]");
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else {
-        return Err(usage());
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-        let (address, after) = bracketed.split_once(']').ok_or_else(usage)?;
-        let port = if after.is_empty() { after } else { after.strip_prefix(':').ok_or_else(usage)? };
-        (format!("[{address}]"), port)
-    } else {
-        let (host, port) = rest.split_once(':').unwrap_or((rest, ""));
-        (host.to_owned(), port)
-    };
-    if host.is_empty() || host == "[]" || host.contains(['/', '@', '?', '#']) {
-        return Err(usage());
-    }
-    let port = if port.is_empty() {
-        if tls { 8883 } else { 1883 }
-    } else {
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(format!("{url:?}: {port:?} is not a TCP port")),
-        }
-    };
-    Ok(Broker { tls, host, port })
-}
-
-/// The broker as a URL, for messages.
-fn describe(broker: &Broker) -> String {
-    format!("{}://{}:{}", if broker.tls { "mqtts" } else { "mqtt" }, broker.host, broker.port)
-}
-
 /// Connect to the broker of `config`, publish `messages` in order at `config.qos`, wait until the broker has
 /// them all, then disconnect; everything within `deadline`.
 pub async fn publish(config: &MqttConfig, messages: &[Message], deadline: Duration) -> anyhow::Result<()> {
-    let broker = describe(&config.broker);
+    let broker = config.broker.to_string();
     let options = options(config, None)?;
     // Room for every message and the DISCONNECT: nothing waits on the request channel.
     let (client, events) = AsyncClient::new(options, messages.len() + 1);
@@ -117,41 +78,19 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::mqtt::{Discovery, Layout, MqttTls};
-
-    #[test]
-    fn broker_urls_take_a_scheme_a_host_and_an_optional_port() {
-        let broker = |tls, host: &str, port| Ok(Broker { tls, host: host.to_owned(), port });
-        assert_eq!(parse_broker("mqtt://localhost"), broker(false, "localhost", 1883));
-        assert_eq!(parse_broker("mqtt://10.0.0.5:1884"), broker(false, "10.0.0.5", 1884));
-        assert_eq!(parse_broker("mqtts://broker.lan"), broker(true, "broker.lan", 8883));
-        assert_eq!(parse_broker("mqtts://broker.lan:8884/"), broker(true, "broker.lan", 8884));
-        assert_eq!(parse_broker("mqtt://[::1]:1885"), broker(false, "[::1]", 1885));
-        assert_eq!(parse_broker("mqtt://[::1]"), broker(false, "[::1]", 1883));
-        for bad in ["localhost:1883", "http://x", "mqtt://", "mqtt://:1883", "mqtt://h:0", "mqtt://h:x", "mqtt://h/t"] {
-            assert!(parse_broker(bad).is_err(), "{bad}");
-        }
-        assert!(parse_broker("mqtt://h:99999").unwrap_err().contains("not a TCP port"));
-    }
+    use crate::config::mqtt::{Broker, Discovery, Layout};
 
     #[test]
     fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
         // A port nothing listens on: bind one, note it, close it.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = MqttConfig {
-            broker: Broker { tls: false, host: "127.0.0.1".to_owned(), port },
-            client_id: "once-test".to_owned(),
-            username: None,
-            password_file: None,
-            tls: MqttTls::default(),
-            topic_prefix: "daly_bms".to_owned(),
-            interval: Duration::from_secs(10),
-            qos: 1,
-            layout: Layout::DalyBmsCli,
             discovery: Discovery { enabled: false, prefix: "homeassistant".to_owned() },
-            control: false,
-            zero_pad_number_cells: 0,
-            zero_pad_number_packs: 0,
+            ..MqttConfig::with_defaults(
+                Broker { tls: false, host: "127.0.0.1".to_owned(), port },
+                "once-test",
+                Layout::DalyBmsCli,
+            )
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let error = runtime
