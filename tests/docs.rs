@@ -142,6 +142,18 @@ fn document_references_resolve_inside_the_repository() {
                 }
             }
         }
+        if path.extension().is_some_and(|e| e == "md") {
+            // Links within the same document: `[text](#anchor)`.
+            let own = anchors(text);
+            for (n, line) in text.lines().enumerate() {
+                for piece in line.split("](#").skip(1) {
+                    let anchor = piece.split(')').next().unwrap_or_default();
+                    if !own.contains(anchor) {
+                        problems.push(format!("{shown}:{}: no heading here for #{anchor}", n + 1));
+                    }
+                }
+            }
+        }
         let dir = path.parent().unwrap_or(&root);
         for reference in references(text) {
             let at = format!("{shown}:{}", reference.line);
