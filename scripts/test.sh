@@ -23,8 +23,36 @@ done
 /usr/bin/python3 -c 'import dbusmock' 2>/dev/null || need+=(python3-dbusmock)
 if ((${#need[@]})); then
   as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+  # The prometheus, prometheus-alertmanager and mosquitto packages start a system service as they install (and
+  # enable it for boot). The tests start their own instances on free loopback ports, so a developer's machine must
+  # not be left running daemons it never asked for. A policy-rc.d answering 101 ("action forbidden") stops the
+  # packages' scripts from starting anything. It is created only when none exists (container images often ship
+  # their own, which is then left alone) and removed again on any exit, failure included.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=""
+  drop_policy() { if [ -n "$made_policy" ]; then $as_root rm -f "$policy"; made_policy=""; fi; }
+  if [ ! -e "$policy" ]; then
+    trap drop_policy EXIT
+    made_policy=1
+    printf '#!/bin/sh\n# Written by bms_exporter scripts/test.sh while it installs packages; removed when it ends.\nexit 101\n' |
+      $as_root tee "$policy" >/dev/null
+    $as_root chmod 0755 "$policy"
+  fi
   $as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # sudo resets the environment, so the front end is passed through env rather than set in front of sudo.
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  drop_policy
+  trap - EXIT
+  # The same packages also enabled their service for the next boot: undo that for the packages this run installed
+  # (a service that was installed before is left as its owner set it). Without systemd (a CI container) there is
+  # nothing to undo, and disabling never starts or stops anything.
+  if command -v systemctl >/dev/null 2>&1; then
+    for package in prometheus prometheus-alertmanager mosquitto; do
+      case " ${need[*]} " in
+        *" $package "*) $as_root systemctl disable --quiet "$package.service" 2>/dev/null || true ;;
+      esac
+    done
+  fi
 fi
 
 echo "== python peers"

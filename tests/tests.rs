@@ -11,6 +11,7 @@ mod connections;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod deploy;
+mod docs;
 mod exporter;
 mod grafana;
 mod homeassistant;

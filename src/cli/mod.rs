@@ -179,7 +179,7 @@ pub struct DecodeArgs {
     pub bytes: Vec<String>,
 }
 
-/// The `--current-sign` choices (DESIGN.md §3 `current_sign`).
+/// The `--current-sign` choices (the config's `current_sign`, `docs/protocols/daly-a5.md#current-sign`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SignArg {
     /// Learn it from the charge/discharge state the device reports.

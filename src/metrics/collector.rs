@@ -2,8 +2,9 @@
 //! encoded family by family in the order of [`names::ALL`] — devices in the given order, packs by number,
 //! cells by index, sensors, ports and alarm levels sorted — so the body is stable from scrape to scrape.
 //!
-//! Families are written through `DescriptorEncoder` with full `bms_…` names and no registry prefix (a prefix
-//! would double it, ECOSYSTEM.md §4). No I/O, no clock and no locks: everything comes from the views.
+//! Families are written through `DescriptorEncoder` with full `bms_…` names and no registry prefix (a prefix would
+//! double it: prometheus-client prefixes a collector's names too). No I/O, no clock and no locks: everything comes from
+//! the views.
 
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};

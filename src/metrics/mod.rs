@@ -1,4 +1,4 @@
-//! The `/metrics` body: every family of DESIGN.md §5 rendered as OpenMetrics text from the bus workers' device
+//! The `/metrics` body: every metric family rendered as OpenMetrics text from the bus workers' device
 //! statuses, through prometheus-client's `Collector` API ([`collector`]), with the family table in [`names`].
 //!
 //! Pure: the caller gathers the statuses (and decides freshness from its clock); rendering only formats them.
@@ -14,7 +14,7 @@ use crate::model::DeviceSnapshot;
 use crate::poller::DeviceStatus;
 use crate::protocol::Protocol;
 
-/// The `Content-Type` of the body. Served as `text/plain`, Prometheus rejects the `info` type (ECOSYSTEM.md §4).
+/// The `Content-Type` of the body. Served as `text/plain`, Prometheus rejects the `info` type.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// One configured device as a scrape sees it.

@@ -1,10 +1,11 @@
-//! Every metric family the exporter serves (DESIGN.md §5): name, type, unit, help and label keys. This table
-//! is the single source the renderer, the README metric reference and the dashboards follow; a unit test in
+//! Every metric family the exporter serves (`ARCHITECTURE.md#metric-naming`): name, type, unit, help and label keys.
+//! This table is the single source the renderer, the README metric reference and the dashboards follow; a unit test in
 //! `collector.rs` checks that a render emits exactly these families, in this order.
 //!
 //! `name` is the name a query uses (`bms_polls_total`, `bms_pack_voltage_volts`, `bms_exporter_build_info`).
 //! prometheus-client appends `_total` to counters, `_info` to info metrics and `_<unit>` to a family with a
-//! unit, so the renderer passes it [`Metric::stem`], never `name` itself (ECOSYSTEM.md §4).
+//! unit, so the renderer passes it [`Metric::stem`], never `name` itself
+//! (a name passed whole would come out as `bms_polls_total_total`).
 
 /// The OpenMetrics type of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

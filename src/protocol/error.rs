@@ -212,7 +212,8 @@ impl DecodeError {
         }
     }
 
-    /// The bounded `reason` label of `bms_poll_failures_total` (DESIGN.md §5) this error counts under.
+    /// The bounded `reason` label of `bms_poll_failures_total` (`ARCHITECTURE.md#errors-and-failure-reasons`) this
+    /// error counts under.
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
@@ -242,7 +243,7 @@ impl DecodeError {
     }
 }
 
-/// The name of a Pace RTN code (`protocols/pace.md` §3.5); `unknown` for codes no source defines.
+/// The name of a Pace RTN code (`docs/protocols/pace.md#return-codes`); `unknown` for codes no source defines.
 #[must_use]
 pub fn rtn_name(rtn: u8) -> &'static str {
     match rtn {

@@ -176,7 +176,7 @@ impl Board {
                 }
                 Message::SetSoc(SetSocAck { accepted })
             }
-            // Mode 0 and a fixed production date (2026-01-15): the layout is only of medium confidence (daly.md §8),
+            // Mode 0 and a fixed production date (2026-01-15): the layout is only of medium confidence,
             // so the simulator sends exactly what our decoder reads and nothing it would have to guess.
             Command::BatteryMode => Message::BatteryMode(BatteryMode {
                 mode_raw: 0,
@@ -185,7 +185,7 @@ impl Board {
                 production_day: 15,
                 raw: [0, 0, 26, 1, 15, 0, 0, 0],
             }),
-            // A restart changes nothing a reader can see (a 2026 board kept its uptime, daly.md §7.3); acknowledge it.
+            // A restart changes nothing a reader can see (a 2026 board kept its uptime); acknowledge it.
             Command::Restart => Message::Restart,
         };
         message.encode(self.number)

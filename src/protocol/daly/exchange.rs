@@ -1,11 +1,11 @@
 //! The Daly A5 side of a poll ([`Exchange`]): which commands to send for the sections asked, for one or more
 //! boards on one bus, and when a (possibly multi-frame) reply is complete.
 //!
-//! Poll economy (DESIGN.md §4): 0x91/0x92 are never sent (the model derives both ranges from 0x95/0x96); the
-//! 0x94 counts are cached and refreshed every [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50,
-//! 0x57, 0x63) are read once. A multi-frame reply is complete when the frame count that the cached counts and
-//! the host address predict has arrived (daly.md §6.6); with no count known, the reply settles when the line
-//! goes quiet.
+//! Poll economy (`ARCHITECTURE.md#scrape-model`, and `docs/protocols/daly-a5.md#poll-plan`): 0x91/0x92 are never sent
+//! (the model derives both ranges from 0x95/0x96); the 0x94 counts are cached and refreshed every
+//! [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50, 0x57, 0x63) are read once. A multi-frame reply is
+//! complete when the frame count that the cached counts and the host address predict has arrived
+//! (`docs/protocols/daly-a5.md#multi-frame-replies`); with no count known, the reply settles when the line goes quiet.
 
 use std::collections::VecDeque;
 
@@ -29,7 +29,8 @@ struct Memory {
     polls_since_status: u32,
     /// Identity and capacity replies (0x50, 0x57, 0x63), read once.
     info: Vec<Reply>,
-    /// Info commands the board did not answer: it does not know them (daly.md §8); never asked again.
+    /// Info commands the board did not answer: it does not know them
+    /// (`docs/protocols/daly-a5.md#identity-and-capacity-reads`); never asked again.
     info_unsupported: Vec<Command>,
 }
 

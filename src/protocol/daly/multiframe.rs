@@ -1,7 +1,7 @@
-//! Multi-frame A5 replies (daly.md §6.6, §6.7, §8): cell voltages (0x95), temperatures (0x96) and the text
-//! replies (0x57 battery code, 0x63 identity). Frames are placed by their frame number, never by arrival
-//! order: 0-based when the lowest number seen is 0, else 1-based; 0xFF and out-of-range numbers are dropped;
-//! of duplicates the first wins.
+//! Multi-frame A5 replies (`docs/protocols/daly-a5.md#multi-frame-replies`): cell voltages (0x95), temperatures (0x96)
+//! and the text replies (0x57 battery code, 0x63 identity). Frames are placed by their frame number, never by arrival
+//! order: 0-based when the lowest number seen is 0, else 1-based; 0xFF and out-of-range numbers are dropped; of
+//! duplicates the first wins.
 
 use serde::Serialize;
 
