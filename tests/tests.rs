@@ -14,6 +14,7 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod homeassistant;
+mod landing;
 mod metrics;
 mod mqtt;
 mod mqtt_acl;
