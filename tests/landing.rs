@@ -1,6 +1,7 @@
 //! The landing page in a real browser (Debian `chromium`, headless): `--demo` served on loopback, the page's DOM
 //! as Chromium builds it checked against `/metrics` fetched around it, a phone-sized screenshot, and a simulated
-//! BMS whose model name is markup, which must reach the DOM as text and nothing else.
+//! BMS whose model name is markup, which must reach the DOM as text and nothing else. Also the page's cost: it
+//! polls no more than a scrape, and a silent device does not hold it up.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -274,4 +275,70 @@ fn a_model_name_with_markup_reaches_the_browser_as_text() {
     let (voltage, _) = data(html, "voltage");
     assert!((voltage - truth.voltage_volts.unwrap()).abs() <= volts, "voltage {voltage} vs {truth:?}");
     assert_chart(element(html, "<svg class=\"cells\"", "</svg>"), truth.cell_volts.len(), "markup pack 1");
+}
+
+#[test]
+fn the_page_polls_no_more_than_a_scrape_and_does_not_wait_out_a_silent_device() {
+    let scratch = Scratch::new("landing-polls");
+    let dir = scratch.0.clone();
+    let sim = Simulator::tcp("landing-polls", &["--protocol", "daly", "--cells", "4", "--time-scale", "0"]);
+    // Connections to it complete in the kernel's backlog, and nothing ever answers: a BMS that went silent.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults:\n  max_age: 30s\n  stale_after: 60s\n  timeout: 2s\n  retries: 3\n\
+             devices:\n  - name: good\n    protocol: daly\n    tcp: {}\n\
+             \x20 - name: mute\n    protocol: daly\n    tcp: {}\n",
+            sim.addr.as_deref().unwrap(),
+            silent.local_addr().unwrap(),
+        ),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut exporter = exporter(&dir, &["--config", config.to_str().unwrap(), "--web.listen-address", &addr]);
+    crate::util::wait_for("the exporter to listen", Duration::from_secs(30), || {
+        http_get(&addr, "/-/healthy", &[]).filter(|r| r.status == 200)
+    });
+
+    // The silent device's first poll takes 8 s (2 s timeout, 3 retries), within a scrape's 9 s budget; the page
+    // waits 3 s at the most.
+    let started = Instant::now();
+    let page = http_get(&addr, "/", &[]).unwrap();
+    let took = started.elapsed();
+    assert_eq!(page.status, 200);
+    assert!(took < Duration::from_secs(5), "the page took {took:?} with a device silent");
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    assert!(!page.body.contains("<span class=\"state\">up</span> mute"), "{}", page.body);
+
+    wait_ready(&mut exporter, &addr, &dir);
+    let polls = |body: &str, device: &str| {
+        samples(body, "bms_polls_total").into_iter().find(|(l, _)| l["device"] == device).unwrap().1
+    };
+    let metrics = http_get(&addr, "/metrics", &[]).unwrap().body;
+    let (good, mute) = (polls(&metrics, "good"), polls(&metrics, "mute"));
+    // Views within max_age reuse the last poll, as scrapes do: the counters do not move.
+    let mut last = String::new();
+    for _ in 0..5 {
+        last = http_get(&addr, "/", &[]).unwrap().body;
+    }
+    let metrics = http_get(&addr, "/metrics", &[]).unwrap().body;
+    assert_eq!((polls(&metrics, "good"), polls(&metrics, "mute")), (good, mute), "{metrics}");
+    // What the page says about each agrees with bms_up and bms_poll_failures_total.
+    assert!(metrics.contains("bms_up{device=\"good\"} 1") && metrics.contains("bms_up{device=\"mute\"} 0"));
+    assert!(last.contains("<span class=\"state\">up</span> good</h2>"), "{last}");
+    assert!(last.contains("<span class=\"state\">down</span> mute</h2>"), "{last}");
+    let timeouts = samples(&metrics, "bms_poll_failures_total")
+        .into_iter()
+        .find(|(l, _)| l["device"] == "mute" && l["reason"] == "timeout")
+        .unwrap()
+        .1;
+    assert!(timeouts >= 1.0, "{metrics}");
+    let mute_section = element(&last, "<section class=\"device down\" data-device=\"mute\">", "</section>");
+    assert!(mute_section.contains(&format!("Failed requests since start: timeout {timeouts}</p>")), "{mute_section}");
+    assert!(mute_section.contains("Last poll incomplete: "), "{mute_section}");
+    drop(silent);
 }
