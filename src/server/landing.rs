@@ -31,7 +31,8 @@ pub(super) const REFRESH_SECONDS: u32 = 15;
 
 /// The policy sent with the page: nothing but its own inline styles may load or run, so even a string that
 /// escaped escaping could not run a script or fetch anything.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; \
+                                       form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// What the page says about the running exporter besides its devices.
 #[derive(Debug, Clone, Default)]
