@@ -11,11 +11,13 @@ echo "== system packages"
 # systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), jq, which the Home Assistant
 # add-on's run.sh needs (tests/addon.rs), and the mosquitto broker with its clients for the MQTT tests
 # (tests/mqtt*.rs), and for the Bluetooth tests (tests/ble_*.rs) a private dbus-daemon with a mock BlueZ from
-# python3-dbusmock, driven with gdbus. Installed only when missing; the tests fail loudly without them.
+# python3-dbusmock, driven with gdbus, and a headless Chromium that loads the landing page and takes a phone-sized
+# screenshot of it (tests/landing.rs). Installed only when missing; the tests fail loudly without them.
 # mosquitto lives in /usr/sbin, which a non-root PATH may lack.
 need=()
 for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace jq:jq \
-  mosquitto:mosquitto mosquitto_sub:mosquitto-clients dbus-daemon:dbus-daemon gdbus:libglib2.0-bin; do
+  mosquitto:mosquitto mosquitto_sub:mosquitto-clients dbus-daemon:dbus-daemon gdbus:libglib2.0-bin \
+  chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 # dbusmock is a Python module, not a command; the mock runs under the system python3, which is where Debian puts it

@@ -15,6 +15,7 @@ mod docs;
 mod exporter;
 mod grafana;
 mod homeassistant;
+mod landing;
 mod metrics;
 mod mqtt;
 mod mqtt_acl;

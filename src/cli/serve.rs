@@ -171,7 +171,8 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             max_connections: fit_connections(args.max_connections, open_files.map(|l| l.soft), scraper.targets().len()),
             header_read_timeout: args.header_read_timeout,
         };
-        let app = server::routes::router(Arc::clone(&scraper), &telemetry_path, mqtt_stats);
+        let about = server::About::new(args.config.as_deref());
+        let app = server::routes::router(Arc::clone(&scraper), &telemetry_path, mqtt_stats, about);
         // On the signal the publisher says goodbye to the broker while open requests finish, so Home Assistant
         // marks the entities unavailable at once instead of after the keep-alive.
         let stop = publisher.as_ref().map(publisher::Publisher::stop_handle);

@@ -5,11 +5,13 @@
 mod auth;
 mod connections;
 mod idle;
+mod landing;
 mod listener;
 mod nofile;
 pub mod routes;
 mod web_config;
 
+pub use landing::About;
 pub use listener::{Limits, serve, serve_with};
 pub use nofile::{OpenFileLimit, raise_open_file_limit};
 pub use web_config::{WebConfig, WebConfigError};
