@@ -7,6 +7,7 @@ mod connections;
 mod idle;
 mod listener;
 mod nofile;
+pub mod process;
 pub mod routes;
 mod web_config;
 
