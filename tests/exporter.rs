@@ -238,7 +238,7 @@ pub(crate) const PROMETHEUS_ACCEPT: (&str, &str) = (
 
 /// `/metrics` without an `Accept` header (as curl asks) is the Prometheus text format: promtool finds nothing
 /// but the names the metric table fixes, the official Python text parser reads every family, and its samples
-/// are those of the OpenMetrics body served just before and after it (taken when no poll ran in between).
+/// are those of the OpenMetrics bodies served just before and just after it.
 fn assert_text_body_matches_openmetrics(addr: &str) {
     use crate::metrics::{
         PROMTOOL_NAME_FINDINGS, assert_promtool_finds, expected_text_families, parse_text_with_python,
@@ -269,6 +269,8 @@ fn assert_text_body_matches_openmetrics(addr: &str) {
     let moving = |key: &str| -> Option<bool> {
         let growing = [
             "bms_polls_total",
+            "bms_poll_failures_total",
+            "bms_resync_bytes_total",
             "bms_last_poll_success_timestamp_seconds",
             "bms_pack_charged_energy_joules_total",
             "bms_pack_discharged_energy_joules_total",
