@@ -449,13 +449,77 @@ const fn mqtt(name: &'static str, kind: Kind, unit: Option<&'static str>, help: 
 pub const MQTT: &[&Metric] =
     &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH, &MQTT_COMMANDS];
 
-/// Every family the exporter can serve: [`ALL`], then [`MQTT`].
-pub fn every() -> impl Iterator<Item = &'static Metric> {
-    ALL.iter().chain(MQTT).copied()
+const fn process(name: &'static str, kind: Kind, unit: Option<&'static str>, help: &'static str) -> Metric {
+    Metric { name, kind, unit, help, labels: &[], scope: Scope::Exporter }
 }
 
-/// The metrics reference as a Markdown table, one row per family of [`ALL`] and [`MQTT`] (the README embeds
-/// it; a test keeps the two equal).
+/// `process_cpu_seconds_total`.
+pub const PROCESS_CPU: Metric = process(
+    "process_cpu_seconds_total",
+    Kind::Counter,
+    Some("seconds"),
+    "CPU time the exporter has used in user and system mode (Linux /proc/self/stat utime + stime)",
+);
+/// `process_resident_memory_bytes`.
+pub const PROCESS_RESIDENT: Metric = process(
+    "process_resident_memory_bytes",
+    Kind::Gauge,
+    Some("bytes"),
+    "Resident memory of the exporter (Linux /proc/self/stat rss times the page size)",
+);
+/// `process_virtual_memory_bytes`.
+pub const PROCESS_VIRTUAL: Metric = process(
+    "process_virtual_memory_bytes",
+    Kind::Gauge,
+    Some("bytes"),
+    "Virtual memory size of the exporter (Linux /proc/self/stat vsize)",
+);
+/// `process_virtual_memory_max_bytes`.
+pub const PROCESS_VIRTUAL_MAX: Metric = process(
+    "process_virtual_memory_max_bytes",
+    Kind::Gauge,
+    Some("bytes"),
+    "Soft limit on the exporter's virtual memory size (RLIMIT_AS, Max address space in /proc/self/limits); \
+     about 1.8e19 (2^64) when unlimited",
+);
+/// `process_open_fds`.
+pub const PROCESS_OPEN_FDS: Metric =
+    process("process_open_fds", Kind::Gauge, None, "Open file descriptors of the exporter (Linux /proc/self/fd)");
+/// `process_max_fds`.
+pub const PROCESS_MAX_FDS: Metric = process(
+    "process_max_fds",
+    Kind::Gauge,
+    None,
+    "Soft limit on the exporter's open file descriptors (RLIMIT_NOFILE, Max open files in /proc/self/limits)",
+);
+/// `process_start_time_seconds`.
+pub const PROCESS_START: Metric = process(
+    "process_start_time_seconds",
+    Kind::Gauge,
+    Some("seconds"),
+    "Unix time the exporter process started (Linux /proc/self/stat starttime after /proc/stat btime)",
+);
+
+/// The exporter process's own families, named as every client_golang exporter names them and in the alphabetical
+/// order a Go exporter's body has them; the server renders them last (after [`MQTT`]), and a figure that cannot
+/// be read has no series.
+pub const PROCESS: &[&Metric] = &[
+    &PROCESS_CPU,
+    &PROCESS_MAX_FDS,
+    &PROCESS_OPEN_FDS,
+    &PROCESS_RESIDENT,
+    &PROCESS_START,
+    &PROCESS_VIRTUAL,
+    &PROCESS_VIRTUAL_MAX,
+];
+
+/// Every family the exporter can serve: [`ALL`], then [`MQTT`], then [`PROCESS`].
+pub fn every() -> impl Iterator<Item = &'static Metric> {
+    ALL.iter().chain(MQTT).chain(PROCESS).copied()
+}
+
+/// The metrics reference as a Markdown table, one row per family of [`ALL`], [`MQTT`] and [`PROCESS`] (the
+/// README embeds it; a test keeps the two equal).
 #[must_use]
 pub fn reference_markdown() -> String {
     use std::fmt::Write as _;
@@ -485,7 +549,9 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), every().count(), "a family is listed twice");
         for m in every() {
-            assert!(m.name.starts_with("bms_"), "{}", m.name);
+            // The process families keep the names every Prometheus user's dashboards already query.
+            let prefix = if PROCESS.contains(&m) { "process_" } else { "bms_" };
+            assert!(m.name.starts_with(prefix), "{}", m.name);
             assert!(is_name(m.name), "{}", m.name);
             if let Some(suffix) = m.kind.suffix() {
                 assert!(m.name.ends_with(suffix), "{} must end in {suffix}", m.name);

@@ -8,6 +8,7 @@ mod idle;
 mod landing;
 mod listener;
 mod nofile;
+pub mod process;
 pub mod routes;
 mod web_config;
 

@@ -1,6 +1,8 @@
 //! The exporter's HTTP surface: `/metrics` (or the configured telemetry path), `/probe?target=NAME`, the live
-//! landing page ([`landing`](super::landing)) and the orchestrator endpoints `/-/healthy` and `/-/ready`. Read-only by construction: nothing here can
-//! reach a write command (those live in `control`, which this module does not import).
+//! landing page ([`landing`](super::landing)) and the orchestrator endpoints `/-/healthy` and `/-/ready`.
+//! Read-only by construction: nothing here can reach a write command (those live in `control`, which this module
+//! does not import). The metric bodies are OpenMetrics when the request's `Accept` header asks for it (Prometheus
+//! does), else the Prometheus text format.
 
 use std::sync::Arc;
 
@@ -12,9 +14,10 @@ use axum::routing::get;
 use tokio::time::Instant;
 
 use super::landing::{self, About};
-use crate::metrics::{self, DeviceView, MqttView};
+use crate::metrics::{self, DeviceView, ExporterView, Format};
 use crate::mqtt::MqttStats;
 use crate::scrape::{Scraper, Seen, scrape_budget};
+use crate::server::process;
 
 /// Header in which Prometheus announces its scrape timeout.
 const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
@@ -43,11 +46,13 @@ pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, mqtt: Option<Arc<Mqtt
         .with_state(app)
 }
 
-/// `/metrics`: every configured device.
+/// `/metrics`: every configured device, and the exporter's own health.
 async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let deadline = deadline(&headers);
     let seen = app.scraper.collect(None, deadline).await;
-    render(&app.scraper, &seen, app.mqtt.as_deref().map(MqttStats::view).as_ref())
+    // Read after the devices, so the figures include what this scrape's polls cost.
+    let exporter = ExporterView { mqtt: app.mqtt.as_deref().map(MqttStats::view), process: Some(process::read()) };
+    render(&app.scraper, &seen, &exporter, format(&headers))
 }
 
 /// `/probe?target=NAME`: one configured device (the multi-target pattern of blackbox and snmp exporters).
@@ -73,8 +78,13 @@ async fn probe(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Res
         return (StatusCode::NOT_FOUND, body).into_response();
     };
     let seen = app.scraper.collect(Some(index), deadline(&headers)).await;
-    // The exporter's MQTT health belongs to `/metrics`, not to a probe of one device.
-    render(&app.scraper, &seen, None)
+    // The exporter's own health (MQTT, process) belongs to `/metrics`, not to a probe of one device.
+    render(&app.scraper, &seen, &ExporterView::default(), format(&headers))
+}
+
+/// The body format the request's `Accept` header asks for; a header that is not visible ASCII counts as absent.
+fn format(headers: &HeaderMap) -> Format {
+    Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 
 /// The deadline for a scrape that arrived now with `headers`.
@@ -83,9 +93,9 @@ fn deadline(headers: &HeaderMap) -> Instant {
     Instant::now() + scrape_budget(announced)
 }
 
-/// Render the devices `seen` (indices into the scraper's targets), and the MQTT publisher's health when given,
-/// as one OpenMetrics body.
-fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) -> Response {
+/// Render the devices `seen` (indices into the scraper's targets) and the `exporter`'s own families as one body
+/// in `format`.
+fn render(scraper: &Scraper, seen: &[(usize, Seen)], exporter: &ExporterView, format: Format) -> Response {
     let views: Vec<DeviceView<'_>> = seen
         .iter()
         .filter_map(|(index, seen)| {
@@ -101,8 +111,9 @@ fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) ->
         })
         .collect();
     let mut body = String::with_capacity(16 * 1024);
-    match metrics::render_with(&views, mqtt, &mut body) {
-        Ok(()) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+    match metrics::render_as(format, &views, exporter, &mut body) {
+        // `Vary`: a cache between scraper and exporter must not answer one format's request with the other's.
+        Ok(()) => ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], body).into_response(),
         Err(error) => {
             tracing::error!(%error, "rendering the metrics failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "rendering the metrics failed\n").into_response()
