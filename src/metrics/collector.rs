@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
 use super::names::{self, Kind, Metric};
-use super::{DeviceView, MqttView};
+use super::{DeviceView, MqttView, ReloadView};
 use crate::model::energy::PackEnergy;
 use crate::model::{LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId};
 use crate::poller::DeviceStatus;
@@ -31,6 +31,8 @@ pub(crate) struct Scrape {
     devices: Vec<Device>,
     /// The MQTT publisher's health, when it runs.
     mqtt: Option<MqttView>,
+    /// The configuration reloads, when serving a configuration file.
+    reload: Option<ReloadView>,
 }
 
 /// One configured device.
@@ -72,7 +74,12 @@ struct Pack {
 impl Scrape {
     /// Copy and normalise what `views` say (and `mqtt`, the publisher's health, when it runs).
     pub(crate) fn new(views: &[DeviceView<'_>], mqtt: Option<MqttView>) -> Self {
-        Self { devices: views.iter().map(Device::new).collect(), mqtt }
+        Self { devices: views.iter().map(Device::new).collect(), mqtt, reload: None }
+    }
+
+    /// This render with the configuration reload families when `reload` is given.
+    pub(crate) fn with_reload(self, reload: Option<ReloadView>) -> Self {
+        Self { reload, ..self }
     }
 
     /// Every online pack of every fresh device, in render order, with its device name.
@@ -517,12 +524,23 @@ fn encode_mqtt(enc: &mut DescriptorEncoder<'_>, mqtt: &MqttView) -> fmt::Result 
     })
 }
 
+/// The configuration reload families, last of all; label-less like the MQTT ones.
+fn encode_reload(enc: &mut DescriptorEncoder<'_>, reload: &ReloadView) -> fmt::Result {
+    family(enc, &names::RELOAD_SUCCESSFUL, |m| m.encode_gauge(&i64::from(reload.successful)))?;
+    family(enc, &names::RELOAD_SUCCESS_TIME, |m| {
+        if reload.last_success_unix.is_finite() { m.encode_gauge(&reload.last_success_unix) } else { Ok(()) }
+    })
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_health(&mut enc)?;
         self.encode_pack_values(&mut enc)?;
-        match &self.mqtt {
-            Some(mqtt) => encode_mqtt(&mut enc, mqtt),
+        if let Some(mqtt) = &self.mqtt {
+            encode_mqtt(&mut enc, mqtt)?;
+        }
+        match &self.reload {
+            Some(reload) => encode_reload(&mut enc, reload),
             None => Ok(()),
         }
     }
@@ -1161,5 +1179,29 @@ mod tests {
         for result in names::MQTT_COMMAND_RESULTS {
             assert!(first.contains(&format!("\nbms_mqtt_commands_total{{result=\"{result}\"}} 0\n")), "{first}");
         }
+    }
+
+    #[test]
+    fn the_reload_families_come_last_and_only_when_given() {
+        use crate::metrics::{MqttView, ReloadView, render_all, render_with};
+        let s = status("d", vec![rich_pack(1)], true);
+        let views = [view("d", Some(&s), true)];
+        let mut without = String::new();
+        render_with(&views, Some(&MqttView::default()), &mut without).unwrap();
+        assert!(!without.contains("bms_exporter_config"), "{without}");
+
+        let reload = ReloadView { successful: false, last_success_unix: 1_700_000_000.5 };
+        let mut with = String::new();
+        render_all(&views, Some(&MqttView::default()), Some(&reload), &mut with).unwrap();
+        let head = without.strip_suffix("# EOF\n").unwrap();
+        let tail = with.strip_prefix(head).expect("the reload families come after every other family");
+        let types: Vec<&str> = tail.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let expected: Vec<String> =
+            names::RELOAD.iter().map(|m| format!("{} {}", m.family(), m.kind.as_str())).collect();
+        assert_eq!(types, expected);
+        assert!(tail.contains("\nbms_exporter_config_last_reload_successful 0\n"), "{tail}");
+        assert!(tail.contains("\nbms_exporter_config_last_reload_success_timestamp_seconds 1700000000.5\n"), "{tail}");
+        assert!(tail.contains("# UNIT bms_exporter_config_last_reload_success_timestamp_seconds seconds"), "{tail}");
+        assert!(tail.ends_with("# EOF\n"));
     }
 }

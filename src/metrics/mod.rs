@@ -51,6 +51,15 @@ pub struct MqttView {
     pub commands: [u64; names::MQTT_COMMAND_RESULTS.len()],
 }
 
+/// The state of configuration reloads (the [`names::RELOAD`] families), when serving a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadView {
+    /// Whether the last attempt to load the file succeeded.
+    pub successful: bool,
+    /// Unix time of the last successful load.
+    pub last_success_unix: f64,
+}
+
 /// Append the whole body for `devices` (in their order) to `out`; it ends with `# EOF`.
 pub fn render(devices: &[DeviceView<'_>], out: &mut String) -> std::fmt::Result {
     render_with(devices, None, out)
@@ -58,8 +67,18 @@ pub fn render(devices: &[DeviceView<'_>], out: &mut String) -> std::fmt::Result 
 
 /// [`render`], plus the MQTT publisher's families ([`names::MQTT`]) when `mqtt` is given.
 pub fn render_with(devices: &[DeviceView<'_>], mqtt: Option<&MqttView>, out: &mut String) -> std::fmt::Result {
+    render_all(devices, mqtt, None, out)
+}
+
+/// [`render_with`], plus the configuration reload families ([`names::RELOAD`]) when `reload` is given.
+pub fn render_all(
+    devices: &[DeviceView<'_>],
+    mqtt: Option<&MqttView>,
+    reload: Option<&ReloadView>,
+    out: &mut String,
+) -> std::fmt::Result {
     // No prefix: the collector writes full `bms_` names, and a registry prefix would double them.
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector::Scrape::new(devices, mqtt.copied())));
+    registry.register_collector(Box::new(collector::Scrape::new(devices, mqtt.copied()).with_reload(reload.copied())));
     prometheus_client::encoding::text::encode(out, &registry)
 }

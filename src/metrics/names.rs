@@ -448,13 +448,36 @@ const fn mqtt(name: &'static str, kind: Kind, unit: Option<&'static str>, help: 
 pub const MQTT: &[&Metric] =
     &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH, &MQTT_COMMANDS];
 
-/// Every family the exporter can serve: [`ALL`], then [`MQTT`].
+/// `bms_exporter_config_last_reload_successful`, as Prometheus's own `prometheus_config_last_reload_successful`.
+pub const RELOAD_SUCCESSFUL: Metric = Metric {
+    name: "bms_exporter_config_last_reload_successful",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "1 if the last attempt to load the configuration file (at start, on SIGHUP or POST /-/reload) succeeded, 0 if \
+           it failed and the previous configuration is still running (only with --config, like the next family)",
+    labels: &[],
+    scope: Scope::Exporter,
+};
+/// `bms_exporter_config_last_reload_success_timestamp_seconds`.
+pub const RELOAD_SUCCESS_TIME: Metric = Metric {
+    name: "bms_exporter_config_last_reload_success_timestamp_seconds",
+    kind: Kind::Gauge,
+    unit: Some("seconds"),
+    help: "Unix time of the last successful load of the configuration file (the start, or the last good reload)",
+    labels: &[],
+    scope: Scope::Exporter,
+};
+
+/// The configuration reload families, rendered after [`MQTT`] only when serving a configuration file.
+pub const RELOAD: &[&Metric] = &[&RELOAD_SUCCESSFUL, &RELOAD_SUCCESS_TIME];
+
+/// Every family the exporter can serve: [`ALL`], then [`MQTT`], then [`RELOAD`].
 pub fn every() -> impl Iterator<Item = &'static Metric> {
-    ALL.iter().chain(MQTT).copied()
+    ALL.iter().chain(MQTT).chain(RELOAD).copied()
 }
 
-/// The metrics reference as a Markdown table, one row per family of [`ALL`] and [`MQTT`] (the README embeds
-/// it; a test keeps the two equal).
+/// The metrics reference as a Markdown table, one row per family of [`ALL`], [`MQTT`] and [`RELOAD`] (the
+/// README embeds it; a test keeps the two equal).
 #[must_use]
 pub fn reference_markdown() -> String {
     use std::fmt::Write as _;

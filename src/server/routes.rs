@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 
-use crate::metrics::{self, DeviceView, MqttView};
+use crate::metrics::{self, DeviceView, MqttView, ReloadView};
 use crate::mqtt::MqttStats;
 use crate::scrape::{Scraper, Seen, scrape_budget};
 
@@ -45,7 +45,8 @@ pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, mqtt: Option<Arc<Mqtt
 async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let deadline = deadline(&headers);
     let seen = app.scraper.collect(None, deadline).await;
-    render(&app.scraper, &seen, app.mqtt.as_deref().map(MqttStats::view).as_ref())
+    let reload = app.scraper.reload_view();
+    render(&app.scraper, &seen, app.mqtt.as_deref().map(MqttStats::view).as_ref(), reload.as_ref())
 }
 
 /// `/probe?target=NAME`: one configured device (the multi-target pattern of blackbox and snmp exporters).
@@ -71,8 +72,8 @@ async fn probe(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Res
         return (StatusCode::NOT_FOUND, body).into_response();
     };
     let seen = app.scraper.collect(Some(index), deadline(&headers)).await;
-    // The exporter's MQTT health belongs to `/metrics`, not to a probe of one device.
-    render(&app.scraper, &seen, None)
+    // The exporter's MQTT health and reload state belong to `/metrics`, not to a probe of one device.
+    render(&app.scraper, &seen, None, None)
 }
 
 /// The deadline for a scrape that arrived now with `headers`.
@@ -81,9 +82,9 @@ fn deadline(headers: &HeaderMap) -> Instant {
     Instant::now() + scrape_budget(announced)
 }
 
-/// Render the devices `seen` (indices into the scraper's targets), and the MQTT publisher's health when given,
-/// as one OpenMetrics body.
-fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) -> Response {
+/// Render the devices `seen` (indices into the scraper's targets), and the MQTT publisher's health and the
+/// configuration reloads' state when given, as one OpenMetrics body.
+fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>, reload: Option<&ReloadView>) -> Response {
     let views: Vec<DeviceView<'_>> = seen
         .iter()
         .filter_map(|(index, seen)| {
@@ -99,7 +100,7 @@ fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) ->
         })
         .collect();
     let mut body = String::with_capacity(16 * 1024);
-    match metrics::render_with(&views, mqtt, &mut body) {
+    match metrics::render_all(&views, mqtt, reload, &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Err(error) => {
             tracing::error!(%error, "rendering the metrics failed");

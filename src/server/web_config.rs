@@ -26,6 +26,8 @@ use super::auth::BasicAuth;
 #[derive(Clone)]
 pub struct WebConfig {
     path: PathBuf,
+    /// Every file it was built from: itself, then the certificate, key and client CA files it names.
+    files: Arc<[PathBuf]>,
     tls: Option<Arc<ServerConfig>>,
     auth: Option<Arc<BasicAuth>>,
     headers: Arc<[(HeaderName, HeaderValue)]>,
@@ -82,6 +84,7 @@ impl fmt::Debug for WebConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebConfig")
             .field("path", &self.path)
+            .field("files", &self.files)
             .field("tls", &self.tls.is_some())
             .field("basic_auth_users", &self.auth.as_ref().map_or(0, |a| a.user_count()))
             .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
@@ -118,13 +121,27 @@ impl WebConfig {
             Some(http) => resolve_headers(&ctx, http)?,
             None => Vec::new(),
         };
-        Ok(Self { path: path.to_owned(), tls, auth, headers: headers.into() })
+        let mut files = vec![path.to_owned()];
+        if let Some(section) = &raw.tls_server_config {
+            let named = [&section.value.cert_file, &section.value.key_file, &section.value.client_ca_file];
+            files.extend(named.into_iter().filter_map(|f| given(f.as_ref())).map(|f| ctx.resolve(&f.value)));
+        }
+        Ok(Self { path: path.to_owned(), files: files.into(), tls, auth, headers: headers.into() })
     }
 
     /// The file this configuration came from.
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A digest of the current content of every file this configuration was built from (a file that cannot be
+    /// read counts as its error): when it differs from the digest taken at load time, a file has changed.
+    #[must_use]
+    pub fn files_digest(&self) -> u64 {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default()
+            .hash_one(self.files.iter().map(|f| std::fs::read(f).map_err(|e| e.kind())).collect::<Vec<_>>())
     }
 
     /// Whether connections must speak TLS.
@@ -137,6 +154,10 @@ impl WebConfig {
     #[must_use]
     pub fn basic_auth_enabled(&self) -> bool {
         self.auth.is_some()
+    }
+
+    pub(crate) fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     pub(crate) fn tls(&self) -> Option<Arc<ServerConfig>> {
