@@ -3,7 +3,8 @@
 //! simulator for the whole run) and its counters; a removed one leaves `/metrics` and its connection is closed; an
 //! added one appears; a broken file changes nothing and says where it is broken; a changed `mqtt:` block
 //! publishes under its new prefix through a real mosquitto. The web config needs no signal: a renewed
-//! certificate (openssl CLI) is served on the next connection (checked with curl).
+//! certificate (openssl CLI) is served on the next connection (checked with curl). A Bluetooth device removed on
+//! reload has its module disconnected at once (against the mock BlueZ of tests/ble_util.rs).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -11,9 +12,10 @@ use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
+use crate::ble_util::MockBluez;
 use crate::exporter::{exporter, sim_args};
 use crate::mqtt_util::{Exporter, Mosquitto, client_id, sample};
-use crate::util::{HttpResponse, Scratch, Simulator, free_port, http_get, required_program, wait_for};
+use crate::util::{HttpResponse, Killed, Scratch, Simulator, free_port, http_get, required_program, wait_for};
 
 /// A Daly simulator on TCP answering at once.
 fn daly(name: &str) -> Simulator {
@@ -295,4 +297,47 @@ fn the_reload_endpoint_asks_for_the_web_configs_credentials_like_every_other() {
     let accepted = request_with(&addr, "POST", "/-/reload", login);
     assert_eq!(accepted.status, 200, "{}", accepted.body);
     assert!(accepted.body.contains("added: shed"), "{}", accepted.body);
+}
+
+#[test]
+fn a_bluetooth_device_removed_on_reload_has_its_module_disconnected_while_the_exporter_runs_on() {
+    let (house, boat) = (daly("reload-ble-house"), daly("reload-ble-boat"));
+    let bluez = MockBluez::start();
+    bluez.add_adapter("hci0");
+    let module = bluez.add_device("hci0", "AA:BB:CC:00:00:07", "DL-boat");
+    bluez.add_daly_a5_gatt(&module, boat.addr.as_deref().unwrap(), true);
+    let dir = Scratch::new("reload-ble");
+    let tcp_only = yaml("", &[("house", &house)], "");
+    let config = dir.write(
+        "bms.yaml",
+        &format!("{tcp_only}  - name: boat\n    protocol: daly\n    bluetooth: AA:BB:CC:00:00:07\n"),
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(dir.path("exporter.log")).unwrap();
+    let mut command = Process::new(env!("CARGO_BIN_EXE_bms_exporter"));
+    command.args(["--config", config.to_str().unwrap(), "--web.listen-address", &addr]).stderr(log);
+    let mut exporter = Killed(bluez.env(&mut command).spawn().unwrap());
+    let log = || std::fs::read_to_string(dir.path("exporter.log")).unwrap_or_default();
+    let up = |device: &str| {
+        let body = http_get(&addr, "/metrics", &[])?.body;
+        sample(&body, &format!("bms_up{{device=\"{device}\"}}"))
+    };
+    wait_for("both devices up", Duration::from_secs(30), || {
+        assert!(exporter.0.try_wait().unwrap().is_none(), "the exporter exited:\n{}", log());
+        (up("house") == Some(1.0) && up("boat") == Some(1.0)).then_some(())
+    });
+    assert_eq!(bluez.stats(&module)["disconnects"].as_u64(), Some(0), "{}", bluez.stats(&module));
+
+    std::fs::write(&config, &tcp_only).unwrap();
+    let reloaded = request(&addr, "POST", "/-/reload");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    assert!(reloaded.body.contains("removed: boat"), "{}", reloaded.body);
+    // The module is released (unsubscribed and disconnected) without waiting for the exporter to exit.
+    wait_for("the module to be disconnected", Duration::from_secs(10), || {
+        (bluez.stats(&module)["disconnects"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(exporter.0.try_wait().unwrap().is_none(), "{}", log());
+    assert_eq!(up("boat"), None, "the removed device left /metrics");
+    assert_eq!(up("house"), Some(1.0));
+    assert_eq!(bluez.stats(&module)["connects"].as_u64(), Some(1), "{}", bluez.stats(&module));
 }
