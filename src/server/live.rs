@@ -87,3 +87,35 @@ impl LiveWebConfig {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_is_taken_an_unchanged_one_kept_and_a_broken_one_reported_and_ignored() {
+        let dir = std::env::temp_dir().join(format!("bms-live-web-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("web.yml");
+        // Cost 4 keeps the test fast; the server treats every cost alike.
+        std::fs::write(&path, format!("basic_auth_users:\n  alice: {}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let live = LiveWebConfig::new(WebConfig::load(&path).unwrap());
+        let first = live.current();
+        assert!(first.basic_auth_enabled());
+
+        live.check();
+        assert!(Arc::ptr_eq(&first, &live.current()), "unchanged files are not read again");
+
+        std::fs::write(&path, "# no users any more\n").unwrap();
+        live.check();
+        assert!(!live.current().basic_auth_enabled(), "the new content is in force");
+
+        std::fs::write(&path, "basic_auth_users: [\n").unwrap();
+        let before = live.current();
+        live.check();
+        assert!(Arc::ptr_eq(&before, &live.current()), "a broken file leaves the one in force");
+        // Reported once: the broken content is remembered as checked.
+        assert_eq!(live.current.read().unwrap().1, before.files_digest());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

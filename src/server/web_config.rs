@@ -1,7 +1,8 @@
 //! `--web.config.file`: the exporter-toolkit web configuration (the format node_exporter reads), parsed in two
 //! stages. Raw structs mirror the YAML (serde-saphyr; unknown keys are errors, and the exporter-toolkit keys this
 //! exporter does not implement are rejected by name rather than silently ignored); [`WebConfig::load`] then
-//! resolves them once at start-up into a ready rustls `ServerConfig`, a basic-auth user table and a header list.
+//! resolves them into a ready rustls `ServerConfig`, a basic-auth user table and a header list, at start-up and
+//! again whenever one of its files changes (see `live.rs`, which uses [`WebConfig::files_digest`]).
 //! Relative file names are taken from the web config file's directory, as exporter-toolkit does. No sockets here.
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, SupportedProtocolV
 
 use super::auth::BasicAuth;
 
-/// A web configuration resolved at start-up: what [`serve`](super::serve) needs to add TLS, basic auth and
+/// A resolved web configuration: what [`serve`](super::serve) needs to add TLS, basic auth and
 /// response headers around the caller's routes.
 #[derive(Clone)]
 pub struct WebConfig {
