@@ -657,3 +657,64 @@ pub async fn drive(link: &mut Link, session: &mut Session<'_>) -> Result<(), Str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The one bus of a configuration of Daly boards `addresses` (named `d<N>`) behind the TCP endpoint `address`.
+    fn bus(address: &str, addresses: &[u8]) -> BusSpec {
+        use std::fmt::Write as _;
+        let mut text = "defaults: {timeout: 20ms, retries: 0}\ndevices:\n".to_owned();
+        for n in addresses {
+            let _ = writeln!(text, "  - {{name: d{n}, protocol: daly, tcp: '{address}', daly: {{address: {n}}}}}");
+        }
+        let config = crate::config::parse(&text, Path::new("test.yaml")).unwrap();
+        config.buses().into_iter().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_retired_workers_link_and_kept_statuses_go_to_its_successor() {
+        // A serial server that accepts and never answers: every poll fails, but is counted.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+
+        let first = spawn(bus(&address, &[1, 2]));
+        assert_eq!(first.snapshot(0, Duration::ZERO).await.unwrap().polls_total, 1);
+        assert_eq!(first.snapshot(1, Duration::ZERO).await.unwrap().polls_total, 1);
+        let retired = first.retire().await.unwrap();
+        assert!(retired.port.link.is_some(), "the link comes back open");
+        assert_eq!(first.snapshot(0, Duration::ZERO).await.unwrap_err(), WorkerGone);
+        assert!(first.retire().await.is_none(), "a worker retires once");
+        assert_eq!(first.latest(0).unwrap().polls_total, 1, "what it published stays readable");
+
+        // d1 stays, d2 goes, d3 is new.
+        let second = respawn(bus(&address, &[1, 3]), retired, &["d1"]);
+        assert_eq!(second.devices(), ["d1", "d3"]);
+        assert_eq!(second.latest(0).unwrap().polls_total, 1, "d1's status carries over");
+        assert!(second.latest(1).is_none(), "d3 starts afresh");
+        let again = second.snapshot(0, Duration::ZERO).await.unwrap();
+        assert_eq!(again.polls_total, 2, "d1's counters continue");
+        let failures = |s: &DeviceStatus| s.failures_total.values().sum::<u64>();
+        assert!(
+            failures(&again) > failures(&first.latest(0).unwrap()),
+            "d1's failure counts go on from where they were"
+        );
+        assert_eq!(second.snapshot(1, Duration::ZERO).await.unwrap().polls_total, 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the successor polled over the same connection");
+    }
+}
