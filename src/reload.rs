@@ -28,9 +28,11 @@ use crate::mqtt::{MqttStats, publisher};
 use crate::poller::{self, BusHandle, BusSpec};
 use crate::scrape::{Freshness, Scraper, Target, unix_now};
 
-/// How long a reload waits for a worker to finish the job in progress before it starts the bus's new worker
-/// without the old one's link and statuses (the old worker then closes its link when that job ends).
-const RETIRE_WAIT: Duration = Duration::from_secs(30);
+/// How long a reload waits for the workers it retires (all at once) to finish the job in progress; past it, a
+/// bus's new worker starts without the old one's link and statuses, and the old worker closes its link when that
+/// job ends (a new worker on a serial port then opens it at its next attempt, 2 s later). Well inside systemd's
+/// stop timeout, so a shutdown that arrives during a reload is not held up for long.
+const RETIRE_WAIT: Duration = Duration::from_secs(10);
 
 /// The outcome of the configuration loads, for `bms_exporter_config_last_reload_*`.
 #[derive(Debug)]
@@ -285,29 +287,45 @@ impl Running {
     async fn apply(&mut self, new: Config) -> String {
         let Some((path, old)) = self.file.take() else { return String::new() };
         let plan = plan(&old, &new);
-        let mut old_buses: Vec<Option<BusHandle>> = self.buses.drain(..).map(Some).collect();
-        // Gone buses first, so their ports are closed before any new worker opens one.
+        let old_buses = std::mem::take(&mut self.buses);
+        // Every worker that stops or restarts is retired first, all at once (each finishes its job in progress),
+        // so the ports of gone buses are closed before any new worker opens one.
+        let restarted = plan.buses.iter().filter_map(|b| match b {
+            BusPlan::Restart { old, .. } => Some(*old),
+            BusPlan::Keep(_) | BusPlan::Start => None,
+        });
+        let mut retiring = tokio::task::JoinSet::new();
+        for at in plan.removed_buses.iter().copied().chain(restarted) {
+            if let Some(handle) = old_buses.get(at).cloned() {
+                retiring.spawn(async move { (at, retire(&handle).await) });
+            }
+        }
+        let mut retired: Vec<Option<poller::Retired>> = old_buses.iter().map(|_| None).collect();
+        while let Some(done) = retiring.join_next().await {
+            if let Ok((at, Some(worker))) = done
+                && let Some(slot) = retired.get_mut(at)
+            {
+                *slot = Some(worker);
+            }
+        }
         for &at in &plan.removed_buses {
-            if let Some(handle) = old_buses.get_mut(at).and_then(Option::take) {
-                drop(retire(&handle).await);
+            // Dropping what a gone worker handed back closes its link (and releases a Bluetooth module).
+            if let Some(gone) = retired.get_mut(at) {
+                drop(gone.take());
             }
         }
         let mut buses = Vec::with_capacity(plan.buses.len());
         for (spec, bus) in new.buses().into_iter().zip(&plan.buses) {
-            let old = match bus {
-                BusPlan::Keep(at) | BusPlan::Restart { old: at, .. } => old_buses.get_mut(*at).and_then(Option::take),
-                BusPlan::Start => None,
-            };
-            let handle = match (bus, old) {
-                (BusPlan::Keep(_), Some(handle)) => handle,
-                (BusPlan::Restart { keep, .. }, Some(handle)) => match retire(&handle).await {
-                    Some(retired) => {
+            let handle = match bus {
+                BusPlan::Keep(at) => old_buses.get(*at).cloned().unwrap_or_else(|| poller::spawn(spec)),
+                BusPlan::Restart { old, keep } => match retired.get_mut(*old).and_then(Option::take) {
+                    Some(worker) => {
                         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-                        poller::respawn(spec, retired, &keep)
+                        poller::respawn(spec, worker, &keep)
                     }
                     None => poller::spawn(spec),
                 },
-                _ => poller::spawn(spec),
+                BusPlan::Start => poller::spawn(spec),
             };
             buses.push(handle);
         }

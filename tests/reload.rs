@@ -164,7 +164,7 @@ fn a_broken_file_is_refused_with_its_position_and_the_old_devices_stay() {
 }
 
 #[test]
-fn a_changed_mqtt_block_says_goodbye_and_publishes_under_the_new_prefix() {
+fn a_changed_mqtt_block_restarts_the_publisher_under_its_new_prefix_and_an_unchanged_one_is_left_alone() {
     let sim = daly("reload-mqtt");
     let broker = Mosquitto::plain("reload");
     let recorder = broker.recorder(&["#"]);
@@ -195,6 +195,21 @@ fn a_changed_mqtt_block_says_goodbye_and_publishes_under_the_new_prefix() {
     exporter.wait_connected(true, Duration::from_secs(10));
     assert!(sample(&exporter.metrics(), "bms_mqtt_messages_published_total").is_some_and(|n| n > 0.0));
     assert_eq!(connections(&exporter, &sim), 1, "the device was not touched:\n{}", exporter.log());
+
+    // An unchanged block leaves the publisher alone (no new connection) and it publishes the new device list; a
+    // device removed later is published once more as down, so its retained availability is not left online.
+    let broker_connections = || exporter.log().matches("connected to the MQTT broker").count();
+    assert_eq!(broker_connections(), 2, "{}", exporter.log());
+    let shed = daly("reload-mqtt-shed");
+    std::fs::write(exporter.config_path(), yaml("", &[("house", &sim), ("shed", &shed)], &mqtt("after"))).unwrap();
+    exporter.hangup();
+    wait_for("state of the added device", Duration::from_secs(20), || recorder.last("after/shed/01/state"));
+    broker.wait_retained("after/shed/availability", "online", Duration::from_secs(10));
+    std::fs::write(exporter.config_path(), yaml("", &[("house", &sim)], &mqtt("after"))).unwrap();
+    exporter.hangup();
+    broker.wait_retained("after/shed/availability", "offline", Duration::from_secs(10));
+    assert_eq!(broker.retained_payload("after/house/availability").as_deref(), Some("online"));
+    assert_eq!(broker_connections(), 2, "the publisher kept its connection:\n{}", exporter.log());
 }
 
 /// A self-signed P-256 certificate for 127.0.0.1 in `dir`: `NAME.crt` and `NAME.key`.

@@ -24,6 +24,8 @@ use super::control::Outcome;
 use super::{DeviceView, Message, connect, control};
 use crate::config::mqtt::MqttConfig;
 use crate::metrics::{MqttView, names};
+use crate::model::DeviceSnapshot;
+use crate::protocol::Protocol;
 use crate::scrape::{Scraper, unix_now};
 
 /// The first wait after a failed connection; it doubles up to [`BACKOFF_MAX`].
@@ -358,6 +360,9 @@ struct Run {
     /// The first connection's birth and subscriptions are done. The client marks itself connected before this
     /// task hears of it, and a round in between would send discovery once more than the connection needs.
     greeted: bool,
+    /// The devices the last round published: one a reload removed is published once more, as down, so its
+    /// retained availability does not stay `online`.
+    published: Vec<(String, Protocol)>,
 }
 
 async fn run(
@@ -380,6 +385,7 @@ async fn run(
         discovery_sent: HashMap::new(),
         discovery_due: true,
         greeted: false,
+        published: Vec::new(),
     };
     loop {
         tokio::select! {
@@ -443,6 +449,16 @@ impl Run {
         let deadline = Instant::now() + (interval.mul_f64(0.8)).min(COLLECT_MAX);
         // One scraper for the whole round: a reload in between must not pair a status with another device.
         let scraper = Arc::clone(&self.scraper.borrow());
+        let gone: Vec<(String, Protocol)> =
+            self.published.iter().filter(|(name, _)| scraper.find(name).is_none()).cloned().collect();
+        for (name, protocol) in &gone {
+            let nothing = DeviceSnapshot::default();
+            let view = DeviceView { name, protocol: *protocol, up: false, values: &nothing, energy: &[] };
+            if !self.outbox.publish_all(&super::state(&self.config, &view)).await {
+                return;
+            }
+        }
+        self.published = scraper.targets().iter().map(|t| (t.name.clone(), t.protocol)).collect();
         let seen = scraper.collect(None, deadline).await;
         if self.discovery_due && !self.outbox.publish_all(&super::exporter_discovery(&self.config)).await {
             return;
