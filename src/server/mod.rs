@@ -1,7 +1,7 @@
 //! The HTTP server shell: serves a caller-built axum [`Router`](axum::Router) over plain HTTP or TLS, with the
 //! basic auth and headers of an exporter-toolkit `--web.config.file`, a cap on open connections and a header read
 //! timeout. It knows no routes; the caller mounts them. The web config is re-read when its files change
-//! ([`live`]), so a renewed certificate needs no restart.
+//! (`live.rs`), so a renewed certificate needs no restart.
 
 mod auth;
 mod connections;
