@@ -47,6 +47,7 @@ pub mod mqtt;
 pub mod output;
 pub mod poller;
 pub mod protocol;
+pub mod reload;
 pub mod scrape;
 pub mod server;
 pub mod session;

@@ -376,7 +376,8 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
         (target["health"] == "up").then_some(())
     });
     let expected: Vec<String> = {
-        let mut v: Vec<String> = names::ALL.iter().map(|m| m.name.to_owned()).collect();
+        // Served with --config: the configuration reload families too.
+        let mut v: Vec<String> = names::ALL.iter().chain(names::RELOAD).map(|m| m.name.to_owned()).collect();
         v.sort();
         v
     };

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use bms_exporter::metrics::names::{self, Scope};
-use bms_exporter::metrics::{DeviceView, ExporterView, Format, MqttView, ProcessView, render, render_as};
+use bms_exporter::metrics::{DeviceView, ExporterView, Format, MqttView, ProcessView, ReloadView, render, render_as};
 use bms_exporter::model::energy::Energy;
 use bms_exporter::model::{CurrentSign, LevelAlarm, LevelAlarmKind, Retained, Sections};
 use bms_exporter::poller::DeviceStatus;
@@ -313,7 +313,8 @@ pub(crate) fn expected_text_families<'m>(metrics: impl Iterator<Item = &'m names
         .collect()
 }
 
-/// Every family of the table with a series: the rich devices, a running MQTT publisher and every process figure.
+/// Every family of the table with a series: the rich devices, a running MQTT publisher, a reload state and every
+/// process figure.
 fn everything() -> ExporterView {
     ExporterView {
         mqtt: Some(MqttView {
@@ -324,6 +325,7 @@ fn everything() -> ExporterView {
             last_publish_unix: Some(1_700_000_099.5),
             commands: [1, 0, 2, 0, 1],
         }),
+        reload: Some(ReloadView { successful: true, last_success_unix: 1_700_000_000.25 }),
         process: Some(ProcessView {
             cpu_seconds: Some(12.34),
             max_fds: Some(524_288),
@@ -375,7 +377,7 @@ fn the_text_body_of_a_body_without_series_passes_promtool_and_the_python_text_pa
         values: None,
     }];
     let mut text = String::new();
-    let exporter = ExporterView { mqtt: None, process: Some(ProcessView::default()) };
+    let exporter = ExporterView { process: Some(ProcessView::default()), ..ExporterView::default() };
     render_as(Format::Text, &views, &exporter, &mut text).unwrap();
     // Without value series promtool has nothing to say: it lints only families with samples (the names it
     // objects to are all pack values). Exit 0, no output.

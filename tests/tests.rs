@@ -29,6 +29,7 @@ mod observability;
 mod pace_vectors;
 mod prometheus_rules;
 mod readme;
+mod reload;
 mod session;
 mod simulator;
 mod sinowealth_vectors;

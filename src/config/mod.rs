@@ -24,7 +24,7 @@ use serde_saphyr::{Budget, Options, Spanned};
 
 pub use error::{ConfigError, Located};
 pub(crate) use resolve::parse_duration;
-pub use resolve::{BLUETOOTH_TIMEOUT, Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT};
+pub use resolve::{BLUETOOTH_TIMEOUT, Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT, same_bus};
 
 use locate::{PathIndex, Position};
 

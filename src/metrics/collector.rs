@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
 use super::names::{self, Kind, Metric};
-use super::{DeviceView, ExporterView, MqttView, ProcessView};
+use super::{DeviceView, ExporterView, MqttView, ProcessView, ReloadView};
 use crate::model::energy::PackEnergy;
 use crate::model::{LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId};
 use crate::poller::DeviceStatus;
@@ -32,6 +32,8 @@ pub(crate) struct Scrape {
     devices: Vec<Device>,
     /// The MQTT publisher's health, when it runs.
     mqtt: Option<MqttView>,
+    /// The configuration reloads, when serving a configuration file.
+    reload: Option<ReloadView>,
     /// The process's own figures, when the caller read them.
     process: Option<ProcessView>,
 }
@@ -75,7 +77,12 @@ struct Pack {
 impl Scrape {
     /// Copy and normalise what `views` say, and what `exporter` says of the exporter itself.
     pub(crate) fn new(views: &[DeviceView<'_>], exporter: &ExporterView) -> Self {
-        Self { devices: views.iter().map(Device::new).collect(), mqtt: exporter.mqtt, process: exporter.process }
+        Self {
+            devices: views.iter().map(Device::new).collect(),
+            mqtt: exporter.mqtt,
+            reload: exporter.reload,
+            process: exporter.process,
+        }
     }
 
     /// Every online pack of every fresh device, in render order, with its device name.
@@ -549,12 +556,23 @@ fn encode_process(enc: &mut DescriptorEncoder<'_>, process: &ProcessView) -> fmt
     family(enc, &names::PROCESS_VIRTUAL_MAX, |m| one(m, process.virtual_memory_max_bytes))
 }
 
+/// The configuration reload families, last of all; label-less like the MQTT ones.
+fn encode_reload(enc: &mut DescriptorEncoder<'_>, reload: &ReloadView) -> fmt::Result {
+    family(enc, &names::RELOAD_SUCCESSFUL, |m| m.encode_gauge(&i64::from(reload.successful)))?;
+    family(enc, &names::RELOAD_SUCCESS_TIME, |m| {
+        if reload.last_success_unix.is_finite() { m.encode_gauge(&reload.last_success_unix) } else { Ok(()) }
+    })
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_health(&mut enc)?;
         self.encode_pack_values(&mut enc)?;
         if let Some(mqtt) = &self.mqtt {
             encode_mqtt(&mut enc, mqtt)?;
+        }
+        if let Some(reload) = &self.reload {
+            encode_reload(&mut enc, reload)?;
         }
         match &self.process {
             Some(process) => encode_process(&mut enc, process),
@@ -1217,7 +1235,8 @@ mod tests {
             virtual_memory_bytes: None,
             virtual_memory_max_bytes: Some(u64::MAX),
         };
-        let exporter = ExporterView { mqtt: Some(MqttView::default()), process: Some(process) };
+        let exporter =
+            ExporterView { mqtt: Some(MqttView::default()), process: Some(process), ..ExporterView::default() };
         let text = render_in(Format::OpenMetrics, &views, &exporter);
         let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
         let expected: Vec<String> = names::ALL
@@ -1239,8 +1258,11 @@ mod tests {
         assert!(text.contains("\nprocess_open_fds 9\n"), "integers as integers:\n{text}");
 
         // Nothing read at all: every family declared, no series; no view: no families.
-        let none =
-            render_in(Format::OpenMetrics, &views, &ExporterView { process: Some(ProcessView::default()), mqtt: None });
+        let none = render_in(
+            Format::OpenMetrics,
+            &views,
+            &ExporterView { process: Some(ProcessView::default()), ..ExporterView::default() },
+        );
         assert!(samples(&none).iter().all(|s| !s.name.starts_with("process_")));
         assert_eq!(none.matches("# TYPE process_").count(), names::PROCESS.len());
         assert!(!body(&views).contains("process_"));
@@ -1253,6 +1275,7 @@ mod tests {
         let views = [view("rack", Some(&rack), true), view("new", None, false)];
         let exporter = ExporterView {
             mqtt: Some(MqttView { connected: true, ..MqttView::default() }),
+            reload: Some(ReloadView { successful: true, last_success_unix: 1_700_000_000.0 }),
             process: Some(ProcessView { open_fds: Some(7), cpu_seconds: Some(0.5), ..ProcessView::default() }),
         };
         let openmetrics = render_in(Format::OpenMetrics, &views, &exporter);
@@ -1274,5 +1297,31 @@ mod tests {
         for m in names::every() {
             assert!(text.contains(&format!("# HELP {} {}\n# TYPE {} ", m.name, m.help, m.name)), "{}", m.name);
         }
+    }
+
+    #[test]
+    fn the_reload_families_follow_the_mqtt_ones_and_only_when_given() {
+        use crate::metrics::{Format, MqttView, ReloadView, render_with};
+        let s = status("d", vec![rich_pack(1)], true);
+        let views = [view("d", Some(&s), true)];
+        let mut without = String::new();
+        render_with(&views, Some(&MqttView::default()), &mut without).unwrap();
+        assert!(!without.contains("bms_exporter_config"), "{without}");
+
+        let reload = ReloadView { successful: false, last_success_unix: 1_700_000_000.5 };
+        let mut with = String::new();
+        let exporter =
+            ExporterView { mqtt: Some(MqttView::default()), reload: Some(reload), ..ExporterView::default() };
+        crate::metrics::render_as(Format::OpenMetrics, &views, &exporter, &mut with).unwrap();
+        let head = without.strip_suffix("# EOF\n").unwrap();
+        let tail = with.strip_prefix(head).expect("the reload families come after every other family");
+        let types: Vec<&str> = tail.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let expected: Vec<String> =
+            names::RELOAD.iter().map(|m| format!("{} {}", m.family(), m.kind.as_str())).collect();
+        assert_eq!(types, expected);
+        assert!(tail.contains("\nbms_exporter_config_last_reload_successful 0\n"), "{tail}");
+        assert!(tail.contains("\nbms_exporter_config_last_reload_success_timestamp_seconds 1700000000.5\n"), "{tail}");
+        assert!(tail.contains("# UNIT bms_exporter_config_last_reload_success_timestamp_seconds seconds"), "{tail}");
+        assert!(tail.ends_with("# EOF\n"));
     }
 }

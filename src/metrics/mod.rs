@@ -56,6 +56,15 @@ pub struct MqttView {
     pub commands: [u64; names::MQTT_COMMAND_RESULTS.len()],
 }
 
+/// The state of configuration reloads (the [`names::RELOAD`] families), when serving a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadView {
+    /// Whether the last attempt to load the file succeeded.
+    pub successful: bool,
+    /// Unix time of the last successful load.
+    pub last_success_unix: f64,
+}
+
 /// The exporter process's own figures (the `process_*` families), each `None` when it could not be read.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProcessView {
@@ -80,6 +89,8 @@ pub struct ProcessView {
 pub struct ExporterView {
     /// The MQTT publisher's health, when `mqtt:` is configured (the `bms_mqtt_*` families).
     pub mqtt: Option<MqttView>,
+    /// The configuration reloads' state, when serving a configuration file (the [`names::RELOAD`] families).
+    pub reload: Option<ReloadView>,
     /// The process's figures, when the families are wanted (the `process_*` families).
     pub process: Option<ProcessView>,
 }
@@ -91,7 +102,7 @@ pub fn render(devices: &[DeviceView<'_>], out: &mut String) -> std::fmt::Result 
 
 /// [`render`], plus the MQTT publisher's families ([`names::MQTT`]) when `mqtt` is given.
 pub fn render_with(devices: &[DeviceView<'_>], mqtt: Option<&MqttView>, out: &mut String) -> std::fmt::Result {
-    let exporter = ExporterView { mqtt: mqtt.copied(), process: None };
+    let exporter = ExporterView { mqtt: mqtt.copied(), ..ExporterView::default() };
     render_as(Format::OpenMetrics, devices, &exporter, out)
 }
 

@@ -449,6 +449,29 @@ const fn mqtt(name: &'static str, kind: Kind, unit: Option<&'static str>, help: 
 pub const MQTT: &[&Metric] =
     &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH, &MQTT_COMMANDS];
 
+/// `bms_exporter_config_last_reload_successful`, as Prometheus's own `prometheus_config_last_reload_successful`.
+pub const RELOAD_SUCCESSFUL: Metric = Metric {
+    name: "bms_exporter_config_last_reload_successful",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "1 if the last attempt to load the configuration file (at start, on SIGHUP or POST /-/reload) succeeded, 0 if \
+           it failed and the previous configuration is still running (only with --config, like the next family)",
+    labels: &[],
+    scope: Scope::Exporter,
+};
+/// `bms_exporter_config_last_reload_success_timestamp_seconds`.
+pub const RELOAD_SUCCESS_TIME: Metric = Metric {
+    name: "bms_exporter_config_last_reload_success_timestamp_seconds",
+    kind: Kind::Gauge,
+    unit: Some("seconds"),
+    help: "Unix time of the last successful load of the configuration file (the start, or the last good reload)",
+    labels: &[],
+    scope: Scope::Exporter,
+};
+
+/// The configuration reload families, rendered after [`MQTT`] only when serving a configuration file.
+pub const RELOAD: &[&Metric] = &[&RELOAD_SUCCESSFUL, &RELOAD_SUCCESS_TIME];
+
 const fn process(name: &'static str, kind: Kind, unit: Option<&'static str>, help: &'static str) -> Metric {
     Metric { name, kind, unit, help, labels: &[], scope: Scope::Exporter }
 }
@@ -501,7 +524,7 @@ pub const PROCESS_START: Metric = process(
 );
 
 /// The exporter process's own families, named as every client_golang exporter names them and in the alphabetical
-/// order a Go exporter's body has them; the server renders them last (after [`MQTT`]), and a figure that cannot
+/// order a Go exporter's body has them; the server renders them last (after [`MQTT`] and [`RELOAD`]), and a figure that cannot
 /// be read has no series.
 pub const PROCESS: &[&Metric] = &[
     &PROCESS_CPU,
@@ -513,12 +536,12 @@ pub const PROCESS: &[&Metric] = &[
     &PROCESS_VIRTUAL_MAX,
 ];
 
-/// Every family the exporter can serve: [`ALL`], then [`MQTT`], then [`PROCESS`].
+/// Every family the exporter can serve: [`ALL`], then [`MQTT`], then [`RELOAD`], then [`PROCESS`].
 pub fn every() -> impl Iterator<Item = &'static Metric> {
-    ALL.iter().chain(MQTT).chain(PROCESS).copied()
+    ALL.iter().chain(MQTT).chain(RELOAD).chain(PROCESS).copied()
 }
 
-/// The metrics reference as a Markdown table, one row per family of [`ALL`], [`MQTT`] and [`PROCESS`] (the
+/// The metrics reference as a Markdown table, one row per family of [`ALL`], [`MQTT`], [`RELOAD`] and [`PROCESS`] (the
 /// README embeds it; a test keeps the two equal).
 #[must_use]
 pub fn reference_markdown() -> String {

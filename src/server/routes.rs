@@ -51,7 +51,11 @@ async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let deadline = deadline(&headers);
     let seen = app.scraper.collect(None, deadline).await;
     // Read after the devices, so the figures include what this scrape's polls cost.
-    let exporter = ExporterView { mqtt: app.mqtt.as_deref().map(MqttStats::view), process: Some(process::read()) };
+    let exporter = ExporterView {
+        mqtt: app.mqtt.as_deref().map(MqttStats::view),
+        reload: app.scraper.reload_view(),
+        process: Some(process::read()),
+    };
     render(&app.scraper, &seen, &exporter, format(&headers))
 }
 
@@ -78,7 +82,7 @@ async fn probe(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Res
         return (StatusCode::NOT_FOUND, body).into_response();
     };
     let seen = app.scraper.collect(Some(index), deadline(&headers)).await;
-    // The exporter's own health (MQTT, process) belongs to `/metrics`, not to a probe of one device.
+    // The exporter's own health (MQTT, reloads, process) belongs to `/metrics`, not to a probe of one device.
     render(&app.scraper, &seen, &ExporterView::default(), format(&headers))
 }
 
