@@ -253,7 +253,10 @@ fn assert_text_body_matches_openmetrics(addr: &str) {
     assert_eq!(text.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     assert_promtool_finds(&text.body, &PROMTOOL_NAME_FINDINGS);
     let families = parse_text_with_python(&text.body);
-    assert_eq!(text_families(&families), expected_text_families(names::ALL.iter().chain(names::PROCESS).copied()));
+    assert_eq!(
+        text_families(&families),
+        expected_text_families(names::ALL.iter().chain(names::RELOAD).chain(names::PROCESS).copied())
+    );
 
     // The same series with the same values as the OpenMetrics bodies served just before and just after it. The
     // batteries are frozen (--time-scale 0), but a scrape may run polls (max_age is 500 ms): a series that
