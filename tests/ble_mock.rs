@@ -198,3 +198,34 @@ fn garbage_silence_a_dropped_link_and_an_unreachable_dongle_behave_as_set() {
     let connected = bluez.call_on(&device, "org.freedesktop.DBus.Properties.Get", &["org.bluez.Device1", "Connected"]);
     assert_eq!(connected.unwrap().trim(), "(<true>,)");
 }
+
+#[test]
+fn one_connect_at_a_time_per_adapter_as_bluez_refuses_a_second_with_in_progress() {
+    let bluez = mock();
+    let first = bluez.add_device("hci0", "AA:BB:CC:00:00:05", "HI-Link-B20");
+    let second = bluez.add_device("hci0", "AA:BB:CC:00:00:06", "DL-40D63C123456");
+    let connected = |device: &str| {
+        bluez.call_on(device, "org.freedesktop.DBus.Properties.Get", &["org.bluez.Device1", "Connected"]).unwrap()
+    };
+    // Both asked at once: one connects, the other is told the adapter is busy.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| bluez.call_on(&first, "org.bluez.Device1.Connect", &[]));
+        let b = s.spawn(|| bluez.call_on(&second, "org.bluez.Device1.Connect", &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let refused = match (&a, &b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e.clone(),
+        _ => panic!("exactly one of two simultaneous connects must succeed: {a:?} {b:?}"),
+    };
+    assert!(refused.contains("org.bluez.Error.InProgress") && refused.contains("already in progress"), "{refused}");
+    assert_eq!(bluez.adapter_stats("/org/bluez/hci0")["refused_in_progress"], 1);
+    // One after the other, both connect.
+    for device in [&first, &second] {
+        bluez.call_on(device, "org.bluez.Device1.Connect", &[]).unwrap();
+        assert_eq!(connected(device).trim(), "(<true>,)");
+    }
+    // The stock mock's -79 dBm can be changed per device.
+    bluez.set_rssi(&second, -55);
+    let rssi = bluez.call_on(&second, "org.freedesktop.DBus.Properties.Get", &["org.bluez.Device1", "RSSI"]);
+    assert_eq!(rssi.unwrap().trim(), "(<int16 -55>,)");
+}

@@ -281,6 +281,18 @@ impl MockBluez {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GetDeviceStats: {e}: {text}"))
     }
 
+    /// The adapter's counters (see the template's GetAdapterStats): refused_in_progress.
+    pub fn adapter_stats(&self, adapter: &str) -> Value {
+        let text = self.call_string("GetAdapterStats", &[adapter]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GetAdapterStats: {e}: {text}"))
+    }
+
+    /// Set the signal strength BlueZ reports for `device` (the stock mock gives every device -79 dBm).
+    pub fn set_rssi(&self, device: &str, rssi: i16) {
+        // gdbus reads a leading minus as an option unless the value is typed.
+        self.call("SetDeviceRssi", &[device, &format!("int16 {rssi}")]);
+    }
+
     /// Hex of each write to the extra characteristic (an empty string per empty write).
     pub fn extra_writes(&self, device: &str) -> Vec<String> {
         let stats = self.stats(device);
