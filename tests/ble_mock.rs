@@ -189,6 +189,14 @@ fn garbage_silence_a_dropped_link_and_an_unreachable_dongle_behave_as_set() {
     let stats = bluez.stats(&device);
     assert_eq!((stats["mode"].as_str(), stats["swallowed"].as_u64()), (Some("normal"), Some(2)), "{stats}");
 
+    // Later in a poll: one more request is answered, the next one drops the link.
+    bluez.disconnect_after(&device, 1);
+    let got = bluez.client_exchange(&device, A5_NOTIFY, A5_WRITE, None, &[&soc, &soc, &soc]);
+    assert_eq!(assert_a5_soc_is_the_truth(&sim, &soc, &got["replies"][0]), 0);
+    assert_eq!(got["replies"][1]["dropped"], true, "{got}");
+    assert_eq!(assert_a5_soc_is_the_truth(&sim, &soc, &got["replies"][2]), 0);
+    assert_eq!(bluez.stats(&device)["swallowed"], 3);
+
     // Unreachable: Connect fails as bluetoothd reports a peer that does not answer, until the mode is lifted.
     bluez.set_mode(&device, Mode::Unreachable);
     let refused = bluez.call_on(&device, "org.bluez.Device1.Connect", &[]).unwrap_err();

@@ -274,6 +274,11 @@ impl MockBluez {
         self.call("SetDeviceMode", &[device, mode.name()]);
     }
 
+    /// The dongle answers `writes` more writes, then drops the connection at the next one (as [`Mode::DisconnectNext`]).
+    pub fn disconnect_after(&self, device: &str, writes: u32) {
+        self.call("DisconnectAfter", &[device, &writes.to_string()]);
+    }
+
     /// The dongle's counters (see the template's GetDeviceStats): writes, notifications, connects, write_types,
     /// extra_writes and more.
     pub fn stats(&self, device: &str) -> Value {

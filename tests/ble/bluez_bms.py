@@ -17,6 +17,8 @@ and drive it through the org.bluez.Mock interface on object `/`:
     SetSplit(s device, s split, u seed)                       how a reply is cut into notifications
     SetDeviceMode(s device, s mode)                           faults: normal, garbage, silent, disconnect_next,
                                                               unreachable
+    DisconnectAfter(s device, u writes)                       disconnect_next once `writes` more writes were
+                                                              answered
     GetDeviceStats(s device) -> s                             JSON counters (writes, notifications, ...)
     GetAdapterStats(s adapter) -> s                           JSON: Connect calls refused with InProgress
     SetDeviceRssi(s device, n rssi)                           the signal strength the device is heard at
@@ -98,6 +100,8 @@ class Link:
         self.split = 'mtu'
         self.rng = random.Random(0)
         self.mode = 'normal'
+        # Writes still answered before the dongle goes away as in disconnect_next (DisconnectAfter); None: never.
+        self.drop_after = None
         self.stats = {
             'connects': 0, 'disconnects': 0, 'writes': 0, 'forwarded': 0, 'swallowed': 0, 'replies': 0,
             'notifications': 0, 'garbage_notifications': 0, 'unheard': 0, 'sim_connections': 0,
@@ -352,6 +356,12 @@ def _write_bridge(char, value, options):
     _require_connected(device)
     link.stats['write_types'].append(_write_type(char, options))
     link.stats['writes'] += 1
+    if link.drop_after is not None and link.mode == 'normal':
+        if link.drop_after == 0:
+            link.drop_after = None
+            link.mode = 'disconnect_next'
+        else:
+            link.drop_after -= 1
     if link.mode == 'disconnect_next':
         # The dongle goes away mid-poll: the write was accepted (write-without-response has no answer), then the
         # link drops. Once only; the client may connect again.
@@ -563,3 +573,10 @@ def GetAdapterStats(_self, adapter_path):
 def SetDeviceRssi(_self, device_path, rssi):
     '''The signal strength BlueZ reports for the device (the stock template gives every device -79 dBm).'''
     _emit(_device(device_path), DEVICE_IFACE, {'RSSI': dbus.Int16(rssi, variant_level=1)})
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='su', out_signature='')
+def DisconnectAfter(_self, device_path, writes):
+    '''The dongle answers `writes` more writes, then goes away at the next one as in `disconnect_next` (that write
+    swallowed, the connection dropped, once): a drop in the middle of a poll rather than at its first request.'''
+    _link(device_path).drop_after = int(writes)
