@@ -553,7 +553,7 @@ fn serve_answers_a_scrape_in_time_for_a_silent_and_an_unreachable_dongle_with_bm
         .unwrap();
     let _exporter = Killed(child);
     wait_for("the exporter to listen", Duration::from_secs(30), || http_get(&addr, "/-/healthy", &[]));
-    for announced in [3.0, 2.0] {
+    for announced in [2.0, 1.5] {
         let started = Instant::now();
         let header = announced.to_string();
         let r = http_get(&addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", &header)]).unwrap();
@@ -565,8 +565,14 @@ fn serve_answers_a_scrape_in_time_for_a_silent_and_an_unreachable_dongle_with_bm
         }
         assert!(!r.body.contains("bms_pack_voltage_volts{"), "no values without a reply:\n{}", r.body);
     }
+    // From here on only the refused module is looked at (/probe): a scrape of both waits for the mute one's poll.
+    let probe = || {
+        let r = http_get(&addr, "/probe?target=asleep", &[("X-Prometheus-Scrape-Timeout-Seconds", "5")]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
     let body = wait_for("the refused connection counted as io", Duration::from_secs(10), || {
-        let body = scrape_body(&addr);
+        let body = probe();
         (counter(&body, "bms_poll_failures_total{device=\"asleep\",reason=\"io\"}") >= 1.0).then_some(body)
     });
     assert_eq!(series_value(&body, "bms_up{device=\"asleep\"}"), Some(0.0));
@@ -577,6 +583,13 @@ fn serve_answers_a_scrape_in_time_for_a_silent_and_an_unreachable_dongle_with_bm
             && l.contains("le-connection-abort-by-local")),
         "a log line names the device, the module and BlueZ's reason:\n{log}"
     );
+    // The module wakes up: a later scrape reconnects (one attempt per 2 s at most) and reads the truth.
+    bluez.set_mode(&unreachable, Mode::Normal);
+    let body = wait_for("the woken module up again", Duration::from_secs(15), || {
+        let body = probe();
+        (series_value(&body, "bms_up{device=\"asleep\"}") == Some(1.0)).then_some(body)
+    });
+    assert_served_values_are_the_truth(&body, "asleep", &sim.truth_json(), true);
 }
 
 #[test]
