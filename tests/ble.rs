@@ -649,6 +649,15 @@ fn detect_bluetooth_scan_lists_both_kinds_of_module_and_prints_a_config_block_fo
     let config = scratch.write("detected.yaml", block);
     let check = bms(&bluez, &["config", "check", config.to_str().unwrap()], Duration::from_secs(10));
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    // One module by address: the first probe that answers (Daly A5 through the dongle) is the last one sent.
+    let run = bms(&bluez, &["detect", "--bluetooth", "AA:BB:CC:08:00:01"], Duration::from_secs(60));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.took < Duration::from_secs(10), "detect took {:?}:\n{}", run.took, run.stderr);
+    for line in ["    protocol: daly", "    bluetooth: AA:BB:CC:08:00:01", "    daly: { address: uart }"] {
+        assert!(run.stdout.lines().any(|l| l == line), "{line:?} missing from\n{}", run.stdout);
+    }
+    assert_released(&bluez, &dongle);
 }
 
 #[test]
