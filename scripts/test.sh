@@ -10,7 +10,7 @@ echo "== system packages"
 # prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, strace to hold the
 # systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), jq, which the Home Assistant
 # add-on's run.sh needs (tests/addon.rs), and the mosquitto broker with its clients for the MQTT tests
-# (tests/mqtt*.rs), and for the Bluetooth tests (tests/ble_*.rs) a private dbus-daemon with a mock BlueZ from
+# (tests/mqtt*.rs), and for the Bluetooth tests (tests/ble*.rs) a private dbus-daemon with a mock BlueZ from
 # python3-dbusmock, driven with gdbus, and a headless Chromium that loads the landing page and takes a phone-sized
 # screenshot of it (tests/landing.rs). Installed only when missing; the tests fail loudly without them.
 # mosquitto lives in /usr/sbin, which a non-root PATH may lack.

@@ -23,7 +23,7 @@ pub(crate) fn exporter(dir: &Path, args: &[&str]) -> Killed {
     Killed(child)
 }
 
-fn exporter_log(dir: &Path) -> String {
+pub(crate) fn exporter_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("exporter.log")).unwrap_or_default()
 }
 
@@ -43,10 +43,10 @@ pub(crate) fn wait_ready(exporter: &mut Killed, addr: &str, dir: &Path) {
 }
 
 /// One sample of an instant query: its labels and value.
-type Sample = (BTreeMap<String, String>, f64);
+pub(crate) type Sample = (BTreeMap<String, String>, f64);
 
 /// An instant query against Prometheus; fails on a query error.
-fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
+pub(crate) fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
     let response = http_get(prometheus, &format!("/api/v1/query?query={}", url_encode(expr)), &[])
         .unwrap_or_else(|| panic!("Prometheus did not answer {expr}"));
     let json: Value = serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{expr}: {e}: {}", response.body));
@@ -69,7 +69,7 @@ fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
 }
 
 /// The single value of `expr`, waiting (up to 20 s) until Prometheus has one.
-fn value(prometheus: &str, expr: &str) -> f64 {
+pub(crate) fn value(prometheus: &str, expr: &str) -> f64 {
     wait_for(&format!("a value for {expr}"), Duration::from_secs(20), || {
         let samples = query(prometheus, expr);
         assert!(samples.len() <= 1, "{expr} has {} series: {samples:?}", samples.len());
@@ -91,7 +91,7 @@ pub(crate) fn tolerance(protocol: &str) -> (f64, f64, f64, f64) {
 }
 
 /// Check the values Prometheus holds for `device` against the simulator's truth.
-fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: &Value) {
+pub(crate) fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: &Value) {
     let (volts, amperes, cell_volts, celsius) = tolerance(protocol);
     for pack in truth["packs"].as_array().unwrap() {
         let n = format!("{:02}", pack["pack"].as_u64().unwrap());
@@ -760,7 +760,7 @@ fn value_series(body: &str, device: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn scrape_body(addr: &str) -> String {
+pub(crate) fn scrape_body(addr: &str) -> String {
     let r = http_get(addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", "5")]).unwrap();
     assert_eq!(r.status, 200);
     r.body
@@ -871,7 +871,7 @@ fn a_device_that_goes_away_keeps_every_value_until_stale_after_and_is_up_on_the_
 }
 
 /// The value of the series `series` (name and labels exactly as rendered) in a `/metrics` body.
-fn series_value(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn series_value(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 

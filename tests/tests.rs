@@ -1,6 +1,7 @@
 //! The one integration-test binary (ripgrep's layout): each topic is a module, sharing `util`.
 
 mod addon;
+mod ble;
 mod ble_mock;
 mod ble_util;
 mod bus;
