@@ -1,7 +1,8 @@
 //! The HTTP server shell: serves a caller-built axum [`Router`](axum::Router) over plain HTTP or TLS, with the
 //! basic auth and headers of an exporter-toolkit `--web.config.file`, a cap on open connections and a header read
-//! timeout. It knows no routes; the caller mounts them. The web config is re-read when its files change
-//! (`live.rs`), so a renewed certificate needs no restart.
+//! timeout. The routes live in [`routes`] (with the status page in `landing.rs` and `/-/reload` in [`reload`]);
+//! the caller builds them and mounts them. The web config is re-read when its files change (`live.rs`), so a
+//! renewed certificate needs no restart.
 
 mod auth;
 mod connections;
