@@ -576,3 +576,53 @@ fn the_truth_file_counts_the_faults_injected_by_kind() {
         (sim.truth_json()["faults"] == serde_json::json!({"echo": 0, "gross": gross})).then_some(())
     });
 }
+
+/// SIGTERM, the polite stop a user's Ctrl-C or systemd gives, which lets the simulator clean up its link.
+fn terminate(sim: &mut Simulator) {
+    let pid = sim.child.id().to_string();
+    assert!(Process::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the simulator did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_simulator_refuses_a_live_pty_link_and_a_stopped_one_removes_only_its_own_link() {
+    let (mut first, link) = Simulator::pty("livelink", &["--protocol", "daly", "--time-scale", "0"]);
+    let owned = std::fs::read_link(&link).unwrap();
+    let second = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(["simulate", "--protocol", "daly", "--pty"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("points at {}, which is live", owned.display())), "{err}");
+    // The first keeps its link and still answers through it.
+    assert_eq!(std::fs::read_link(&link).unwrap(), owned);
+    let reply = pty_exchange(&link, &soc_request());
+    let capture = daly::decode_capture(Some(&soc_request()), &reply, &DecodeOptions::default()).unwrap();
+    close(
+        "voltage",
+        capture.device.packs[0].voltage_volts.unwrap(),
+        first.truth().packs[0].voltage_volts.unwrap(),
+        0.05,
+    );
+
+    // Someone points the path elsewhere while the simulator runs: stopping it leaves their link alone.
+    let elsewhere = first.dir.join("elsewhere");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    terminate(&mut first);
+    assert_eq!(std::fs::read_link(&link).unwrap(), elsewhere, "the simulator removed a link it did not own");
+
+    // That link dangles (stale): a new simulator takes it over, and removes its own link when it stops.
+    let mut next = Simulator::pty_at(&first.dir.clone(), &link, &["--protocol", "daly", "--time-scale", "0"]);
+    wait_for("the new simulator's link", Duration::from_secs(10), || {
+        std::fs::read_link(&link).ok().filter(|t| t.starts_with("/dev/pts")).map(|_| ())
+    });
+    terminate(&mut next);
+    assert!(std::fs::symlink_metadata(&link).is_err(), "the simulator left its link behind");
+}

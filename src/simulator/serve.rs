@@ -91,8 +91,9 @@ pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options:
         Endpoint::Pty(link) => {
             let (master, slave) = tokio_serial::SerialStream::pair().context("creating a pseudo-terminal pair")?;
             let slave_path = slave.name().context("the pseudo-terminal has no name")?;
-            replace_symlink(Path::new(&slave_path), link)?;
-            eprintln!("simulator: {} → {slave_path}", link.display());
+            let slave_path = PathBuf::from(slave_path);
+            replace_symlink(&slave_path, link)?;
+            eprintln!("simulator: {} → {}", link.display(), slave_path.display());
             // Keep the slave open: without an opener the master reads EIO whenever a client closes.
             let _slave = slave;
             let mut master = master;
@@ -102,8 +103,11 @@ pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options:
                 signal = shutdown_signal() => signal,
             };
             eprintln!("simulator: stopped: {stats}");
-            // Leave no dangling link behind for the next run or a confused user.
-            let _ = std::fs::remove_file(link);
+            // Leave no dangling link behind for the next run or a confused user, but only our own: someone may
+            // have pointed the path elsewhere meanwhile.
+            if std::fs::read_link(link).is_ok_and(|target| target == slave_path) {
+                let _ = std::fs::remove_file(link);
+            }
             result
         }
         Endpoint::Tcp(addr) => {
@@ -249,15 +253,30 @@ fn write_truth(device: &dyn Responder, faults: &FaultPlan, path: Option<&Path>) 
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// Point `link` at `target`, replacing an old symlink but never a regular file.
+/// Point `link` at `target`, replacing a stale symlink but never a regular file nor a link to a live device.
+///
+/// A link whose target exists as a character device belongs to someone: a running simulator's pseudo-terminal
+/// (devpts removes `/dev/pts/N` once its master is closed, so a dead simulator's link dangles) or a real serial
+/// port. Taking it over would cut that simulator off from its clients and delete its link when we stop.
 fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(link) {
         Ok(meta) if meta.file_type().is_symlink() => {
+            let current = std::fs::read_link(link).unwrap_or_default();
+            // metadata() follows the link: it fails for a dangling one.
+            if std::fs::metadata(link).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())) {
+                anyhow::bail!(
+                    "{} points at {}, which is live (a running simulator's pseudo-terminal or a serial port); \
+                     stop the simulator that owns it, remove the link, or choose another --pty path",
+                    link.display(),
+                    current.display()
+                );
+            }
             std::fs::remove_file(link).with_context(|| format!("removing the old link {}", link.display()))?;
         }
         Ok(_) => anyhow::bail!("{} exists and is not a symlink; refusing to replace it", link.display()),
         Err(_) => {}
     }
+    // Created, not overwritten: a simulator starting at the same moment makes one of the two fail here.
     std::os::unix::fs::symlink(target, link).with_context(|| format!("creating {}", link.display()))
 }
 
@@ -280,10 +299,26 @@ mod tests {
         std::fs::write(&file, "keep").unwrap();
         let err = replace_symlink(Path::new("/dev/null"), &file).unwrap_err();
         assert!(err.to_string().contains("not a symlink"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stale_link_is_replaced_but_a_link_to_a_live_device_is_not() {
+        let dir = std::env::temp_dir().join(format!("bms-sim-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("link");
+        // A dead simulator's link dangles: it is taken over.
+        std::os::unix::fs::symlink(dir.join("gone"), &link).unwrap();
+        replace_symlink(&dir.join("plain"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), dir.join("plain"));
+        // A link to something that is no terminal (here a regular file) is stale too.
+        std::fs::write(dir.join("plain"), "x").unwrap();
         replace_symlink(Path::new("/dev/null"), &link).unwrap();
-        replace_symlink(Path::new("/dev/zero"), &link).unwrap();
-        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/zero"));
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        // A link to a character device that exists is someone's: refused, and left as it was.
+        let err = replace_symlink(&dir.join("plain"), &link).unwrap_err();
+        assert!(err.to_string().contains("points at /dev/null, which is live"), "{err}");
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/null"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
