@@ -120,6 +120,64 @@ fn our_decoder_reads_two_daly_boards_over_tcp_with_line_timing() {
     }
 }
 
+#[test]
+fn two_tcp_clients_at_once_both_get_true_answers_one_request_at_a_time() {
+    let sim =
+        Simulator::tcp("twoclients", &["--protocol", "daly", "--boards", "2", "--cells", "8", "--time-scale", "0"]);
+    let truth = sim.truth();
+    let connect = || {
+        let stream = sim.connect();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+    };
+    // Eight cells are three 13-byte frames: read exactly those, so the time measured is the bus's, not a wait
+    // for silence.
+    let ask = |stream: &mut std::net::TcpStream, board: u8| {
+        let request = Request::read(Command::CellVoltages, Address::Board(board), Filler::Aa).encode();
+        stream.write_all(&request).unwrap();
+        let mut reply = [0u8; 39];
+        stream.read_exact(&mut reply).unwrap();
+        let capture = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+        let got = &capture.device.packs[0];
+        assert_eq!(got.pack, board);
+        for (g, t) in got.cell_volts.iter().zip(&truth.packs[usize::from(board) - 1].cell_volts) {
+            close(&format!("board {board} cell"), g.unwrap(), t.unwrap(), 0.0005);
+        }
+    };
+    // The second client is answered while the first is still connected, and the first still is after it.
+    let (mut first, mut second) = (connect(), connect());
+    ask(&mut first, 1);
+    ask(&mut second, 2);
+    ask(&mut first, 1);
+
+    // Both ask at the same moment, eight times: every answer is right, and the bus carried them one after the
+    // other. An exchange is 13 request bytes + 39 reply bytes at 9600 8N1 (54 ms) + 10 ms turnaround, so the
+    // 16 cannot take less than 16 × 64 ms (in parallel they would take half that).
+    let barrier = std::sync::Barrier::new(2);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (mut stream, board) in [(first, 1u8), (second, 2)] {
+            let (ask, barrier) = (&ask, &barrier);
+            scope.spawn(move || {
+                for _ in 0..8 {
+                    barrier.wait();
+                    ask(&mut stream, board);
+                }
+            });
+        }
+    });
+    assert!(started.elapsed() >= Duration::from_millis(16 * 64), "{:?}: not one at a time", started.elapsed());
+    // Each client's requests are counted on its own line when it goes.
+    wait_for("both clients' gone lines", Duration::from_secs(5), || {
+        let lines = sim.lines.lock().unwrap();
+        let gone: Vec<&String> = lines.iter().filter(|l| l.contains(" gone: ")).collect();
+        (gone.len() == 2).then(|| {
+            assert!(gone.iter().any(|l| l.contains("requests=10 replies=10")), "{gone:?}");
+            assert!(gone.iter().any(|l| l.contains("requests=9 replies=9")), "{gone:?}");
+        })
+    });
+}
+
 /// `(voltage, clean)` of a decoded reply to a request — clean when nothing was rejected or skipped — or `None`
 /// when nothing decoded.
 type Decode = fn(&[u8], &[u8]) -> Option<(Option<f64>, bool)>;

@@ -407,7 +407,7 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         time_scale: args.time_scale,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(simulator_serve::serve(bus.as_mut(), &endpoint, options))
+    runtime.block_on(simulator_serve::serve(bus, &endpoint, options))
 }
 
 /// The simulated bus for `args`, after checking the sizes the protocol can carry.
