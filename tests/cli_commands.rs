@@ -315,6 +315,49 @@ fn read_pack_n_prints_one_pace_pack_and_pack_all_prints_every_pack() {
 }
 
 #[test]
+fn pace_pack_16_is_read_and_configured_and_a_pack_the_device_lacks_is_an_error() {
+    let sim = simulator("pack16", "pace", &["--packs", "16", "--cells", "4"]);
+    let truth = sim.truth_json();
+    let run = bms(cmd("read", tcp("pace", &sim), &["--pack", "16", "soc"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["packs"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["packs"][0]["pack"], 16);
+    let t = truth_pack(&truth, 16);
+    close("pack 16 voltage", &doc["packs"][0]["soc"]["voltage_volts"], f(&t["voltage_volts"]), 0.001);
+    assert!((f(&truth_pack(&truth, 1)["voltage_volts"]) - f(&t["voltage_volts"])).abs() > 0.01, "packs differ");
+    let beyond = bms(cmd("read", tcp("pace", &sim), &["--pack", "17", "soc"]));
+    assert_eq!(beyond.code, 1, "{}", beyond.stderr);
+    assert!(beyond.stderr.contains("Pace packs are numbered 1–16, not 17"), "{}", beyond.stderr);
+
+    // The configuration takes pack 16 too.
+    let dir = crate::util::Scratch::new("cli-pack16-config");
+    let config = dir.write(
+        "config.yaml",
+        &format!(
+            "devices:\n  - name: rack\n    protocol: pace\n    tcp: {}\n    pace: {{ packs: [15, 16] }}\n",
+            sim.addr.as_deref().unwrap()
+        ),
+    );
+    let checked = bms(["config", "check", config.to_str().unwrap()]);
+    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
+
+    // A device that answers but has no such pack: an error naming the pack, not an empty document and exit 0.
+    let daly = simulator("pack-missing", "daly", &[]);
+    let missing = bms(cmd("read", tcp("daly", &daly), &["--pack", "5", "soc"]));
+    assert_eq!(missing.code, 1, "{}", missing.stdout);
+    assert!(missing.stdout.is_empty(), "{}", missing.stdout);
+    assert!(
+        missing.stderr.contains("nothing was read for pack 5: the device reported pack(s) 1"),
+        "{}",
+        missing.stderr
+    );
+    let check = bms(cmd("check", tcp("daly", &daly), &["--pack", "5"]));
+    assert_eq!(check.code, 3, "{}", check.stdout);
+    assert!(check.stdout.starts_with("BMS UNKNOWN - nothing was read for pack 5"), "{}", check.stdout);
+}
+
+#[test]
 fn read_two_daly_boards_by_address_list_prints_both_boards() {
     let sim = simulator("boards", "daly", &["--boards", "2", "--cells", "8"]);
     let run = bms(cmd("read", tcp("daly", &sim), &["--address", "1,2", "--all"]));

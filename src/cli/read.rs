@@ -178,6 +178,20 @@ fn poll_once(connection: &ConnectionArgs, sections: Sections, pack: PackArg) -> 
     OneDevice::new(connection, sections, pack)?.poll()
 }
 
+/// Refuse a poll that answered but holds nothing for the pack asked: an empty document with exit code 0 would
+/// read as success to a script.
+fn require_pack(device: &crate::model::DeviceSnapshot, pack: PackArg) -> anyhow::Result<()> {
+    let found: Vec<String> = device.packs.iter().map(|p| p.pack.to_string()).collect();
+    let reported = if found.is_empty() { "no pack at all".to_owned() } else { format!("pack(s) {}", found.join(", ")) };
+    match pack {
+        PackArg::One(n) if !device.packs.iter().any(|p| p.pack == n) => {
+            anyhow::bail!("nothing was read for pack {n}: the device reported {reported}")
+        }
+        PackArg::All if device.packs.is_empty() => anyhow::bail!("nothing was read: the device reported no pack"),
+        _ => Ok(()),
+    }
+}
+
 /// The per-request failures of a poll, for the JSON `errors` key.
 fn failures_json(report: &PollReport) -> Value {
     report
@@ -254,6 +268,7 @@ fn publish_poll(
         let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
         anyhow::bail!("no reply from {} ({first}); nothing published", args.connection.transport()?.describe());
     }
+    require_pack(&report.device, args.pack).context("nothing published")?;
     let mut values = report.device.clone();
     if let PackArg::One(n) = args.pack {
         values.packs.retain(|p| p.pack == n);
@@ -285,6 +300,7 @@ fn print_poll(
         anyhow::bail!("no reply from {} ({first})", args.connection.transport()?.describe());
     }
     let device = &report.device;
+    require_pack(device, args.pack)?;
     let document = match args.format {
         Format::Json => {
             let filter = match args.pack {
@@ -338,6 +354,14 @@ pub(super) fn check(args: &CheckArgs) -> ExitCode {
     };
     let (line, code) = match poll_once(&args.connection, Sections::all(), args.pack) {
         Ok(status) => {
+            // A device that answered but holds nothing for the pack asked is UNKNOWN with that reason (one that
+            // answered nothing is judged below, with its failures).
+            if status.last.answered > 0
+                && let Err(why) = require_pack(&status.last.device, args.pack)
+            {
+                println!("BMS UNKNOWN - {why}");
+                return ExitCode::from(nagios::Status::Unknown.exit_code());
+            }
             let mut device = status.last.device.clone();
             if let PackArg::One(n) = args.pack {
                 device.packs.retain(|p| p.pack == n);
