@@ -218,6 +218,12 @@ impl<'e> Session<'e> {
         session
     }
 
+    /// The protocol the device speaks, for logs that cut its bytes into frames.
+    #[must_use]
+    pub fn protocol(&self) -> crate::protocol::Protocol {
+        self.exchange.protocol()
+    }
+
     /// The label of the request in flight or due next, for logs.
     #[must_use]
     pub fn current_label(&self) -> Option<&str> {

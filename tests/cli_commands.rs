@@ -502,6 +502,75 @@ fn read_verbose_logs_every_frame_in_hex_on_stderr_and_keeps_stdout_pure_json() {
     assert!(!run.stdout.contains('\u{1b}'));
 }
 
+/// The hex words of the `rx …` lines a `--verbose` run logged (`rx HEX`, `rx echo HEX`, `rx rejected HEX (why)`).
+fn logged_rx(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "rx")?;
+            match words.get(at + 1..)? {
+                [kind @ ("echo" | "rejected"), hex, ..] => Some(((*kind).to_owned(), (*hex).to_owned())),
+                [hex, ..] => Some(("frame".to_owned(), (*hex).to_owned())),
+                [] => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn verbose_logs_each_frame_read_from_a_pty_as_one_line_that_decode_takes_as_it_is() {
+    // A serial port hands the reply over a byte or two at a time; the log still shows whole frames.
+    let (sim, link) = Simulator::pty("cli-verbose-pty", &["--protocol", "daly", "--cells", "16", "--time-scale", "0"]);
+    let run = bms(cmd("read", connection("daly", "--serial", link.to_str().unwrap()), &["soc", "cells", "--verbose"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rx = logged_rx(&run.stderr);
+    // 0x94 (to learn the cell count), 0x90, 0x93 and six 0x95 frames for 16 cells.
+    let frames: Vec<&String> = rx.iter().filter(|(kind, _)| kind == "frame").map(|(_, hex)| hex).collect();
+    assert!(frames.len() >= 8, "whole frames logged:\n{}", run.stderr);
+    assert!(frames.iter().all(|hex| hex.len() == 26), "every line one 13-byte frame:\n{}", run.stderr);
+    assert!(rx.iter().all(|(kind, _)| kind == "frame"), "a clean line rejects nothing:\n{}", run.stderr);
+
+    let truth = sim.truth_json();
+    let t = truth_pack(&truth, 1);
+    // The 0x90 line pasted into decode gives the pack's voltage.
+    let soc = frames.iter().find(|hex| hex.starts_with("a50190")).expect("a logged 0x90 frame");
+    let decoded = bms(["decode", "--protocol", "daly", soc.as_str()]);
+    assert_eq!(decoded.code, 0, "{}", decoded.stderr);
+    close("decoded voltage", &decoded.json()["device"]["packs"][0]["voltage_volts"], f(&t["voltage_volts"]), 0.1);
+    // The cell frames pasted together (several arguments are one stream) give every cell.
+    let cells: Vec<&str> = frames.iter().filter(|hex| hex.starts_with("a50195")).map(|h| h.as_str()).collect();
+    assert_eq!(cells.len(), 6, "{}", run.stderr);
+    let mut args = vec!["decode", "--protocol", "daly", "--cells", "16"];
+    args.extend(&cells);
+    let decoded = bms(args);
+    assert_eq!(decoded.code, 0, "{}", decoded.stderr);
+    let doc = decoded.json();
+    let got = doc["device"]["packs"][0]["cell_volts"].as_array().unwrap();
+    let want = t["cell_volts"].as_array().unwrap();
+    assert_eq!(got.len(), 16, "{doc}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        close(&format!("decoded cell {}", i + 1), g, f(w), 0.001);
+    }
+}
+
+#[test]
+fn verbose_logs_a_damaged_reply_as_one_rejected_chunk_that_decode_explains() {
+    // Every reply has one byte flipped: the log shows each as a rejected chunk with its reason, pasteable too.
+    let sim = simulator("verbose-corrupt", "pace", &["--fault", "corrupt=1"]);
+    let run = bms(cmd("read", tcp("pace", &sim), &["soc", "--verbose", "--retry", "0"]));
+    let rx = logged_rx(&run.stderr);
+    let rejected: Vec<&String> = rx.iter().filter(|(kind, _)| kind == "rejected").map(|(_, hex)| hex).collect();
+    assert!(!rejected.is_empty(), "{}", run.stderr);
+    assert!(rx.iter().all(|(kind, _)| kind != "frame"), "nothing passed:\n{}", run.stderr);
+    for hex in rejected {
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{hex}");
+        let decoded = bms(["decode", "--protocol", "pace", hex.as_str()]);
+        assert_eq!(decoded.code, 1, "a damaged frame does not decode: {}", decoded.stdout);
+        assert!(decoded.stderr.starts_with("error: "), "{}", decoded.stderr);
+    }
+}
+
 /// A TCP listener that accepts every connection, never answers, and keeps every byte it is sent: a port with
 /// nothing behind it, as a serial server with the BMS unplugged looks.
 struct SilentListener {
