@@ -49,7 +49,7 @@ pub enum PollError {
     #[error("no valid reply: {0}")]
     Invalid(DecodeError),
     /// The device answered with a refusal (Modbus exception, Pace error code).
-    #[error("refused: {0}")]
+    #[error("the device refused the command: {0}")]
     Refused(DecodeError),
     /// The link failed (port gone, connection reset).
     #[error("link failed: {0}")]

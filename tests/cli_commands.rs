@@ -1060,3 +1060,47 @@ fn a_missing_serial_port_or_a_closed_tcp_port_is_a_clear_error_for_every_command
         assert!(detect.stderr.contains(target) && detect.stderr.contains(words), "detect {flag}: {}", detect.stderr);
     }
 }
+
+#[test]
+fn read_and_check_say_what_really_happened_and_each_cause_once() {
+    // Nothing was sent: the link never opened. No "no reply from", which would blame the device or its wiring.
+    let closed = closed_port();
+    let missing = "/nonexistent/bms-cli-test/ttyUSB9";
+    for (flag, target, says) in [
+        ("--tcp", closed.as_str(), format!("cannot connect to {closed}: Connection refused")),
+        ("--serial", missing, format!("serial port {missing} does not exist")),
+    ] {
+        let read = bms(cmd("read", connection("daly", flag, target), &["soc"]));
+        assert_eq!(read.code, 1, "{}", read.stderr);
+        assert!(read.stderr.starts_with(&format!("error: {says}")), "read {flag}: {}", read.stderr);
+        assert!(!read.stderr.contains("no reply"), "read {flag}: {}", read.stderr);
+        // check: one status line with the cause once, not once per command it planned.
+        let check = bms(cmd("check", connection("daly", flag, target), &[]));
+        assert_eq!(check.code, 3, "{}", check.stdout);
+        assert_eq!(check.stdout.lines().count(), 1, "check {flag}: {}", check.stdout);
+        assert!(check.stdout.starts_with(&format!("BMS UNKNOWN - {says}")), "check {flag}: {}", check.stdout);
+        assert_eq!(check.stdout.matches(target).count(), 1, "check {flag}: {}", check.stdout);
+        assert!(!check.stdout.contains("not sent"), "check {flag}: {}", check.stdout);
+    }
+
+    // The device answered with a refusal: said as such, with Pace's return code, not as silence.
+    let sim = simulator("refusal", "pace", &["--packs", "2"]);
+    let read = bms(cmd("read", tcp("pace", &sim), &["--pack", "5", "soc"]));
+    assert_eq!(read.code, 1, "{}", read.stderr);
+    assert!(
+        read.stderr
+            .contains("the device refused the command: Pace return code 0x90 (adr_error) (for 0x42 analog, pack 5"),
+        "{}",
+        read.stderr
+    );
+    assert!(!read.stderr.contains("no reply"), "{}", read.stderr);
+    // Two commands refused for the same reason: the reason once, naming both.
+    let check = bms(cmd("check", tcp("pace", &sim), &["--pack", "5"]));
+    assert_eq!(check.code, 3, "{}", check.stdout);
+    assert_eq!(check.stdout.matches("Pace return code 0x90").count(), 1, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("0x42 analog, pack 5") && check.stdout.contains("0x44 status, pack 5"),
+        "{}",
+        check.stdout
+    );
+}

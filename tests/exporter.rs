@@ -414,6 +414,22 @@ fn a_bad_config_stops_the_start_naming_its_file_and_line() {
 }
 
 #[test]
+fn a_listen_address_without_a_colon_is_refused_with_the_spelling_that_works() {
+    for (given, hint) in
+        [("10485", "write :10485 (every interface) or 127.0.0.1:10485"), ("localhost", "write localhost:10485")]
+    {
+        let out = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+            .args(["--demo", "--web.listen-address", given])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("--web.listen-address {given}: expected HOST:PORT or :PORT")), "{stderr}");
+        assert!(stderr.contains(hint), "{stderr}");
+    }
+}
+
+#[test]
 fn a_listen_address_in_use_stops_the_start_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
