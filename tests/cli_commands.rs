@@ -1104,3 +1104,23 @@ fn read_and_check_say_what_really_happened_and_each_cause_once() {
         check.stdout
     );
 }
+
+#[test]
+fn set_help_offers_only_the_protocols_set_accepts() {
+    let help = bms(["set", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    let lines: Vec<&str> = help.stdout.lines().collect();
+    let at = lines.iter().position(|l| l.trim_start().starts_with("--protocol")).expect("--protocol in set --help");
+    let text = lines[at + 1];
+    assert!(text.contains("daly (the A5 frames) or daly-modbus"), "{text}");
+    assert!(!help.stdout.contains("sinowealth") && !help.stdout.contains("pace"), "{}", help.stdout);
+    // What the help does not offer is refused as a usage error before anything is opened.
+    for protocol in ["sinowealth", "pace"] {
+        let run = bms(["set", "--protocol", protocol, "--tcp", "127.0.0.1:9", "--soc", "50", "--yes"]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains(&format!("{protocol} takes no writes: set supports daly")), "{}", run.stderr);
+    }
+    // read still offers all four.
+    let read = bms(["read", "--help"]);
+    assert!(read.stdout.contains("daly, daly-modbus, sinowealth or pace"), "{}", read.stdout);
+}
