@@ -10,6 +10,7 @@
 pub mod address;
 mod device;
 mod error;
+mod indent;
 mod locate;
 pub mod mqtt;
 mod resolve;

@@ -354,7 +354,31 @@ pub(crate) fn deserialize_error(error: &serde_saphyr::Error, text: &str, file: &
         inner = error;
     }
     // A file that broke the budget is not walked a second time.
-    let path = if matches!(inner, E::Budget { .. }) { String::new() } else { PathIndex::build(text).path_at(at) };
+    if matches!(inner, E::Budget { .. }) {
+        let message = budget_message(inner);
+        return ConfigError::Invalid(Located {
+            file: file.to_owned(),
+            line: at.line,
+            column: at.column,
+            path: String::new(),
+            message,
+        });
+    }
+    let index = PathIndex::build(text);
+    // The parser's own complaints about structure land on the key before a mis-indented line: name the line.
+    if matches!(inner, E::ExternalMessage { .. } | E::Message { .. })
+        && let Some(found) = super::indent::find(text, at.line, &index)
+    {
+        let Position { line, column } = found.at;
+        return ConfigError::Invalid(Located {
+            file: file.to_owned(),
+            line,
+            column,
+            path: found.path,
+            message: found.message,
+        });
+    }
+    let path = index.path_at(at);
     let message = match inner {
         E::SerdeUnknownField { field, expected, .. } => {
             format!("unknown key {field:?}; expected one of: {}", expected.join(", "))
@@ -364,13 +388,22 @@ pub(crate) fn deserialize_error(error: &serde_saphyr::Error, text: &str, file: &
         }
         E::Unexpected { expected, .. } => format!("expected {}", friendly_expected(expected)),
         E::DuplicateMappingKey { .. } => "this key is given twice".to_owned(),
-        E::Budget { breach: BudgetBreach::Documents { .. }, .. } => {
-            "more than one YAML document (---): a configuration is one document".to_owned()
-        }
-        E::Budget { breach, .. } => format!("too large or too complex for a configuration file ({breach:?})"),
         other => sanitize(&serde_saphyr::UserMessageFormatter.format_message(other)),
     };
     ConfigError::Invalid(Located { file: file.to_owned(), line: at.line, column: at.column, path, message })
+}
+
+/// Why a file that broke the parser's budget was refused.
+fn budget_message(error: &serde_saphyr::Error) -> String {
+    match error {
+        serde_saphyr::Error::Budget { breach: BudgetBreach::Documents { .. }, .. } => {
+            "more than one YAML document (---): a configuration is one document".to_owned()
+        }
+        serde_saphyr::Error::Budget { breach, .. } => {
+            format!("too large or too complex for a configuration file ({breach:?})")
+        }
+        other => sanitize(&serde_saphyr::UserMessageFormatter.format_message(other)),
+    }
 }
 
 /// serde names our raw structs (`struct RawDaly`); a user knows them as mappings.
