@@ -1,13 +1,14 @@
 //! `/metrics` render time and size for 16 packs × 16 cells, laid out two ways: one Pace master with 16 packs,
 //! and 16 single-pack Daly devices (the simulators' truth, so every alarm table and sensor is filled); each
 //! iteration is what a scrape does: the last good values younger than `stale_after`, then the render.
-//! Run: `cargo bench --bench scrape` (goal: one render well under 1 ms).
+//! Each layout is rendered as OpenMetrics (what Prometheus asks for) and as the text format (everyone else: the
+//! same render plus the rewrite). Run: `cargo bench --bench scrape` (goal: one render well under 1 ms).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bms_exporter::metrics::{DeviceView, render};
+use bms_exporter::metrics::{DeviceView, ExporterView, Format, render_as};
 use bms_exporter::model::energy::Energy;
 use bms_exporter::model::{DeviceSnapshot, Retained};
 use bms_exporter::poller::DeviceStatus;
@@ -54,6 +55,11 @@ fn status(name: String, device: DeviceSnapshot) -> DeviceStatus {
 }
 
 fn bench_layout(c: &mut Criterion, label: &str, protocol: Protocol, statuses: &[DeviceStatus]) {
+    bench_format(c, label, protocol, statuses, Format::OpenMetrics);
+    bench_format(c, &format!("{label}, text format"), protocol, statuses, Format::Text);
+}
+
+fn bench_format(c: &mut Criterion, label: &str, protocol: Protocol, statuses: &[DeviceStatus], format: Format) {
     // What a scrape does: each device's last good values younger than `stale_after`, then the render.
     let scrape = |out: &mut String| {
         let values: Vec<DeviceSnapshot> = statuses.iter().map(|s| s.values.view(POLLED_AT + 1.0, 60.0)).collect();
@@ -69,7 +75,7 @@ fn bench_layout(c: &mut Criterion, label: &str, protocol: Protocol, statuses: &[
                 values: Some(v),
             })
             .collect();
-        render(&views, out).unwrap();
+        render_as(format, &views, &ExporterView::default(), out).unwrap();
     };
     let mut body = String::new();
     scrape(&mut body);

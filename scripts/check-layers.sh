@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pure core must not do I/O, read a clock or log (STYLE.md §2, habit 1). A name appearing there at all is a
+# The pure core must not do I/O, read a clock or log (ARCHITECTURE.md#layers). A name appearing there at all is a
 # failure: the check is deliberately blunt so it cannot be argued with.
 # - src/protocol, src/model: not even time types (nothing there needs them).
 # - src/session.rs, src/output/nagios.rs: may name `std::time` types (time is an input), never read a clock.

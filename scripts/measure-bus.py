@@ -98,7 +98,7 @@ def main():
     for name, protocol, sim_args, read_args, tcp in cases:
         wall, bound, stats = timed_read(args.bin, protocol, sim_args, read_args, tcp, args.runs)
         total = stats["bytes_in"] + stats["bytes_out"]
-        # The request gap is quiet time asked for on purpose (DESIGN.md §3 request_gap, default 50 ms).
+        # The request gap is quiet time asked for on purpose (the config's request_gap, default 50 ms).
         gap_s = 0.0 if "--request-gap-ms" in read_args else 0.050
         gapped = bound + gap_s * (stats["requests"] - 1)
         print(f"| {name} | {stats['requests']} | {total} | {bound * 1000:.0f} ms | {wall * 1000:.0f} ms "

@@ -184,8 +184,16 @@ def start_simulator(binary, workdir, protocol, sim_args, faults, rate, seed, bau
     raise RunError(f"the {protocol} simulator did not start listening within 20 s")
 
 
+# The Accept header Prometheus sends: the exporter answers it with OpenMetrics (ending in `# EOF`, which
+# parse_metrics checks), where a client without it gets the Prometheus text format.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
 def http_get(url, timeout=30):
-    request = urllib.request.Request(url, headers={"X-Prometheus-Scrape-Timeout-Seconds": str(SCRAPE_TIMEOUT_S)})
+    """GET `url` as Prometheus scrapes it (its Accept and scrape-timeout headers); the body as text."""
+    request = urllib.request.Request(url, headers={"X-Prometheus-Scrape-Timeout-Seconds": str(SCRAPE_TIMEOUT_S),
+                                                   "Accept": PROMETHEUS_ACCEPT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.read().decode()
 

@@ -10,12 +10,14 @@ echo "== system packages"
 # prometheus_rules.rs), amtool, openssl for a test certificate, curl as a TLS client, strace to hold the
 # systemd unit's syscall filter against the exporter's calls (tests/deploy.rs), jq, which the Home Assistant
 # add-on's run.sh needs (tests/addon.rs), and the mosquitto broker with its clients for the MQTT tests
-# (tests/mqtt*.rs), and for the Bluetooth tests (tests/ble_*.rs) a private dbus-daemon with a mock BlueZ from
-# python3-dbusmock, driven with gdbus. Installed only when missing; the tests fail loudly without them.
+# (tests/mqtt*.rs), and for the Bluetooth tests (tests/ble*.rs) a private dbus-daemon with a mock BlueZ from
+# python3-dbusmock, driven with gdbus, and a headless Chromium that loads the landing page and takes a phone-sized
+# screenshot of it (tests/landing.rs). Installed only when missing; the tests fail loudly without them.
 # mosquitto lives in /usr/sbin, which a non-root PATH may lack.
 need=()
 for pair in prometheus:prometheus amtool:prometheus-alertmanager openssl:openssl curl:curl strace:strace jq:jq \
-  mosquitto:mosquitto mosquitto_sub:mosquitto-clients dbus-daemon:dbus-daemon gdbus:libglib2.0-bin; do
+  mosquitto:mosquitto mosquitto_sub:mosquitto-clients dbus-daemon:dbus-daemon gdbus:libglib2.0-bin \
+  chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 # dbusmock is a Python module, not a command; the mock runs under the system python3, which is where Debian puts it
@@ -23,8 +25,36 @@ done
 /usr/bin/python3 -c 'import dbusmock' 2>/dev/null || need+=(python3-dbusmock)
 if ((${#need[@]})); then
   as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+  # The prometheus, prometheus-alertmanager and mosquitto packages start a system service as they install (and
+  # enable it for boot). The tests start their own instances on free loopback ports, so a developer's machine must
+  # not be left running daemons it never asked for. A policy-rc.d answering 101 ("action forbidden") stops the
+  # packages' scripts from starting anything. It is created only when none exists (container images often ship
+  # their own, which is then left alone) and removed again on any exit, failure included.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=""
+  drop_policy() { if [ -n "$made_policy" ]; then $as_root rm -f "$policy"; made_policy=""; fi; }
+  if [ ! -e "$policy" ]; then
+    trap drop_policy EXIT
+    made_policy=1
+    printf '#!/bin/sh\n# Written by bms_exporter scripts/test.sh while it installs packages; removed when it ends.\nexit 101\n' |
+      $as_root tee "$policy" >/dev/null
+    $as_root chmod 0755 "$policy"
+  fi
   $as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # sudo resets the environment, so the front end is passed through env rather than set in front of sudo.
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  drop_policy
+  trap - EXIT
+  # The same packages also enabled their service for the next boot: undo that for the packages this run installed
+  # (a service that was installed before is left as its owner set it). Without systemd (a CI container) there is
+  # nothing to undo, and disabling never starts or stops anything.
+  if command -v systemctl >/dev/null 2>&1; then
+    for package in prometheus prometheus-alertmanager mosquitto; do
+      case " ${need[*]} " in
+        *" $package "*) $as_root systemctl disable --quiet "$package.service" 2>/dev/null || true ;;
+      esac
+    done
+  fi
 fi
 
 echo "== python peers"

@@ -5,6 +5,10 @@
 //! snapshot, [`protocol`] turns bytes into typed messages and applies them to the model. Both layers are pure:
 //! no I/O, no clock and no logging, so every byte path is testable with plain `#[test]`s. [`cli`] is the
 //! command-line glue on top.
+//!
+//! The whole map (layers, the data flow from bytes on a wire to `/metrics`, where each concern lives, the
+//! invariants, how to add a protocol or a transport) is `ARCHITECTURE.md` at the repository root; each wire
+//! protocol is described in `docs/protocols/` (`daly-a5.md`, `daly-modbus.md`, `sinowealth.md`, `pace.md`).
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -43,6 +47,7 @@ pub mod mqtt;
 pub mod output;
 pub mod poller;
 pub mod protocol;
+pub mod reload;
 pub mod scrape;
 pub mod server;
 pub mod session;

@@ -7,6 +7,10 @@
 //! through the guarded path of [`crate::control::apply`]: nothing else ever opens a second path to a device.
 //!
 //! [`drive`] is the loop that feeds a pure [`Session`] from a [`Link`]; the `set` command uses it directly.
+//!
+//! A configuration reload retires a worker ([`BusHandle::retire`]) between two jobs and gets back its port and
+//! devices, so [`respawn`] can start the bus's new worker on the same open link with the exchanges and running
+//! totals of the devices that did not change.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -179,6 +183,25 @@ enum Job {
     Snapshot(Ask),
     /// Send a write, read back and record the result.
     Write(WriteAsk),
+    /// Stop after the jobs queued before this one, handing back the port and the devices.
+    Retire(oneshot::Sender<Retired>),
+}
+
+/// What a retired worker hands back: its port (with the link, open or not) and every device with its exchange
+/// (caches and plan) and latest status (running totals, retained values, energy). Dropping it closes the link
+/// (a Bluetooth bridge then unsubscribes and disconnects its module).
+#[derive(Debug)]
+pub struct Retired {
+    port: Port,
+    devices: Vec<(DeviceSpec, Option<Arc<DeviceStatus>>)>,
+}
+
+impl Retired {
+    /// How the port was opened.
+    #[must_use]
+    pub fn transport(&self) -> &TransportSettings {
+        &self.port.transport
+    }
 }
 
 /// A request to the worker.
@@ -276,20 +299,67 @@ impl BusHandle {
         self.tx.send(Job::Snapshot(ask)).await.map_err(|_| WorkerGone)?;
         rx.await.map_err(|_| WorkerGone)
     }
+
+    /// Stop the worker once the jobs queued before this call are done (a poll in progress ends normally), and
+    /// take back its port and devices; `None` when the worker had already stopped. Jobs queued after this one
+    /// are dropped unanswered: their callers see [`WorkerGone`] and serve the latest status, as for a worker that
+    /// stopped. Other handles still read [`BusHandle::latest`].
+    pub async fn retire(&self) -> Option<Retired> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Retire(reply)).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Start the worker for `spec` on the current tokio runtime. It stops when every handle is dropped.
 #[must_use]
 pub fn spawn(spec: BusSpec) -> BusHandle {
-    let names: Arc<[String]> = spec.devices.iter().map(|d| d.name.clone()).collect();
     let latest: Latest = spec.devices.iter().map(|_| Mutex::new(None)).collect();
+    let port = Port { transport: spec.transport.clone(), link: None, retry_at: None, last_error: None };
+    start(spec, port, latest)
+}
+
+/// Start the worker for `spec` in place of the retired worker of the same bus: the open link is taken over when
+/// the transport settings are equal (otherwise it is closed first, so the new one can open the port), and each
+/// device named in `keep` that the retired worker had takes over its exchange and latest status, so its counters
+/// continue and its last snapshot is served without a gap. Every other device starts afresh.
+#[must_use]
+pub fn respawn(mut spec: BusSpec, retired: Retired, keep: &[&str]) -> BusHandle {
+    let Retired { port, devices: mut old } = retired;
+    let port = if port.transport == spec.transport {
+        Port { retry_at: None, ..port }
+    } else {
+        drop(port);
+        Port { transport: spec.transport.clone(), link: None, retry_at: None, last_error: None }
+    };
+    let mut latest = Vec::with_capacity(spec.devices.len());
+    for device in &mut spec.devices {
+        let taken = keep
+            .contains(&device.name.as_str())
+            .then(|| old.iter().position(|(d, _)| d.name == device.name))
+            .flatten()
+            .map(|at| old.swap_remove(at));
+        match taken {
+            Some((previous, status)) => {
+                *device = previous;
+                latest.push(Mutex::new(status));
+            }
+            None => latest.push(Mutex::new(None)),
+        }
+    }
+    start(spec, port, latest.into())
+}
+
+/// Start the worker task for `spec` on `port`, with `latest` as each device's starting status.
+fn start(spec: BusSpec, port: Port, latest: Latest) -> BusHandle {
+    let names: Arc<[String]> = spec.devices.iter().map(|d| d.name.clone()).collect();
     let writable: Arc<[Vec<u8>]> = spec
         .devices
         .iter()
         .map(|d| d.exchange.daly().map(|x| x.addresses().iter().map(|a| a.reply_board()).collect()).unwrap_or_default())
         .collect();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(Worker::new(spec, Arc::clone(&latest)).run(rx));
+    tokio::spawn(Worker::new(spec, port, Arc::clone(&latest)).run(rx));
     BusHandle { tx, names, latest, writable, pending: Pending::default() }
 }
 
@@ -361,9 +431,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(spec: BusSpec, latest: Latest) -> Self {
+    fn new(spec: BusSpec, port: Port, latest: Latest) -> Self {
         Self {
-            port: Port { transport: spec.transport, link: None, retry_at: None, last_error: None },
+            port,
             settings: spec.settings,
             devices: spec.devices,
             stale_after: spec.stale_after,
@@ -376,6 +446,13 @@ impl Worker {
         while let Some(job) = rx.recv().await {
             let ask = match job {
                 Job::Snapshot(ask) => ask,
+                Job::Retire(reply) => {
+                    let latest: Vec<_> = (0..self.devices.len()).map(|i| read(&self.latest, i)).collect();
+                    let devices = self.devices.into_iter().zip(latest).collect();
+                    // A caller that stopped waiting drops what it asked for: the link closes here.
+                    let _ = reply.send(Retired { port: self.port, devices });
+                    return;
+                }
                 Job::Write(WriteAsk { device, pack, action, reply, _slot: slot }) => {
                     let result = self.write(device, pack, action).await;
                     // Free the slot before answering: a caller woken by the answer may send the same write again
@@ -606,5 +683,66 @@ async fn drive_logged(link: &mut Link, session: &mut Session<'_>, wire: &mut Wir
             }
             () = sleep_until(Instant::from_std(timer)) => session.handle_timeout(Instant::now().into_std()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The one bus of a configuration of Daly boards `addresses` (named `d<N>`) behind the TCP endpoint `address`.
+    fn bus(address: &str, addresses: &[u8]) -> BusSpec {
+        use std::fmt::Write as _;
+        let mut text = "defaults: {timeout: 20ms, retries: 0}\ndevices:\n".to_owned();
+        for n in addresses {
+            let _ = writeln!(text, "  - {{name: d{n}, protocol: daly, tcp: '{address}', daly: {{address: {n}}}}}");
+        }
+        let config = crate::config::parse(&text, Path::new("test.yaml")).unwrap();
+        config.buses().into_iter().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_retired_workers_link_and_kept_statuses_go_to_its_successor() {
+        // A serial server that accepts and never answers: every poll fails, but is counted.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+
+        let first = spawn(bus(&address, &[1, 2]));
+        assert_eq!(first.snapshot(0, Duration::ZERO).await.unwrap().polls_total, 1);
+        assert_eq!(first.snapshot(1, Duration::ZERO).await.unwrap().polls_total, 1);
+        let retired = first.retire().await.unwrap();
+        assert!(retired.port.link.is_some(), "the link comes back open");
+        assert_eq!(first.snapshot(0, Duration::ZERO).await.unwrap_err(), WorkerGone);
+        assert!(first.retire().await.is_none(), "a worker retires once");
+        assert_eq!(first.latest(0).unwrap().polls_total, 1, "what it published stays readable");
+
+        // d1 stays, d2 goes, d3 is new.
+        let second = respawn(bus(&address, &[1, 3]), retired, &["d1"]);
+        assert_eq!(second.devices(), ["d1", "d3"]);
+        assert_eq!(second.latest(0).unwrap().polls_total, 1, "d1's status carries over");
+        assert!(second.latest(1).is_none(), "d3 starts afresh");
+        let again = second.snapshot(0, Duration::ZERO).await.unwrap();
+        assert_eq!(again.polls_total, 2, "d1's counters continue");
+        let failures = |s: &DeviceStatus| s.failures_total.values().sum::<u64>();
+        assert!(
+            failures(&again) > failures(&first.latest(0).unwrap()),
+            "d1's failure counts go on from where they were"
+        );
+        assert_eq!(second.snapshot(1, Duration::ZERO).await.unwrap().polls_total, 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the successor polled over the same connection");
     }
 }

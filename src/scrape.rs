@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::metrics::ReloadView;
 use crate::model::DeviceSnapshot;
 use crate::poller::{self, BusHandle, BusSpec, DeviceStatus};
 use crate::protocol::Protocol;
+use crate::reload::ReloadStats;
 
 /// One configured device and the bus worker that reaches it.
 #[derive(Debug, Clone)]
@@ -54,13 +56,27 @@ pub struct Seen {
 pub struct Scraper {
     targets: Vec<Target>,
     freshness: Freshness,
+    /// The configuration reloads' state, when serving a configuration file.
+    reload: Option<Arc<ReloadStats>>,
 }
 
 impl Scraper {
     /// A scraper over `targets` (their names are unique: the configuration checked it).
     #[must_use]
     pub fn new(targets: Vec<Target>, freshness: Freshness) -> Self {
-        Self { targets, freshness }
+        Self { targets, freshness, reload: None }
+    }
+
+    /// This scraper, also reporting the configuration reloads' state (`bms_exporter_config_*` in `/metrics`).
+    #[must_use]
+    pub fn with_reload(self, reload: Arc<ReloadStats>) -> Self {
+        Self { reload: Some(reload), ..self }
+    }
+
+    /// The configuration reloads' state, when serving a configuration file.
+    #[must_use]
+    pub fn reload_view(&self) -> Option<ReloadView> {
+        self.reload.as_deref().map(ReloadStats::view)
     }
 
     /// Start one worker per bus of `buses` and a scraper over every device on them, in the given order.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::model::{DeviceSnapshot, Sections};
 use crate::protocol::{DecodeError, Exchange, Outgoing, Progress};
 
-/// Timing and retry rules of a poll (the `defaults` of DESIGN.md §3).
+/// Timing and retry rules of a poll (the configuration's `defaults:`, per device overridable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// How long to wait for a complete reply after sending a request.
@@ -21,7 +21,8 @@ pub struct Settings {
     pub retries: u32,
     /// Quiet time on the bus between the end of one exchange and the next request.
     pub request_gap: Duration,
-    /// Silence that ends a reply whose length is not known in advance (daly.md §6.6: ~100 ms).
+    /// Silence that ends a reply whose length is not known in advance (about 100 ms for a Daly burst:
+    /// `docs/protocols/daly-a5.md#multi-frame-replies`).
     pub drain_quiet: Duration,
 }
 

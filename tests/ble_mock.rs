@@ -189,6 +189,14 @@ fn garbage_silence_a_dropped_link_and_an_unreachable_dongle_behave_as_set() {
     let stats = bluez.stats(&device);
     assert_eq!((stats["mode"].as_str(), stats["swallowed"].as_u64()), (Some("normal"), Some(2)), "{stats}");
 
+    // Later in a poll: one more request is answered, the next one drops the link.
+    bluez.disconnect_after(&device, 1);
+    let got = bluez.client_exchange(&device, A5_NOTIFY, A5_WRITE, None, &[&soc, &soc, &soc]);
+    assert_eq!(assert_a5_soc_is_the_truth(&sim, &soc, &got["replies"][0]), 0);
+    assert_eq!(got["replies"][1]["dropped"], true, "{got}");
+    assert_eq!(assert_a5_soc_is_the_truth(&sim, &soc, &got["replies"][2]), 0);
+    assert_eq!(bluez.stats(&device)["swallowed"], 3);
+
     // Unreachable: Connect fails as bluetoothd reports a peer that does not answer, until the mode is lifted.
     bluez.set_mode(&device, Mode::Unreachable);
     let refused = bluez.call_on(&device, "org.bluez.Device1.Connect", &[]).unwrap_err();
@@ -197,4 +205,35 @@ fn garbage_silence_a_dropped_link_and_an_unreachable_dongle_behave_as_set() {
     bluez.call_on(&device, "org.bluez.Device1.Connect", &[]).unwrap();
     let connected = bluez.call_on(&device, "org.freedesktop.DBus.Properties.Get", &["org.bluez.Device1", "Connected"]);
     assert_eq!(connected.unwrap().trim(), "(<true>,)");
+}
+
+#[test]
+fn one_connect_at_a_time_per_adapter_as_bluez_refuses_a_second_with_in_progress() {
+    let bluez = mock();
+    let first = bluez.add_device("hci0", "AA:BB:CC:00:00:05", "HI-Link-B20");
+    let second = bluez.add_device("hci0", "AA:BB:CC:00:00:06", "DL-40D63C123456");
+    let connected = |device: &str| {
+        bluez.call_on(device, "org.freedesktop.DBus.Properties.Get", &["org.bluez.Device1", "Connected"]).unwrap()
+    };
+    // Both asked at once: one connects, the other is told the adapter is busy.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| bluez.call_on(&first, "org.bluez.Device1.Connect", &[]));
+        let b = s.spawn(|| bluez.call_on(&second, "org.bluez.Device1.Connect", &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let refused = match (&a, &b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e.clone(),
+        _ => panic!("exactly one of two simultaneous connects must succeed: {a:?} {b:?}"),
+    };
+    assert!(refused.contains("org.bluez.Error.InProgress") && refused.contains("already in progress"), "{refused}");
+    assert_eq!(bluez.adapter_stats("/org/bluez/hci0")["refused_in_progress"], 1);
+    // One after the other, both connect.
+    for device in [&first, &second] {
+        bluez.call_on(device, "org.bluez.Device1.Connect", &[]).unwrap();
+        assert_eq!(connected(device).trim(), "(<true>,)");
+    }
+    // The stock mock's -79 dBm can be changed per device.
+    bluez.set_rssi(&second, -55);
+    let rssi = bluez.call_on(&second, "org.freedesktop.DBus.Properties.Get", &["org.bluez.Device1", "RSSI"]);
+    assert_eq!(rssi.unwrap().trim(), "(<int16 -55>,)");
 }

@@ -274,11 +274,28 @@ impl MockBluez {
         self.call("SetDeviceMode", &[device, mode.name()]);
     }
 
+    /// The dongle answers `writes` more writes, then drops the connection at the next one (as [`Mode::DisconnectNext`]).
+    pub fn disconnect_after(&self, device: &str, writes: u32) {
+        self.call("DisconnectAfter", &[device, &writes.to_string()]);
+    }
+
     /// The dongle's counters (see the template's GetDeviceStats): writes, notifications, connects, write_types,
     /// extra_writes and more.
     pub fn stats(&self, device: &str) -> Value {
         let text = self.call_string("GetDeviceStats", &[device]);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GetDeviceStats: {e}: {text}"))
+    }
+
+    /// The adapter's counters (see the template's GetAdapterStats): refused_in_progress.
+    pub fn adapter_stats(&self, adapter: &str) -> Value {
+        let text = self.call_string("GetAdapterStats", &[adapter]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GetAdapterStats: {e}: {text}"))
+    }
+
+    /// Set the signal strength BlueZ reports for `device` (the stock mock gives every device -79 dBm).
+    pub fn set_rssi(&self, device: &str, rssi: i16) {
+        // gdbus reads a leading minus as an option unless the value is typed.
+        self.call("SetDeviceRssi", &[device, &format!("int16 {rssi}")]);
     }
 
     /// Hex of each write to the extra characteristic (an empty string per empty write).

@@ -489,7 +489,8 @@ async fn a_four_pack_pace_master_is_read_with_all_packs_requests() {
     let bus = spawn_one(tcp(sim.addr.as_deref().unwrap()), fast(0), "pace");
     let status = poll(&bus, 0).await;
     assert_complete("pace", &status, &truth);
-    // Poll economy (DESIGN.md §4): one analog and one status read for all four packs, not two per pack.
+    // Poll economy (docs/protocols/pace.md#poll-plan): one analog and one status read for all four packs, not two per
+    // pack.
     assert_eq!(status.last.requests_sent, 2, "requests for 4 packs");
     drop(bus);
     assert_eq!(requests_seen(&lines).await, 2, "requests the simulator saw");

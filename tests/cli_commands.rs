@@ -123,12 +123,12 @@ fn resolution(protocol: &str) -> Resolution {
     }
 }
 
-fn close(what: &str, got: &Value, want: f64, tolerance: f64) {
+pub(crate) fn close(what: &str, got: &Value, want: f64, tolerance: f64) {
     let got = got.as_f64().unwrap_or_else(|| panic!("{what}: expected a number, got {got}"));
     assert!((got - want).abs() <= tolerance + 1e-9, "{what}: got {got}, truth {want} (±{tolerance})");
 }
 
-fn f(value: &Value) -> f64 {
+pub(crate) fn f(value: &Value) -> f64 {
     value.as_f64().unwrap_or_else(|| panic!("expected a number, got {value}"))
 }
 
@@ -144,12 +144,12 @@ fn truth_probes(pack: &Value) -> Vec<f64> {
 }
 
 /// The truth pack numbered `n`.
-fn truth_pack(truth: &Value, n: u64) -> &Value {
+pub(crate) fn truth_pack(truth: &Value, n: u64) -> &Value {
     truth["packs"].as_array().unwrap().iter().find(|p| p["pack"] == n).unwrap_or_else(|| panic!("no pack {n}"))
 }
 
 /// Assert that every section of one `read` pack agrees with the truth pack of the same number.
-fn assert_pack_matches(protocol: &str, got: &Value, truth: &Value) {
+pub(crate) fn assert_pack_matches(protocol: &str, got: &Value, truth: &Value) {
     let r = resolution(protocol);
     let n = &got["pack"];
     let what = |field: &str| format!("{protocol} pack {n} {field}");

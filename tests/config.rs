@@ -339,7 +339,8 @@ fn without_the_ble_feature_a_bluetooth_device_is_refused_at_its_key() {
     );
 }
 
-/// The mistakes DESIGN.md §3 and the issue name; each must keep a fixture so none can silently lose its test.
+/// The configuration mistakes the README and the issues name; each must keep a fixture so none can silently lose its
+/// test.
 const REQUIRED_BAD: [&str; 24] = [
     "unknown-key",
     "bad-duration",

@@ -106,6 +106,7 @@ fn the_systemd_unit_keeps_its_hardening_and_lets_serial_ports_through() {
     let has = |key: &str, value: &str| settings.iter().any(|(k, v)| k == key && v == value);
     for (key, value) in [
         ("ExecStart", "/usr/local/bin/bms_exporter $ARGS"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("EnvironmentFile", "-/etc/default/bms_exporter"),
         ("Restart", "on-failure"),
         ("DynamicUser", "yes"),
@@ -246,7 +247,7 @@ impl Drop for Tracer {
 fn every_system_call_the_exporter_makes_passes_the_units_filter() {
     // SystemCallFilter= is the one setting `verify` cannot judge: a call outside it fails with EPERM at run time.
     // So run the exporter under strace through a whole life — start, a serial device (a PTY simulator, which
-    // exercises the termios ioctls and flock), a TCP serial server, scrapes, SIGTERM — and check every call
+    // exercises the termios ioctls and flock), a TCP serial server, scrapes, a reload, SIGTERM — and check every call
     // against the unit's allow list minus its deny list.
     let settings = unit_settings(&read(UNIT));
     let filters: Vec<&str> =
@@ -300,8 +301,21 @@ fn every_system_call_the_exporter_makes_passes_the_units_filter() {
     });
     assert!(metrics.body.contains("bms_cell_voltage"), "no cell voltages scraped");
 
-    // The exporter is strace's child; SIGTERM goes to it as systemd would send it.
+    // The exporter is strace's child; SIGHUP (the unit's ExecReload=) and SIGTERM go to it as systemd sends them.
     let exporter = tracer.children().into_iter().next().expect("strace's child");
+    let reloaded_at = |body: &str| {
+        body.lines().find_map(|l| {
+            l.strip_prefix("bms_exporter_config_last_reload_success_timestamp_seconds ")?.parse::<f64>().ok()
+        })
+    };
+    let loaded = reloaded_at(&metrics.body).expect("the reload timestamp in /metrics");
+    std::thread::sleep(Duration::from_millis(20));
+    let out = run(&required_program("kill", "procps"), &["-HUP", &exporter]);
+    assert!(out.status.success(), "kill: {}", text(&out));
+    wait_for("the reload", Duration::from_secs(10), || {
+        assert!(tracer.0.try_wait().unwrap().is_none(), "SIGHUP ended the exporter");
+        http_get(&addr, "/metrics", &[]).and_then(|r| reloaded_at(&r.body)).filter(|t| *t > loaded)
+    });
     let out = run(&required_program("kill", "procps"), &["-TERM", &exporter]);
     assert!(out.status.success(), "kill: {}", text(&out));
     let status = wait_for("the exporter to exit", Duration::from_secs(10), || tracer.0.try_wait().unwrap());

@@ -23,7 +23,7 @@ pub(crate) fn exporter(dir: &Path, args: &[&str]) -> Killed {
     Killed(child)
 }
 
-fn exporter_log(dir: &Path) -> String {
+pub(crate) fn exporter_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("exporter.log")).unwrap_or_default()
 }
 
@@ -43,10 +43,10 @@ pub(crate) fn wait_ready(exporter: &mut Killed, addr: &str, dir: &Path) {
 }
 
 /// One sample of an instant query: its labels and value.
-type Sample = (BTreeMap<String, String>, f64);
+pub(crate) type Sample = (BTreeMap<String, String>, f64);
 
 /// An instant query against Prometheus; fails on a query error.
-fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
+pub(crate) fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
     let response = http_get(prometheus, &format!("/api/v1/query?query={}", url_encode(expr)), &[])
         .unwrap_or_else(|| panic!("Prometheus did not answer {expr}"));
     let json: Value = serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{expr}: {e}: {}", response.body));
@@ -69,7 +69,7 @@ fn query(prometheus: &str, expr: &str) -> Vec<Sample> {
 }
 
 /// The single value of `expr`, waiting (up to 20 s) until Prometheus has one.
-fn value(prometheus: &str, expr: &str) -> f64 {
+pub(crate) fn value(prometheus: &str, expr: &str) -> f64 {
     wait_for(&format!("a value for {expr}"), Duration::from_secs(20), || {
         let samples = query(prometheus, expr);
         assert!(samples.len() <= 1, "{expr} has {} series: {samples:?}", samples.len());
@@ -91,7 +91,7 @@ pub(crate) fn tolerance(protocol: &str) -> (f64, f64, f64, f64) {
 }
 
 /// Check the values Prometheus holds for `device` against the simulator's truth.
-fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: &Value) {
+pub(crate) fn assert_device_matches_truth(prom: &str, device: &str, protocol: &str, truth: &Value) {
     let (volts, amperes, cell_volts, celsius) = tolerance(protocol);
     for pack in truth["packs"].as_array().unwrap() {
         let n = format!("{:02}", pack["pack"].as_u64().unwrap());
@@ -229,6 +229,82 @@ fn families_in_prometheus(prom: &str) -> Vec<String> {
     names
 }
 
+/// The `Accept` header Prometheus 2.42 sends with every scrape.
+pub(crate) const PROMETHEUS_ACCEPT: (&str, &str) = (
+    "Accept",
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+     text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+);
+
+/// `/metrics` without an `Accept` header (as curl asks) is the Prometheus text format: promtool finds nothing
+/// but the names the metric table fixes, the official Python text parser reads every family, and its samples
+/// are those of the OpenMetrics bodies served just before and just after it.
+fn assert_text_body_matches_openmetrics(addr: &str) {
+    use crate::metrics::{
+        PROMTOOL_NAME_FINDINGS, assert_promtool_finds, expected_text_families, parse_text_with_python,
+        parse_with_python, sample_map, text_families,
+    };
+    let get = |headers: &[(&str, &str)]| {
+        let r = http_get(addr, "/metrics", headers).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        r
+    };
+    let text = get(&[]);
+    assert_eq!(text.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert_promtool_finds(&text.body, &PROMTOOL_NAME_FINDINGS);
+    let families = parse_text_with_python(&text.body);
+    assert_eq!(
+        text_families(&families),
+        expected_text_families(names::ALL.iter().chain(names::RELOAD).chain(names::PROCESS).copied())
+    );
+
+    // The same series with the same values as the OpenMetrics bodies served just before and just after it. The
+    // batteries are frozen (--time-scale 0), but a scrape may run polls (max_age is 500 ms): a series that
+    // differs between those two is one a poll moves, and the text one must lie between them.
+    let before = sample_map(&parse_with_python(&get(&[PROMETHEUS_ACCEPT]).body));
+    let from_text = sample_map(&parse_text_with_python(&get(&[]).body));
+    let after = sample_map(&parse_with_python(&get(&[PROMETHEUS_ACCEPT]).body));
+    let keys = |m: &BTreeMap<String, f64>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&from_text), keys(&before), "the same series");
+    assert_eq!(keys(&after), keys(&before));
+    assert!(before.len() > 400, "only {} series", before.len());
+    // Figures that any poll or any scrape changes, each with whether it only grows.
+    let moving = |key: &str| -> Option<bool> {
+        let growing = [
+            "bms_polls_total",
+            "bms_poll_failures_total",
+            "bms_resync_bytes_total",
+            "bms_last_poll_success_timestamp_seconds",
+            "bms_pack_charged_energy_joules_total",
+            "bms_pack_discharged_energy_joules_total",
+            "bms_pack_charged_ampere_hours_total",
+            "bms_pack_discharged_ampere_hours_total",
+            "process_cpu_seconds_total",
+        ];
+        let name = key.split('{').next().unwrap();
+        if growing.contains(&name) {
+            Some(true)
+        } else {
+            [
+                "bms_poll_duration_seconds",
+                "process_resident_memory_bytes",
+                "process_virtual_memory_bytes",
+                "process_open_fds",
+            ]
+            .contains(&name)
+            .then_some(false)
+        }
+    };
+    for (key, text) in &from_text {
+        let (b, a) = (before[key], after[key]);
+        match moving(key) {
+            None => assert!(b == *text && *text == a, "{key}: OpenMetrics {b} then {a}, text {text}"),
+            Some(true) => assert!(b <= *text && *text <= a, "{key}: OpenMetrics {b} then {a}, text {text}"),
+            Some(false) => {}
+        }
+    }
+}
+
 pub(crate) fn sim_args<'a>(protocol: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--protocol", protocol, "--baud", "0", "--latency-ms", "0", "--time-scale", "0"];
     args.extend_from_slice(extra);
@@ -270,9 +346,10 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
     );
     wait_ready(&mut exporter, &addr, &dir);
 
-    // The body as served: OpenMetrics, every family of the table, and the official Python parser accepts it.
+    // The body Prometheus asks for: OpenMetrics, every family of the table, and the official Python parser
+    // accepts it.
     let body = wait_for("every device up in /metrics", Duration::from_secs(20), || {
-        let r = http_get(&addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", "5")])?;
+        let r = http_get(&addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", "5"), PROMETHEUS_ACCEPT])?;
         let all_up = ["daly", "pace", "sinowealth", "modbus"]
             .iter()
             .all(|d| r.body.contains(&format!("bms_up{{device=\"{d}\"}} 1")));
@@ -289,6 +366,8 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
     }
     let parsed = crate::metrics::parse_with_python(&body.body);
     assert!(parsed.len() >= names::ALL.len(), "the Python parser saw {} families", parsed.len());
+    // The body everyone else gets (curl, promtool): the Prometheus text format, with the same values.
+    assert_text_body_matches_openmetrics(&addr);
 
     let (_prometheus, prom) = prometheus(&dir, &addr, &[]);
     // The target is healthy and every family arrived in Prometheus' storage.
@@ -300,13 +379,24 @@ fn a_real_prometheus_scrapes_every_family_with_true_values_and_sees_a_device_go_
         (target["health"] == "up").then_some(())
     });
     let expected: Vec<String> = {
-        let mut v: Vec<String> = names::ALL.iter().map(|m| m.name.to_owned()).collect();
+        // Served with --config: the configuration reload families too.
+        let mut v: Vec<String> = names::ALL.iter().chain(names::RELOAD).map(|m| m.name.to_owned()).collect();
         v.sort();
         v
     };
     wait_for("every family in Prometheus", Duration::from_secs(20), || {
         (families_in_prometheus(&prom) == expected).then_some(())
     });
+    // Prometheus negotiated OpenMetrics: only that format carries the info type and units into its metadata.
+    let metadata = |family: &str| -> Value {
+        let r = http_get(&prom, &format!("/api/v1/metadata?metric={family}"), &[]).unwrap();
+        serde_json::from_str::<Value>(&r.body).unwrap()["data"][family][0].clone()
+    };
+    assert_eq!(metadata(names::DEVICE_INFO.family())["type"], "info");
+    assert_eq!(metadata(names::PACK_VOLTAGE.family())["unit"], "volts");
+    for m in names::PROCESS {
+        assert_eq!(query(&prom, m.name).len(), 1, "{} in Prometheus", m.name);
+    }
     for device in ["daly", "pace", "sinowealth", "modbus"] {
         assert_eq!(value(&prom, &format!("bms_up{{device=\"{device}\"}}")), 1.0, "{device}");
         assert_eq!(
@@ -378,6 +468,13 @@ fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
     assert_eq!(probe.status, 200);
     assert!(probe.body.contains("bms_up{device=\"demo-pace\"} 1"), "{}", probe.body);
     assert!(!probe.body.contains("device=\"demo-daly\""), "a probe renders only its target");
+    // A probe is negotiated as /metrics is, and carries only the device: no process figures.
+    assert_eq!(probe.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(!probe.body.contains("process_") && !probe.body.contains("# EOF"), "{}", probe.body);
+    crate::metrics::assert_promtool_finds(&probe.body, &crate::metrics::PROMTOOL_NAME_FINDINGS);
+    let probe = http_get(&addr, "/probe?target=demo-pace", &[PROMETHEUS_ACCEPT]).unwrap();
+    assert_eq!(probe.header("content-type"), Some(bms_exporter::metrics::CONTENT_TYPE));
+    assert!(probe.body.ends_with("# EOF\n") && probe.body.contains("# TYPE bms_pack info\n"), "{}", probe.body);
     let unknown = http_get(&addr, "/probe?target=nope", &[]).unwrap();
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.contains("demo-daly"), "the error lists the configured devices: {}", unknown.body);
@@ -391,6 +488,128 @@ fn the_demo_serves_every_family_with_no_config_and_probe_serves_one_device() {
     assert_eq!(landing.status, 200);
     assert!(landing.body.contains("href=\"/metrics\"") && landing.body.contains("/probe?target=demo-pace"));
     assert_eq!(http_get(&addr, "/-/healthy", &[]).unwrap().status, 200);
+}
+
+/// One process's figures as the test reads them from `/proc/PID`, independently of the exporter's code.
+#[derive(Debug)]
+struct ProcFigures {
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+    /// Field 22 of stat.
+    start_ticks: u64,
+    vsize_bytes: f64,
+    /// VmRSS of status (kB), in bytes.
+    rss_bytes: f64,
+    open_fds: f64,
+}
+
+fn proc_figures(pid: u32) -> ProcFigures {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix(" kB"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    ProcFigures {
+        cpu_ticks: field(14) + field(15),
+        start_ticks: field(22),
+        vsize_bytes: field(23) as f64,
+        rss_bytes: rss_kb * 1024.0,
+        open_fds: std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as f64,
+    }
+}
+
+/// The soft limit of `name` (a row of /proc/PID/limits, e.g. "Max open files"); "unlimited" is 2^64.
+fn soft_limit(pid: u32, name: &str) -> f64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let row = limits.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name}:\n{limits}"));
+    match row.split_whitespace().next().unwrap() {
+        "unlimited" => u64::MAX as f64,
+        soft => soft.parse().unwrap(),
+    }
+}
+
+fn getconf(variable: &str) -> f64 {
+    let out = Process::new(required_program("getconf", "libc-bin")).arg(variable).output().unwrap();
+    assert!(out.status.success(), "getconf {variable}");
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn process_metrics_agree_with_what_proc_says_of_the_exporter() {
+    let scratch = Scratch::new("e2e-process");
+    let dir = scratch.0.clone();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Limits of our choosing, so the figures are not just the defaults: the exporter raises the soft open-file
+    // limit to the hard one at start, and keeps the address-space limit it was given.
+    let log = std::fs::File::create(dir.join("exporter.log")).unwrap();
+    let spawned = unix_now();
+    let child = Process::new(required_program("prlimit", "util-linux"))
+        .args(["--nofile=512:4096", "--as=68719476736:unlimited", "--", env!("CARGO_BIN_EXE_bms_exporter")])
+        .args(["--demo", "--web.listen-address", &addr, "--web.telemetry-path", "/bms/metrics"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let spawn_returned = unix_now();
+    let mut exporter = Killed(child);
+    // prlimit sets the limits and then execs the exporter: the same process.
+    let pid = exporter.0.id();
+    wait_ready(&mut exporter, &addr, &dir);
+
+    let before = proc_figures(pid);
+    let response = http_get(&addr, "/bms/metrics", &[]).unwrap();
+    let after = proc_figures(pid);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let body = response.body;
+    let got = |name: &str| series_value(&body, name).unwrap_or_else(|| panic!("{name} missing:\n{body}"));
+    let ticks = getconf("CLK_TCK");
+
+    // Start time: /proc/stat btime plus the start in ticks, exactly as the test computes it, and within a
+    // second of the real start (btime is whole seconds, so the figure may be up to 1 s early, never late).
+    let btime: f64 = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let start = got("process_start_time_seconds");
+    assert!((start - (btime + before.start_ticks as f64 / ticks)).abs() < 1e-6, "start {start}, {before:?}");
+    assert!(
+        spawned - 1.0 <= start && start <= spawn_returned + 0.01,
+        "start {start}, spawned in [{spawned}, {spawn_returned}]"
+    );
+
+    let cpu = got("process_cpu_seconds_total");
+    let (cpu_before, cpu_after) = (before.cpu_ticks as f64 / ticks, after.cpu_ticks as f64 / ticks);
+    assert!(cpu_before <= cpu && cpu <= cpu_after, "cpu {cpu} outside [{cpu_before}, {cpu_after}]");
+    assert!(cpu > 0.0, "the demo has polled: some CPU time is spent");
+
+    let rss = got("process_resident_memory_bytes");
+    let (low, high) = (before.rss_bytes.min(after.rss_bytes), before.rss_bytes.max(after.rss_bytes));
+    assert!(low * 0.9 <= rss && rss <= high * 1.1, "RSS {rss} vs VmRSS {low}..{high}");
+    let vsize = got("process_virtual_memory_bytes");
+    let (low, high) = (before.vsize_bytes.min(after.vsize_bytes), before.vsize_bytes.max(after.vsize_bytes));
+    assert!(low * 0.9 <= vsize && vsize <= high * 1.1, "vsize {vsize} vs {low}..{high}");
+    assert_eq!(rss % getconf("PAGESIZE"), 0.0, "RSS is whole pages");
+
+    // Descriptors: the exporter counts while serving this scrape (its connection and the listing's own handle
+    // are open then), the test before and after.
+    let fds = got("process_open_fds");
+    let (low, high) = (before.open_fds.min(after.open_fds), before.open_fds.max(after.open_fds));
+    assert!(low <= fds && fds <= high + 3.0, "open fds {fds} vs {low}..{high}");
+    assert_eq!(got("process_max_fds"), soft_limit(pid, "Max open files"));
+    assert_eq!(got("process_max_fds"), 4096.0, "raised to the hard limit at start");
+    assert_eq!(got("process_virtual_memory_max_bytes"), soft_limit(pid, "Max address space"));
+    assert_eq!(got("process_virtual_memory_max_bytes"), 68_719_476_736.0);
 }
 
 #[test]
@@ -557,7 +776,7 @@ fn value_series(body: &str, device: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn scrape_body(addr: &str) -> String {
+pub(crate) fn scrape_body(addr: &str) -> String {
     let r = http_get(addr, "/metrics", &[("X-Prometheus-Scrape-Timeout-Seconds", "5")]).unwrap();
     assert_eq!(r.status, 200);
     r.body
@@ -668,7 +887,7 @@ fn a_device_that_goes_away_keeps_every_value_until_stale_after_and_is_up_on_the_
 }
 
 /// The value of the series `series` (name and labels exactly as rendered) in a `/metrics` body.
-fn series_value(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn series_value(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 

@@ -1,5 +1,5 @@
-//! The Grafana dashboards and provisioning files, read as a Grafana import would (no offline validator exists,
-//! ECOSYSTEM.md §9): identity, panel ids, the `${datasource}` variable everywhere, only metric names the exporter
+//! The Grafana dashboards and provisioning files, read as a Grafana import would (no offline validator
+//! exists): identity, panel ids, the `${datasource}` variable everywhere, only metric names the exporter
 //! serves (`names::ALL`), only the dashboard's own variables, links between the two dashboards, and a provider
 //! that loads them. `dashboard_queries` is what the end-to-end test sends to a real Prometheus.
 

@@ -1,7 +1,9 @@
-//! The `/metrics` body against an independent reader: the official Python client's OpenMetrics parser
+//! The `/metrics` body against independent readers: the official Python client's OpenMetrics parser
 //! (`prometheus_client.openmetrics.parser`, installed by scripts/test.sh in the venv target/py) must accept a
 //! rich render — real polls of simulated Daly and Pace buses, odd identity strings, a stale and a never-polled
-//! device — and see every family of the table with its type, unit and samples (tests/tests.rs `mod metrics`).
+//! device — and see every family of the table with its type, unit and samples; the same render in the Prometheus
+//! text format must pass `promtool check metrics` and the Python client's text parser with the same samples
+//! (tests/tests.rs `mod metrics`).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -10,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use bms_exporter::metrics::names::{self, Scope};
-use bms_exporter::metrics::{DeviceView, render};
+use bms_exporter::metrics::{DeviceView, ExporterView, Format, MqttView, ProcessView, ReloadView, render, render_as};
 use bms_exporter::model::energy::Energy;
 use bms_exporter::model::{CurrentSign, LevelAlarm, LevelAlarmKind, Retained, Sections};
 use bms_exporter::poller::DeviceStatus;
@@ -65,8 +67,13 @@ fn status(name: &str, last: PollReport) -> DeviceStatus {
     }
 }
 
-/// Two real buses plus the awkward cases, rendered.
+/// Two real buses plus the awkward cases, rendered as OpenMetrics.
 fn rich_body() -> String {
+    rich_render(Format::OpenMetrics, &ExporterView::default())
+}
+
+/// Two real buses plus the awkward cases, with the `exporter`'s own families, rendered in `format`.
+fn rich_render(format: Format, exporter: &ExporterView) -> String {
     let options = DecodeOptions { current_sign: CurrentSign::Auto, ..DecodeOptions::default() };
     let mut daly = DalyExchange::new(vec![Address::Rs485], Filler::Zero, options);
     let daly = status("garage \"daly\"", poll(&mut daly, &mut DalyBus::new(1, 16, 4, 7)));
@@ -114,7 +121,7 @@ fn rich_body() -> String {
         },
     ];
     let mut body = String::new();
-    render(&views, &mut body).unwrap();
+    render_as(format, &views, exporter, &mut body).unwrap();
     body
 }
 
@@ -122,11 +129,11 @@ fn python() -> PathBuf {
     crate::util::venv_program("BMS_PYTHON", "python", Some("prometheus_client"), "prometheus-client==0.26.0")
 }
 
-/// Parse `body` with the official parser; the families it saw, as JSON. Bytes go in raw (`sys.stdin.buffer`)
-/// so that no newline translation happens on the way.
+/// Parse `body` with the official parser (`{parser}`: the OpenMetrics or the text one); the families it saw, as
+/// JSON. Bytes go in raw (`sys.stdin.buffer`) so that no newline translation happens on the way.
 const PARSE: &str = r#"
 import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.{parser} import text_string_to_metric_families
 text = sys.stdin.buffer.read().decode("utf-8")
 out = []
 for f in text_string_to_metric_families(text):
@@ -135,9 +142,19 @@ for f in text_string_to_metric_families(text):
 print(json.dumps(out))
 "#;
 
+/// The families the official OpenMetrics parser reads in `body`; fails if it rejects it.
 pub(crate) fn parse_with_python(body: &str) -> Vec<Value> {
+    parse_with(body, "openmetrics.parser")
+}
+
+/// The families the official parser of the Prometheus text format reads in `body`; fails if it rejects it.
+pub(crate) fn parse_text_with_python(body: &str) -> Vec<Value> {
+    parse_with(body, "parser")
+}
+
+fn parse_with(body: &str, parser: &str) -> Vec<Value> {
     let mut child = Command::new(python())
-        .args(["-c", PARSE])
+        .args(["-c", &PARSE.replace("{parser}", parser)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -228,4 +245,143 @@ fn the_official_python_parser_accepts_a_body_whose_value_families_are_empty() {
     assert_eq!(families.len(), names::ALL.len(), "every family is declared even without series");
     assert!(samples_of(&families, "bms_pack_voltage_volts").is_empty());
     assert_eq!(samples_of(&families, "bms_up").len(), 1);
+}
+
+/// What `promtool check metrics` (Prometheus 2.42) finds in the text body, sorted: all of it about names the
+/// metric table fixes (and that dashboards, alerts and users query). `ampere_hours` is the unit node_exporter's
+/// power_supply collector uses too, and the `_count` gauges are counts a BMS reports, not a summary's count.
+/// Anything else promtool says — a missing HELP, a counter without `_total`, a parse error — fails the test.
+pub(crate) const PROMTOOL_NAME_FINDINGS: [&str; 8] = [
+    "bms_pack_cell_count non-histogram and non-summary metrics should not have \"_count\" suffix",
+    "bms_pack_charged_ampere_hours_total use base unit \"seconds\" instead of \"hours\"",
+    "bms_pack_cycle_count non-histogram and non-summary metrics should not have \"_count\" suffix",
+    "bms_pack_design_capacity_ampere_hours use base unit \"seconds\" instead of \"hours\"",
+    "bms_pack_discharged_ampere_hours_total use base unit \"seconds\" instead of \"hours\"",
+    "bms_pack_full_capacity_ampere_hours use base unit \"seconds\" instead of \"hours\"",
+    "bms_pack_remaining_capacity_ampere_hours use base unit \"seconds\" instead of \"hours\"",
+    "bms_pack_temperature_sensor_count non-histogram and non-summary metrics should not have \"_count\" suffix",
+];
+
+/// Run `promtool check metrics` on `body`; fail unless it parses the body and finds exactly `expected` (sorted):
+/// exit 0 and no output when that is empty, else exit 3, promtool's code for lint findings.
+pub(crate) fn assert_promtool_finds(body: &str, expected: &[&str]) {
+    let mut child = Command::new(crate::util::required_program("promtool", "prometheus"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let mut findings: Vec<&str> = said.lines().collect();
+    findings.sort_unstable();
+    assert_eq!(findings, expected, "promtool check metrics said:\n{said}\n{body}");
+    let expected_code = if expected.is_empty() { 0 } else { 3 };
+    assert_eq!(out.status.code(), Some(expected_code), "promtool check metrics: {}", out.status);
+}
+
+/// Every sample of `families` (a Python parser's output) as `name{labels}` → value.
+pub(crate) fn sample_map(families: &[Value]) -> BTreeMap<String, f64> {
+    let mut map = BTreeMap::new();
+    for family in families {
+        for sample in family["samples"].as_array().unwrap() {
+            let labels: BTreeMap<&String, &Value> = sample["labels"].as_object().unwrap().iter().collect();
+            let key = format!("{}{}", sample["name"].as_str().unwrap(), serde_json::to_string(&labels).unwrap());
+            let value = sample["value"].as_f64().unwrap();
+            assert!(map.insert(key.clone(), value).is_none(), "{key} twice");
+        }
+    }
+    map
+}
+
+/// Each family of `families` (a Python text-parser output) as (name, type), in order.
+pub(crate) fn text_families(families: &[Value]) -> Vec<(String, String)> {
+    families.iter().map(|f| (f["name"].as_str().unwrap().to_owned(), f["type"].as_str().unwrap().to_owned())).collect()
+}
+
+/// The (name, type) the Python text parser gives each family of the table: a counter under its family name
+/// (the parser strips `_total`, as its OpenMetrics twin does), an info family as the gauge `…_info`.
+pub(crate) fn expected_text_families<'m>(metrics: impl Iterator<Item = &'m names::Metric>) -> Vec<(String, String)> {
+    metrics
+        .map(|m| match m.kind {
+            names::Kind::Counter => (m.family().to_owned(), "counter".to_owned()),
+            names::Kind::Info => (m.name.to_owned(), "gauge".to_owned()),
+            names::Kind::Gauge => (m.name.to_owned(), "gauge".to_owned()),
+        })
+        .collect()
+}
+
+/// Every family of the table with a series: the rich devices, a running MQTT publisher, a reload state and every
+/// process figure.
+fn everything() -> ExporterView {
+    ExporterView {
+        mqtt: Some(MqttView {
+            connected: true,
+            messages_published: 120,
+            publish_bytes: 34_567,
+            connection_errors: 1,
+            last_publish_unix: Some(1_700_000_099.5),
+            commands: [1, 0, 2, 0, 1],
+        }),
+        reload: Some(ReloadView { successful: true, last_success_unix: 1_700_000_000.25 }),
+        process: Some(ProcessView {
+            cpu_seconds: Some(12.34),
+            max_fds: Some(524_288),
+            open_fds: Some(17),
+            resident_memory_bytes: Some(21_118_976),
+            start_time_seconds: Some(1_700_000_000.12),
+            virtual_memory_bytes: Some(169_603_072),
+            virtual_memory_max_bytes: Some(u64::MAX),
+        }),
+    }
+}
+
+#[test]
+fn the_text_body_of_a_rich_render_passes_promtool_and_the_python_text_parser_with_the_openmetrics_values() {
+    let exporter = everything();
+    let text = rich_render(Format::Text, &exporter);
+    assert_promtool_finds(&text, &PROMTOOL_NAME_FINDINGS);
+
+    let families = parse_text_with_python(&text);
+    assert_eq!(text_families(&families), expected_text_families(names::every()), "families and types");
+    for family in &families {
+        assert!(!family["samples"].as_array().unwrap().is_empty(), "{} has no series", family["name"]);
+        assert_eq!(family["unit"], "", "the text format has no units");
+    }
+    let sample_lines = text.lines().filter(|l| !l.starts_with('#')).count();
+    let from_text = sample_map(&families);
+    assert_eq!(from_text.len(), sample_lines, "every sample line was read");
+
+    // The same samples with the same values as the OpenMetrics body of the same render.
+    let openmetrics = rich_render(Format::OpenMetrics, &exporter);
+    assert_eq!(from_text, sample_map(&parse_with_python(&openmetrics)));
+    // The odd identity string survives the text format's escaping too.
+    let model = families
+        .iter()
+        .find(|f| f["name"] == "bms_pack_info")
+        .and_then(|f| f["samples"].as_array()?.iter().find(|s| s["labels"]["device"] == "rack").cloned())
+        .unwrap();
+    assert_eq!(model["labels"]["model"], "LFP \"48V\" 100Ah \\ v2\nrev\tb");
+}
+
+#[test]
+fn the_text_body_of_a_body_without_series_passes_promtool_and_the_python_text_parser() {
+    let views = [DeviceView {
+        name: "new",
+        protocol: Protocol::Daly,
+        transport: "serial",
+        status: None,
+        fresh: false,
+        values: None,
+    }];
+    let mut text = String::new();
+    let exporter = ExporterView { process: Some(ProcessView::default()), ..ExporterView::default() };
+    render_as(Format::Text, &views, &exporter, &mut text).unwrap();
+    // Without value series promtool has nothing to say: it lints only families with samples (the names it
+    // objects to are all pack values). Exit 0, no output.
+    assert_promtool_finds(&text, &[]);
+    let families = parse_text_with_python(&text);
+    assert_eq!(text_families(&families), expected_text_families(names::ALL.iter().chain(names::PROCESS).copied()));
 }

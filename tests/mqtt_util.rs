@@ -335,6 +335,20 @@ impl Exporter {
         self.wait_exit(Duration::from_secs(10))
     }
 
+    /// SIGHUP, as `systemctl reload` sends it: the exporter re-reads its configuration file.
+    pub fn hangup(&self) {
+        let out = Process::new(required_program("kill", "procps"))
+            .args(["-HUP", &self.process.0.id().to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kill -HUP: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Its configuration file, which a reload test rewrites.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("bms.yaml")
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("exporter.log")).unwrap_or_default()

@@ -1,6 +1,6 @@
-//! The Sinowealth codec against `vectors/sinowealth.json` (captured bytes of sinowealth.md §3 plus constructed
-//! cases), split-stream decoding, no-panic and round-trip properties, and the `decode --protocol sinowealth`
-//! command.
+//! The Sinowealth codec against `vectors/sinowealth.json` (the captured replies of
+//! `docs/protocols/sinowealth.md#test-vectors` plus constructed cases), split-stream decoding, no-panic and
+//! round-trip properties, and the `decode --protocol sinowealth` command.
 
 use bms_exporter::protocol::deframer::Deframer;
 use bms_exporter::protocol::sinowealth::{

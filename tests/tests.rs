@@ -1,6 +1,7 @@
 //! The one integration-test binary (ripgrep's layout): each topic is a module, sharing `util`.
 
 mod addon;
+mod ble;
 mod ble_mock;
 mod ble_util;
 mod bus;
@@ -11,9 +12,11 @@ mod connections;
 mod daly_modbus_vectors;
 mod daly_vectors;
 mod deploy;
+mod docs;
 mod exporter;
 mod grafana;
 mod homeassistant;
+mod landing;
 mod metrics;
 mod mqtt;
 mod mqtt_acl;
@@ -27,6 +30,7 @@ mod observability;
 mod pace_vectors;
 mod prometheus_rules;
 mod readme;
+mod reload;
 mod session;
 mod simulator;
 mod sinowealth_vectors;

@@ -1,4 +1,4 @@
-//! The connection flags shared by `read`, `check`, `set` and `detect` (DESIGN.md §2 `CONNECTION`), and what
+//! The connection flags shared by `read`, `check`, `set` and `detect` (`CONNECTION` in `--help`), and what
 //! they resolve to: a transport, a protocol exchange and the session's timing.
 
 use std::path::PathBuf;

@@ -194,11 +194,22 @@ fn summary(device: &DeviceSnapshot) -> String {
     text.trim_end_matches("; ").to_owned()
 }
 
-/// Runs `probes` over `link` one after the other (one answer per protocol is enough) and returns those that got
-/// an answer, each with a summary of what it read. `Err` is a link failure.
-async fn run_probes(link: &mut Link, probes: Vec<Probe>, settings: Settings) -> anyhow::Result<Vec<(Probe, String)>> {
+/// Runs `probes` over `link` one after the other (one answer per protocol is enough; with `one_device`, the first
+/// answer is) and returns those that got an answer, each with a summary of what it read. `Err` is a link failure.
+///
+/// A Bluetooth module carries one BMS (`one_device`): once it has answered, every further probe could only wait out
+/// its timeouts, two 5 s Bluetooth timeouts each. A wired bus may hold boards of several protocols.
+async fn run_probes(
+    link: &mut Link,
+    probes: Vec<Probe>,
+    settings: Settings,
+    one_device: bool,
+) -> anyhow::Result<Vec<(Probe, String)>> {
     let mut found: Vec<(Probe, String)> = Vec::new();
     for mut probe in probes {
+        if one_device && !found.is_empty() {
+            break;
+        }
         if found.iter().any(|(p, _)| p.protocol == probe.protocol) {
             continue; // one address per protocol is enough to write a config
         }
@@ -255,7 +266,10 @@ pub(super) fn detect(args: &DetectArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let found = runtime.block_on(async {
         let found = match transport::open(&transport).await {
-            Ok(mut link) => run_probes(&mut link, probes(&args.connection), settings).await,
+            Ok(mut link) => {
+                let one_device = matches!(transport, TransportSettings::Bluetooth(_));
+                run_probes(&mut link, probes(&args.connection), settings, one_device).await
+            }
             Err(error) => Err(error.into()),
         };
         transport::close_bluetooth(CLOSE_WAIT).await;
@@ -308,7 +322,7 @@ fn scan(args: &DetectArgs, duration: Duration) -> anyhow::Result<ExitCode> {
             });
             eprintln!("detect: connecting to {} …", transport.describe());
             let answered = match transport::open(&transport).await {
-                Ok(mut link) => run_probes(&mut link, bluetooth_probes(connection, likely), settings).await,
+                Ok(mut link) => run_probes(&mut link, bluetooth_probes(connection, likely), settings, true).await,
                 Err(error) => Err(error.into()),
             };
             match answered {
@@ -413,6 +427,57 @@ mod tests {
         assert!(Cli::try_parse_from(["bms_exporter", "detect", "--bluetooth-scan", "--tcp", "127.0.0.1:1"]).is_err());
         assert!(Cli::try_parse_from(["bms_exporter", "detect", "--bluetooth-scan", "0"]).is_err());
         assert!(Cli::try_parse_from(["bms_exporter", "detect"]).is_err(), "a port or a scan is needed");
+    }
+
+    /// A link to a simulated Daly board (host 0x80 and 0x40 both answered), and every byte the board received.
+    fn daly_board() -> (Link, tokio::task::JoinHandle<Vec<u8>>) {
+        use crate::simulator::Responder as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (near, mut far) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move {
+            let mut bus = crate::simulator::daly::DalyBus::new(1, 8, 2, 3);
+            let (mut received, mut pending, mut buf) = (Vec::new(), Vec::new(), [0u8; 256]);
+            while let Ok(n) = far.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(request) = bus.next_request(&mut pending) {
+                    if let Some(response) = bus.respond(&request) {
+                        far.write_all(&response.reply).await.unwrap();
+                    }
+                }
+            }
+            received
+        });
+        (Link::from_stream(near, "duplex"), task)
+    }
+
+    #[tokio::test]
+    async fn a_bluetooth_module_is_probed_until_it_answers_and_a_wired_bus_for_every_protocol() {
+        let args = detect_args(&["--bluetooth-scan"]);
+        let settings = Settings { timeout: Duration::from_millis(50), retries: 0, ..Settings::default() };
+        // A module that answered Daly A5 is not asked in the Modbus-style protocol as well.
+        let (mut link, board) = daly_board();
+        let found = run_probes(&mut link, bluetooth_probes(&args.connection, Likely::Daly), settings, true).await;
+        let found: Vec<&str> = found.unwrap().iter().map(|(p, _)| p.config).collect();
+        assert_eq!(found, ["daly: { address: uart }"]);
+        drop(link);
+        let received = board.await.unwrap();
+        assert!(
+            received.chunks(13).all(|frame| frame.len() == 13 && frame[0] == 0xA5),
+            "only A5 requests were sent: {}",
+            crate::protocol::to_hex(&received)
+        );
+        // A wired bus may hold boards of other protocols too: each is still asked.
+        let (mut link, board) = daly_board();
+        let wired = detect_args(&["--tcp", "127.0.0.1:8899"]);
+        let found = run_probes(&mut link, probes(&wired.connection), settings, false).await.unwrap();
+        assert_eq!(found.iter().map(|(p, _)| p.protocol).collect::<Vec<_>>(), [Protocol::Daly]);
+        drop(link);
+        let received = board.await.unwrap();
+        assert!(received.chunks(13).any(|frame| frame[0] != 0xA5), "the other protocols were probed as well");
     }
 
     #[cfg(feature = "ble")]

@@ -164,6 +164,19 @@ pub struct SimulateArgs {
     /// Simulated seconds per wall-clock second; 0 freezes the batteries (exact comparisons in tests).
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub time_scale: f64,
+    /// The model name the boards report in their identity reply (Daly 0x63 only; printable ASCII, up to 112
+    /// characters; default DL-BMS-SIM-01). Sent as given, markup and quotes included, to see how readers show it.
+    #[arg(long, value_name = "TEXT", value_parser = parse_model)]
+    pub model: Option<String>,
+}
+
+/// `simulate --model`: printable ASCII that fits the identity reply's frames.
+fn parse_model(text: &str) -> Result<String, String> {
+    let max = crate::simulator::daly::MAX_MODEL_LEN;
+    if text.is_empty() || text.len() > max || !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(format!("{text:?}: expected 1–{max} printable ASCII characters"));
+    }
+    Ok(text.to_owned())
 }
 
 /// Arguments of `decode`.
@@ -191,7 +204,7 @@ pub struct DecodeArgs {
     pub bytes: Vec<String>,
 }
 
-/// The `--current-sign` choices (DESIGN.md §3 `current_sign`).
+/// The `--current-sign` choices (the config's `current_sign`, `docs/protocols/daly-a5.md#current-sign`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SignArg {
     /// Learn it from the charge/discharge state the device reports.
@@ -437,11 +450,18 @@ fn simulated_bus(args: &SimulateArgs) -> anyhow::Result<Box<dyn Responder>> {
         }
     };
     check("temperatures", args.temperatures, 0..=16)?;
+    if args.model.is_some() && args.protocol != Protocol::Daly {
+        bail!("--model is reported by Daly boards only (their 0x63 identity reply), not by {}", args.protocol);
+    }
     match args.protocol {
         Protocol::Daly => {
             check("cells", args.cells, 1..=48)?;
             check("boards", args.boards, 1..=16)?;
-            Ok(Box::new(DalyBus::new(args.boards, args.cells, args.temperatures, args.seed)))
+            let bus = DalyBus::new(args.boards, args.cells, args.temperatures, args.seed);
+            Ok(Box::new(match &args.model {
+                Some(model) => bus.with_model(model),
+                None => bus,
+            }))
         }
         Protocol::DalyModbus => {
             check("cells", args.cells, 1..=32)?;

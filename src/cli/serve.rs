@@ -1,19 +1,22 @@
 //! `bms_exporter [serve]`: load the configuration (or start the demo devices), start one worker per bus and
-//! serve `/metrics`, `/probe` and the landing page until SIGTERM or SIGINT.
+//! serve `/metrics`, `/probe` and the landing page until SIGTERM or SIGINT; SIGHUP and `POST /-/reload` re-read
+//! the configuration file (see [`crate::reload`]). The flags are read once: a reload never changes them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config;
-use crate::mqtt::{MqttStats, publisher};
-use crate::scrape::{Freshness, Scraper};
+use crate::reload::Running;
+use crate::scrape::Freshness;
 use crate::server;
+use crate::server::reload::Routes;
 use crate::session::Settings;
 
 /// Arguments of `serve` (also accepted without the word `serve`).
@@ -107,59 +110,38 @@ pub(super) fn init_logging(args: &ServeArgs) {
     };
 }
 
-/// What `serve` runs: the devices and how fresh their data must be.
-struct Plan {
-    freshness: Freshness,
-    source: Source,
-}
-
-enum Source {
-    Config(Box<config::Config>),
-    Demo(Settings),
-}
-
 /// Run the exporter until a shutdown signal.
 pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // First, before any descriptor is opened; it logs what it did.
     let open_files = server::raise_open_file_limit();
-    let plan = match (&args.config, args.demo) {
-        (Some(path), false) => {
-            let config = config::load(path)?;
-            let freshness = Freshness { max_age: config.defaults.max_age, stale_after: config.defaults.stale_after };
-            Plan { freshness, source: Source::Config(Box::new(config)) }
-        }
-        (None, true) => Plan {
-            freshness: Freshness { max_age: Duration::from_secs(5), stale_after: Duration::from_secs(60) },
-            source: Source::Demo(Settings::default()),
-        },
+    let config = match (&args.config, args.demo) {
+        (Some(path), false) => Some((path.clone(), config::load(path)?)),
+        (None, true) => None,
         _ => bail!("give --config FILE (devices to read) or --demo (simulated devices); see --help"),
     };
     let telemetry_path = telemetry_path(&args.telemetry_path)?;
     let web = args.web_config.as_deref().map(server::WebConfig::load).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
+        // Before anything slow: from here on SIGHUP reloads instead of ending the process (its default action).
+        let hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler; reload with POST /-/reload only");
+                None
+            }
+        };
         // The web port first: a port in use fails the start before any device is opened, and the demo's
         // devices (on ports the kernel picks) can never take the port asked for.
         let listener = bind(&args.listen_address).await?;
-        let (buses, mqtt) = match plan.source {
-            Source::Config(config) => (config.buses(), config.mqtt),
-            Source::Demo(settings) => (crate::demo::start(settings, plan.freshness.stale_after).await?, None),
+        let running = if let Some((path, config)) = config {
+            Running::from_config(&path, config)?
+        } else {
+            let freshness = Freshness { max_age: Duration::from_secs(5), stale_after: Duration::from_secs(60) };
+            Running::demo(crate::demo::start(Settings::default(), freshness.stale_after).await?, freshness)
         };
-        let scraper = Arc::new(Scraper::spawn(buses, plan.freshness));
+        let scraper = running.scraper();
         scraper.warm_up();
-        let mqtt_stats = mqtt.as_ref().map(|_| Arc::new(MqttStats::default()));
-        let publisher = match (mqtt, &mqtt_stats) {
-            (Some(mqtt), Some(stats)) => {
-                let (broker, layout) = (publisher::broker_url(&mqtt), mqtt.layout.as_str());
-                let (interval_s, discovery, control) =
-                    (mqtt.interval.as_secs_f64(), mqtt.discovery.enabled, mqtt.control);
-                // An unreadable password file or a bad CA or client certificate fails the start here.
-                let started = publisher::spawn(mqtt, Arc::clone(&scraper), Arc::clone(stats))?;
-                tracing::info!(broker = %broker, layout, interval_s, discovery, control, "publishing to MQTT");
-                Some(started)
-            }
-            _ => None,
-        };
         let local = listener.local_addr().context("the listening address")?;
         tracing::info!(
             address = %local,
@@ -167,30 +149,80 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             devices = scraper.targets().len(),
             "listening"
         );
+        // Fitted to the devices at start; a reload that adds many would need a restart to widen it.
         let limits = server::Limits {
             max_connections: fit_connections(args.max_connections, open_files.map(|l| l.soft), scraper.targets().len()),
             header_read_timeout: args.header_read_timeout,
         };
-        let app = server::routes::router(Arc::clone(&scraper), &telemetry_path, mqtt_stats);
+        drop(scraper);
+        let about = server::About::new(args.config.as_deref());
+        let routes = Routes::new(server::routes::router(
+            running.scraper(),
+            &telemetry_path,
+            running.mqtt_stats(),
+            about.clone(),
+        ));
+        let (trigger, requests) = mpsc::channel(4);
+        let app = server::reload::router(routes.clone(), trigger);
         // On the signal the publisher says goodbye to the broker while open requests finish, so Home Assistant
         // marks the entities unavailable at once instead of after the keep-alive.
-        let stop = publisher.as_ref().map(publisher::Publisher::stop_handle);
+        let (stop, stopped) = watch::channel(false);
+        let reloads = tokio::spawn(reload_loop(running, requests, hangup, routes, telemetry_path, about, stopped));
         let signal = async move {
             shutdown_signal().await;
-            if let Some(stop) = stop {
-                stop.stop();
-            }
+            let _ = stop.send(true);
         };
         let served = server::serve_with(listener, app, web, limits, signal).await;
-        if let Some(publisher) = publisher {
-            publisher.shutdown().await;
-        }
+        let running = reloads.await.context("the reload task failed")?;
+        running.shutdown().await;
         // Bluetooth modules are released (BlueZ would keep them connected after the process exits).
         crate::transport::close_bluetooth(std::time::Duration::from_secs(5)).await;
         served?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reload on SIGHUP and on each `POST /-/reload` (one at a time, in arrival order), swapping in the routes of the
+/// new configuration, until `stopped`; then start the MQTT goodbye and hand back what runs, for the shutdown.
+async fn reload_loop(
+    mut running: Running,
+    mut requests: mpsc::Receiver<oneshot::Sender<server::reload::Outcome>>,
+    mut hangup: Option<Signal>,
+    routes: Routes,
+    telemetry_path: String,
+    about: server::About,
+    mut stopped: watch::Receiver<bool>,
+) -> Running {
+    loop {
+        let reply = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => break,
+            Some(reply) = requests.recv() => Some(reply),
+            Some(()) = async { hangup.as_mut()?.recv().await } => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                None
+            }
+        };
+        let outcome = running.reload().await;
+        match &outcome {
+            Ok(summary) => {
+                routes.set(server::routes::router(
+                    running.scraper(),
+                    &telemetry_path,
+                    running.mqtt_stats(),
+                    about.clone(),
+                ));
+                tracing::info!(changes = %summary, "configuration reloaded");
+            }
+            Err(error) => tracing::error!(%error, "configuration not reloaded; the previous one stays in force"),
+        }
+        if let Some(reply) = reply {
+            // The caller may have given up waiting; the reload happened all the same.
+            let _ = reply.send(outcome);
+        }
+    }
+    running.stop_mqtt();
+    running
 }
 
 /// Descriptors kept for everything but HTTP connections: standard streams, the runtime, the listener, the MQTT
@@ -244,7 +276,7 @@ fn telemetry_path(path: &str) -> anyhow::Result<String> {
     if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#', ' ']) {
         bail!("--web.telemetry-path {path:?}: expected an absolute path such as /metrics");
     }
-    if ["/probe", "/-/healthy", "/-/ready"].contains(&path) {
+    if ["/probe", "/-/healthy", "/-/ready", "/-/reload"].contains(&path) {
         bail!("--web.telemetry-path {path:?} is taken by another endpoint");
     }
     Ok(path.to_owned())

@@ -1,7 +1,7 @@
-//! The YAML configuration (DESIGN.md §3), in two stages as ripgrep's low/high arguments: [`parse`] reads the
-//! text with serde-saphyr into the raw structs below, which mirror the YAML one-to-one (`deny_unknown_fields`
-//! at every level, protocol blocks nested, scalars kept as written with their position), then `resolve` turns
-//! them into the validated [`Config`] the rest of the program uses. Every mistake becomes one
+//! The YAML configuration (README "Export real batteries", `examples/config.yaml`), in two stages as ripgrep's low/high
+//! arguments: [`parse`] reads the text with serde-saphyr into the raw structs below, which mirror the YAML one-to-one
+//! (`deny_unknown_fields` at every level, protocol blocks nested, scalars kept as written with their position), then
+//! `resolve` turns them into the validated [`Config`] the rest of the program uses. Every mistake becomes one
 //! [`ConfigError`] naming the file, line, column and key path.
 //!
 //! The file is untrusted input: it is size-limited, parsed under a serde-saphyr budget, and nothing here opens
@@ -25,7 +25,7 @@ use serde_saphyr::{Budget, Options, Spanned};
 
 pub use error::{ConfigError, Located};
 pub(crate) use resolve::parse_duration;
-pub use resolve::{BLUETOOTH_TIMEOUT, Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT};
+pub use resolve::{BLUETOOTH_TIMEOUT, Config, Defaults, DeviceConfig, TCP_CONNECT_TIMEOUT, same_bus};
 
 use locate::{PathIndex, Position};
 

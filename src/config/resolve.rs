@@ -107,6 +107,12 @@ pub(super) enum BusKey {
     Bluetooth(String),
 }
 
+/// Whether devices reached through `a` and `b` share one bus worker (see [`Config::buses`]).
+#[must_use]
+pub fn same_bus(a: &TransportSettings, b: &TransportSettings) -> bool {
+    bus_key(a) == bus_key(b)
+}
+
 pub(super) fn bus_key(transport: &TransportSettings) -> BusKey {
     match transport {
         TransportSettings::Serial(s) => BusKey::Serial(s.path.clone()),
@@ -139,6 +145,20 @@ impl Config {
             }
         }
         buses.into_iter().map(|(_, bus)| bus).collect()
+    }
+
+    /// The devices of each bus [`Config::buses`] makes, in the same order (a reload compares buses by these).
+    #[must_use]
+    pub fn bus_devices(&self) -> Vec<Vec<&DeviceConfig>> {
+        let mut buses: Vec<(BusKey, Vec<&DeviceConfig>)> = Vec::new();
+        for device in &self.devices {
+            let key = bus_key(&device.transport);
+            match buses.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, bus)) => bus.push(device),
+                None => buses.push((key, vec![device])),
+            }
+        }
+        buses.into_iter().map(|(_, devices)| devices).collect()
     }
 
     /// How many buses [`Config::buses`] would make.

@@ -2,8 +2,9 @@
 //! encoded family by family in the order of [`names::ALL`] — devices in the given order, packs by number,
 //! cells by index, sensors, ports and alarm levels sorted — so the body is stable from scrape to scrape.
 //!
-//! Families are written through `DescriptorEncoder` with full `bms_…` names and no registry prefix (a prefix
-//! would double it, ECOSYSTEM.md §4). No I/O, no clock and no locks: everything comes from the views.
+//! Families are written through `DescriptorEncoder` with full `bms_…` names and no registry prefix (a prefix would
+//! double it: prometheus-client prefixes a collector's names too). No I/O, no clock and no locks: everything comes from
+//! the views.
 
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
@@ -19,7 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
 use super::names::{self, Kind, Metric};
-use super::{DeviceView, MqttView};
+use super::{DeviceView, ExporterView, MqttView, ProcessView, ReloadView};
 use crate::model::energy::PackEnergy;
 use crate::model::{LevelAlarm, LevelAlarmKind, PackSnapshot, PackState, SensorId};
 use crate::poller::DeviceStatus;
@@ -31,6 +32,10 @@ pub(crate) struct Scrape {
     devices: Vec<Device>,
     /// The MQTT publisher's health, when it runs.
     mqtt: Option<MqttView>,
+    /// The configuration reloads, when serving a configuration file.
+    reload: Option<ReloadView>,
+    /// The process's own figures, when the caller read them.
+    process: Option<ProcessView>,
 }
 
 /// One configured device.
@@ -70,9 +75,14 @@ struct Pack {
 }
 
 impl Scrape {
-    /// Copy and normalise what `views` say (and `mqtt`, the publisher's health, when it runs).
-    pub(crate) fn new(views: &[DeviceView<'_>], mqtt: Option<MqttView>) -> Self {
-        Self { devices: views.iter().map(Device::new).collect(), mqtt }
+    /// Copy and normalise what `views` say, and what `exporter` says of the exporter itself.
+    pub(crate) fn new(views: &[DeviceView<'_>], exporter: &ExporterView) -> Self {
+        Self {
+            devices: views.iter().map(Device::new).collect(),
+            mqtt: exporter.mqtt,
+            reload: exporter.reload,
+            process: exporter.process,
+        }
     }
 
     /// Every online pack of every fresh device, in render order, with its device name.
@@ -246,6 +256,14 @@ impl From<u16> for Value {
 impl From<u32> for Value {
     fn from(v: u32) -> Self {
         Self::Int(i64::from(v))
+    }
+}
+
+impl From<u64> for Value {
+    /// An integer while it fits, else the nearest float (`u64::MAX`, an unlimited rlimit, as client_golang
+    /// writes it).
+    fn from(v: u64) -> Self {
+        i64::try_from(v).map_or(Self::Float(v as f64), Self::Int)
     }
 }
 
@@ -517,12 +535,47 @@ fn encode_mqtt(enc: &mut DescriptorEncoder<'_>, mqtt: &MqttView) -> fmt::Result 
     })
 }
 
+/// The process's families, after everything else; a figure that was not read has no series.
+fn encode_process(enc: &mut DescriptorEncoder<'_>, process: &ProcessView) -> fmt::Result {
+    fn one(m: &mut MetricEncoder<'_>, value: Option<impl Into<Value>>) -> fmt::Result {
+        match value.map(Into::into) {
+            Some(Value::Float(v)) if v.is_finite() => m.encode_gauge(&v),
+            Some(Value::Int(v)) => m.encode_gauge(&v),
+            _ => Ok(()),
+        }
+    }
+    family(enc, &names::PROCESS_CPU, |m| match process.cpu_seconds.filter(|v| v.is_finite()) {
+        Some(v) => m.encode_counter::<NoLabelSet, _, f64>(&v, None),
+        None => Ok(()),
+    })?;
+    family(enc, &names::PROCESS_MAX_FDS, |m| one(m, process.max_fds))?;
+    family(enc, &names::PROCESS_OPEN_FDS, |m| one(m, process.open_fds))?;
+    family(enc, &names::PROCESS_RESIDENT, |m| one(m, process.resident_memory_bytes))?;
+    family(enc, &names::PROCESS_START, |m| one(m, process.start_time_seconds))?;
+    family(enc, &names::PROCESS_VIRTUAL, |m| one(m, process.virtual_memory_bytes))?;
+    family(enc, &names::PROCESS_VIRTUAL_MAX, |m| one(m, process.virtual_memory_max_bytes))
+}
+
+/// The configuration reload families, last of all; label-less like the MQTT ones.
+fn encode_reload(enc: &mut DescriptorEncoder<'_>, reload: &ReloadView) -> fmt::Result {
+    family(enc, &names::RELOAD_SUCCESSFUL, |m| m.encode_gauge(&i64::from(reload.successful)))?;
+    family(enc, &names::RELOAD_SUCCESS_TIME, |m| {
+        if reload.last_success_unix.is_finite() { m.encode_gauge(&reload.last_success_unix) } else { Ok(()) }
+    })
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_health(&mut enc)?;
         self.encode_pack_values(&mut enc)?;
-        match &self.mqtt {
-            Some(mqtt) => encode_mqtt(&mut enc, mqtt),
+        if let Some(mqtt) = &self.mqtt {
+            encode_mqtt(&mut enc, mqtt)?;
+        }
+        if let Some(reload) = &self.reload {
+            encode_reload(&mut enc, reload)?;
+        }
+        match &self.process {
+            Some(process) => encode_process(&mut enc, process),
             None => Ok(()),
         }
     }
@@ -1161,5 +1214,114 @@ mod tests {
         for result in names::MQTT_COMMAND_RESULTS {
             assert!(first.contains(&format!("\nbms_mqtt_commands_total{{result=\"{result}\"}} 0\n")), "{first}");
         }
+    }
+    fn render_in(format: crate::metrics::Format, views: &[DeviceView<'_>], exporter: &ExporterView) -> String {
+        let mut out = String::new();
+        crate::metrics::render_as(format, views, exporter, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn process_families_come_last_and_leave_out_what_was_not_read() {
+        use crate::metrics::Format;
+        let s = status("d", vec![rich_pack(1)], true);
+        let views = [view("d", Some(&s), true)];
+        let process = ProcessView {
+            cpu_seconds: Some(1.25),
+            max_fds: Some(1024),
+            open_fds: Some(9),
+            resident_memory_bytes: Some(20_000_000),
+            start_time_seconds: Some(1_700_000_000.5),
+            virtual_memory_bytes: None,
+            virtual_memory_max_bytes: Some(u64::MAX),
+        };
+        let exporter =
+            ExporterView { mqtt: Some(MqttView::default()), process: Some(process), ..ExporterView::default() };
+        let text = render_in(Format::OpenMetrics, &views, &exporter);
+        let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let expected: Vec<String> = names::ALL
+            .iter()
+            .chain(names::MQTT)
+            .chain(names::PROCESS)
+            .map(|m| format!("{} {}", m.family(), m.kind.as_str()))
+            .collect();
+        assert_eq!(types, expected, "the table's order: devices, MQTT, process");
+        let all = samples(&text);
+        assert_eq!(value(&all, "process_cpu_seconds_total", &[]), Some(1.25));
+        assert_eq!(value(&all, "process_max_fds", &[]), Some(1024.0));
+        assert_eq!(value(&all, "process_open_fds", &[]), Some(9.0));
+        assert_eq!(value(&all, "process_resident_memory_bytes", &[]), Some(20_000_000.0));
+        assert_eq!(value(&all, "process_start_time_seconds", &[]), Some(1_700_000_000.5));
+        assert_eq!(value(&all, "process_virtual_memory_bytes", &[]), None, "not read: no series");
+        assert!(text.contains("# TYPE process_virtual_memory_bytes gauge\n"), "the family is still declared");
+        assert_eq!(value(&all, "process_virtual_memory_max_bytes", &[]), Some(u64::MAX as f64), "unlimited");
+        assert!(text.contains("\nprocess_open_fds 9\n"), "integers as integers:\n{text}");
+
+        // Nothing read at all: every family declared, no series; no view: no families.
+        let none = render_in(
+            Format::OpenMetrics,
+            &views,
+            &ExporterView { process: Some(ProcessView::default()), ..ExporterView::default() },
+        );
+        assert!(samples(&none).iter().all(|s| !s.name.starts_with("process_")));
+        assert_eq!(none.matches("# TYPE process_").count(), names::PROCESS.len());
+        assert!(!body(&views).contains("process_"));
+    }
+
+    #[test]
+    fn the_text_body_has_the_openmetrics_samples_under_text_declarations() {
+        use crate::metrics::Format;
+        let rack = status("rack", vec![rich_pack(1), rich_pack(2)], true);
+        let views = [view("rack", Some(&rack), true), view("new", None, false)];
+        let exporter = ExporterView {
+            mqtt: Some(MqttView { connected: true, ..MqttView::default() }),
+            reload: Some(ReloadView { successful: true, last_success_unix: 1_700_000_000.0 }),
+            process: Some(ProcessView { open_fds: Some(7), cpu_seconds: Some(0.5), ..ProcessView::default() }),
+        };
+        let openmetrics = render_in(Format::OpenMetrics, &views, &exporter);
+        let text = render_in(Format::Text, &views, &exporter);
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT "), "{text}");
+        // The same sample lines, in the same order.
+        let sample_lines =
+            |body: &str| -> Vec<String> { body.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect() };
+        assert_eq!(sample_lines(&text), sample_lines(&openmetrics));
+        // Each family declared under the name its samples carry; info as gauge.
+        let types: Vec<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_owned).collect();
+        let expected: Vec<String> = names::every()
+            .map(|m| {
+                let kind = if m.kind == Kind::Info { "gauge" } else { m.kind.as_str() };
+                format!("{} {kind}", m.name)
+            })
+            .collect();
+        assert_eq!(types, expected);
+        for m in names::every() {
+            assert!(text.contains(&format!("# HELP {} {}\n# TYPE {} ", m.name, m.help, m.name)), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn the_reload_families_follow_the_mqtt_ones_and_only_when_given() {
+        use crate::metrics::{Format, MqttView, ReloadView, render_with};
+        let s = status("d", vec![rich_pack(1)], true);
+        let views = [view("d", Some(&s), true)];
+        let mut without = String::new();
+        render_with(&views, Some(&MqttView::default()), &mut without).unwrap();
+        assert!(!without.contains("bms_exporter_config"), "{without}");
+
+        let reload = ReloadView { successful: false, last_success_unix: 1_700_000_000.5 };
+        let mut with = String::new();
+        let exporter =
+            ExporterView { mqtt: Some(MqttView::default()), reload: Some(reload), ..ExporterView::default() };
+        crate::metrics::render_as(Format::OpenMetrics, &views, &exporter, &mut with).unwrap();
+        let head = without.strip_suffix("# EOF\n").unwrap();
+        let tail = with.strip_prefix(head).expect("the reload families come after every other family");
+        let types: Vec<&str> = tail.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let expected: Vec<String> =
+            names::RELOAD.iter().map(|m| format!("{} {}", m.family(), m.kind.as_str())).collect();
+        assert_eq!(types, expected);
+        assert!(tail.contains("\nbms_exporter_config_last_reload_successful 0\n"), "{tail}");
+        assert!(tail.contains("\nbms_exporter_config_last_reload_success_timestamp_seconds 1700000000.5\n"), "{tail}");
+        assert!(tail.contains("# UNIT bms_exporter_config_last_reload_success_timestamp_seconds seconds"), "{tail}");
+        assert!(tail.ends_with("# EOF\n"));
     }
 }

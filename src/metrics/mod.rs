@@ -1,11 +1,14 @@
-//! The `/metrics` body: every family of DESIGN.md §5 rendered as OpenMetrics text from the bus workers' device
-//! statuses, through prometheus-client's `Collector` API ([`collector`]), with the family table in [`names`].
+//! The `/metrics` body: every family of the metric table ([`names`]) rendered as OpenMetrics text from the bus
+//! workers' device statuses, through prometheus-client's `Collector` API ([`collector`]), and rewritten into the
+//! Prometheus text format for clients that do not ask for OpenMetrics ([`format`]).
 //!
-//! Pure: the caller gathers the statuses (and decides freshness from its clock); rendering only formats them.
-//! Health series (`bms_up`, poll timing and counters, `bms_device_info`) are present for every configured
-//! device; value series for the values the caller passes (each field's last good value until `stale_after`).
+//! Pure: the caller gathers the statuses (and decides freshness from its clock) and reads the process figures;
+//! rendering only formats them. Health series (`bms_up`, poll timing and counters, `bms_device_info`) are present
+//! for every configured device; value series for the values the caller passes (each field's last good value
+//! until `stale_after`).
 
 mod collector;
+pub mod format;
 pub mod names;
 
 use prometheus_client::registry::Registry;
@@ -14,8 +17,10 @@ use crate::model::DeviceSnapshot;
 use crate::poller::DeviceStatus;
 use crate::protocol::Protocol;
 
-/// The `Content-Type` of the body. Served as `text/plain`, Prometheus rejects the `info` type (ECOSYSTEM.md §4).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use format::Format;
+
+/// The `Content-Type` of the OpenMetrics body (the text body's is [`format::TEXT_CONTENT_TYPE`]).
+pub const CONTENT_TYPE: &str = format::OPENMETRICS_CONTENT_TYPE;
 
 /// One configured device as a scrape sees it.
 #[derive(Debug, Clone, Copy)]
@@ -51,15 +56,73 @@ pub struct MqttView {
     pub commands: [u64; names::MQTT_COMMAND_RESULTS.len()],
 }
 
-/// Append the whole body for `devices` (in their order) to `out`; it ends with `# EOF`.
+/// The state of configuration reloads (the [`names::RELOAD`] families), when serving a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReloadView {
+    /// Whether the last attempt to load the file succeeded.
+    pub successful: bool,
+    /// Unix time of the last successful load.
+    pub last_success_unix: f64,
+}
+
+/// The exporter process's own figures (the `process_*` families), each `None` when it could not be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessView {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Soft limit on open file descriptors.
+    pub max_fds: Option<u64>,
+    /// Open file descriptors.
+    pub open_fds: Option<u64>,
+    /// Resident memory, in bytes.
+    pub resident_memory_bytes: Option<u64>,
+    /// Unix time the process started.
+    pub start_time_seconds: Option<f64>,
+    /// Virtual memory size, in bytes.
+    pub virtual_memory_bytes: Option<u64>,
+    /// Soft limit on the virtual memory size, in bytes (`u64::MAX` when unlimited).
+    pub virtual_memory_max_bytes: Option<u64>,
+}
+
+/// What a body carries besides the devices: the exporter's own health.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExporterView {
+    /// The MQTT publisher's health, when `mqtt:` is configured (the `bms_mqtt_*` families).
+    pub mqtt: Option<MqttView>,
+    /// The configuration reloads' state, when serving a configuration file (the [`names::RELOAD`] families).
+    pub reload: Option<ReloadView>,
+    /// The process's figures, when the families are wanted (the `process_*` families).
+    pub process: Option<ProcessView>,
+}
+
+/// Append the whole OpenMetrics body for `devices` (in their order) to `out`; it ends with `# EOF`.
 pub fn render(devices: &[DeviceView<'_>], out: &mut String) -> std::fmt::Result {
     render_with(devices, None, out)
 }
 
 /// [`render`], plus the MQTT publisher's families ([`names::MQTT`]) when `mqtt` is given.
 pub fn render_with(devices: &[DeviceView<'_>], mqtt: Option<&MqttView>, out: &mut String) -> std::fmt::Result {
+    let exporter = ExporterView { mqtt: mqtt.copied(), ..ExporterView::default() };
+    render_as(Format::OpenMetrics, devices, &exporter, out)
+}
+
+/// Append the body for `devices` and the `exporter`'s own families to `out`, in `format`.
+pub fn render_as(
+    format: Format,
+    devices: &[DeviceView<'_>],
+    exporter: &ExporterView,
+    out: &mut String,
+) -> std::fmt::Result {
     // No prefix: the collector writes full `bms_` names, and a registry prefix would double them.
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector::Scrape::new(devices, mqtt.copied())));
-    prometheus_client::encoding::text::encode(out, &registry)
+    registry.register_collector(Box::new(collector::Scrape::new(devices, exporter)));
+    match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(out, &registry),
+        Format::Text => {
+            let mut openmetrics = String::with_capacity(out.capacity().max(16 * 1024));
+            prometheus_client::encoding::text::encode(&mut openmetrics, &registry)?;
+            format::to_text(&openmetrics, out);
+            Ok(())
+        }
+    }
 }

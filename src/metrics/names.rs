@@ -1,10 +1,11 @@
-//! Every metric family the exporter serves (DESIGN.md §5): name, type, unit, help and label keys. This table
-//! is the single source the renderer, the README metric reference and the dashboards follow; a unit test in
+//! Every metric family the exporter serves (`ARCHITECTURE.md#metric-naming`): name, type, unit, help and label keys.
+//! This table is the single source the renderer, the README metric reference and the dashboards follow; a unit test in
 //! `collector.rs` checks that a render emits exactly these families, in this order.
 //!
 //! `name` is the name a query uses (`bms_polls_total`, `bms_pack_voltage_volts`, `bms_exporter_build_info`).
 //! prometheus-client appends `_total` to counters, `_info` to info metrics and `_<unit>` to a family with a
-//! unit, so the renderer passes it [`Metric::stem`], never `name` itself (ECOSYSTEM.md §4).
+//! unit, so the renderer passes it [`Metric::stem`], never `name` itself
+//! (a name passed whole would come out as `bms_polls_total_total`).
 
 /// The OpenMetrics type of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,13 +449,100 @@ const fn mqtt(name: &'static str, kind: Kind, unit: Option<&'static str>, help: 
 pub const MQTT: &[&Metric] =
     &[&MQTT_CONNECTED, &MQTT_MESSAGES, &MQTT_BYTES, &MQTT_ERRORS, &MQTT_LAST_PUBLISH, &MQTT_COMMANDS];
 
-/// Every family the exporter can serve: [`ALL`], then [`MQTT`].
-pub fn every() -> impl Iterator<Item = &'static Metric> {
-    ALL.iter().chain(MQTT).copied()
+/// `bms_exporter_config_last_reload_successful`, as Prometheus's own `prometheus_config_last_reload_successful`.
+pub const RELOAD_SUCCESSFUL: Metric = Metric {
+    name: "bms_exporter_config_last_reload_successful",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "1 if the last attempt to load the configuration file (at start, on SIGHUP or POST /-/reload) succeeded, 0 if \
+           it failed and the previous configuration is still running (only with --config, like the next family)",
+    labels: &[],
+    scope: Scope::Exporter,
+};
+/// `bms_exporter_config_last_reload_success_timestamp_seconds`.
+pub const RELOAD_SUCCESS_TIME: Metric = Metric {
+    name: "bms_exporter_config_last_reload_success_timestamp_seconds",
+    kind: Kind::Gauge,
+    unit: Some("seconds"),
+    help: "Unix time of the last successful load of the configuration file (the start, or the last good reload)",
+    labels: &[],
+    scope: Scope::Exporter,
+};
+
+/// The configuration reload families, rendered after [`MQTT`] only when serving a configuration file.
+pub const RELOAD: &[&Metric] = &[&RELOAD_SUCCESSFUL, &RELOAD_SUCCESS_TIME];
+
+const fn process(name: &'static str, kind: Kind, unit: Option<&'static str>, help: &'static str) -> Metric {
+    Metric { name, kind, unit, help, labels: &[], scope: Scope::Exporter }
 }
 
-/// The metrics reference as a Markdown table, one row per family of [`ALL`] and [`MQTT`] (the README embeds
-/// it; a test keeps the two equal).
+/// `process_cpu_seconds_total`.
+pub const PROCESS_CPU: Metric = process(
+    "process_cpu_seconds_total",
+    Kind::Counter,
+    Some("seconds"),
+    "CPU time the exporter has used in user and system mode (Linux /proc/self/stat utime + stime)",
+);
+/// `process_resident_memory_bytes`.
+pub const PROCESS_RESIDENT: Metric = process(
+    "process_resident_memory_bytes",
+    Kind::Gauge,
+    Some("bytes"),
+    "Resident memory of the exporter (Linux /proc/self/stat rss times the page size)",
+);
+/// `process_virtual_memory_bytes`.
+pub const PROCESS_VIRTUAL: Metric = process(
+    "process_virtual_memory_bytes",
+    Kind::Gauge,
+    Some("bytes"),
+    "Virtual memory size of the exporter (Linux /proc/self/stat vsize)",
+);
+/// `process_virtual_memory_max_bytes`.
+pub const PROCESS_VIRTUAL_MAX: Metric = process(
+    "process_virtual_memory_max_bytes",
+    Kind::Gauge,
+    Some("bytes"),
+    "Soft limit on the exporter's virtual memory size (RLIMIT_AS, Max address space in /proc/self/limits); \
+     about 1.8e19 (2^64) when unlimited",
+);
+/// `process_open_fds`.
+pub const PROCESS_OPEN_FDS: Metric =
+    process("process_open_fds", Kind::Gauge, None, "Open file descriptors of the exporter (Linux /proc/self/fd)");
+/// `process_max_fds`.
+pub const PROCESS_MAX_FDS: Metric = process(
+    "process_max_fds",
+    Kind::Gauge,
+    None,
+    "Soft limit on the exporter's open file descriptors (RLIMIT_NOFILE, Max open files in /proc/self/limits)",
+);
+/// `process_start_time_seconds`.
+pub const PROCESS_START: Metric = process(
+    "process_start_time_seconds",
+    Kind::Gauge,
+    Some("seconds"),
+    "Unix time the exporter process started (Linux /proc/self/stat starttime after /proc/stat btime)",
+);
+
+/// The exporter process's own families, named as every client_golang exporter names them and in the alphabetical
+/// order a Go exporter's body has them; the server renders them last (after [`MQTT`] and [`RELOAD`]), and a figure that cannot
+/// be read has no series.
+pub const PROCESS: &[&Metric] = &[
+    &PROCESS_CPU,
+    &PROCESS_MAX_FDS,
+    &PROCESS_OPEN_FDS,
+    &PROCESS_RESIDENT,
+    &PROCESS_START,
+    &PROCESS_VIRTUAL,
+    &PROCESS_VIRTUAL_MAX,
+];
+
+/// Every family the exporter can serve: [`ALL`], then [`MQTT`], then [`RELOAD`], then [`PROCESS`].
+pub fn every() -> impl Iterator<Item = &'static Metric> {
+    ALL.iter().chain(MQTT).chain(RELOAD).chain(PROCESS).copied()
+}
+
+/// The metrics reference as a Markdown table, one row per family of [`ALL`], [`MQTT`], [`RELOAD`] and [`PROCESS`] (the
+/// README embeds it; a test keeps the two equal).
 #[must_use]
 pub fn reference_markdown() -> String {
     use std::fmt::Write as _;
@@ -484,7 +572,9 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), every().count(), "a family is listed twice");
         for m in every() {
-            assert!(m.name.starts_with("bms_"), "{}", m.name);
+            // The process families keep the names every Prometheus user's dashboards already query.
+            let prefix = if PROCESS.contains(&m) { "process_" } else { "bms_" };
+            assert!(m.name.starts_with(prefix), "{}", m.name);
             assert!(is_name(m.name), "{}", m.name);
             if let Some(suffix) = m.kind.suffix() {
                 assert!(m.name.ends_with(suffix), "{} must end in {suffix}", m.name);

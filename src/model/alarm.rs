@@ -1,6 +1,6 @@
 //! Alarm identifiers shared by every output: a named flag with a severity, and per-cell/per-sensor levels.
 //!
-//! Names are the snake_case identifiers of the protocol specifications (`protocols/*.md`); they become the
+//! Names are the snake_case identifiers of the protocol specifications (`docs/protocols/`); they become the
 //! `alarm` label of `bms_alarm_active`, so they must stay stable across releases.
 
 use serde::Serialize;
@@ -67,7 +67,7 @@ pub struct Indicator {
     pub on: bool,
 }
 
-/// The meaning of a Pace level byte (`protocols/pace.md` §7.2).
+/// The meaning of a Pace level byte (`docs/protocols/pace.md#0x44-status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LevelAlarmKind {

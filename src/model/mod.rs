@@ -246,7 +246,7 @@ impl PackSnapshot {
 
 /// Which sign the device uses for current on the wire; the model always stores positive = charging.
 ///
-/// Daly boards disagree (`protocols/daly.md` §6.1), so the user can choose; `Auto` learns it from the
+/// Daly boards disagree (`docs/protocols/daly-a5.md#current-sign`), so the user can choose; `Auto` learns it from the
 /// reported charge/discharge state when the current is large enough to be sure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -24,6 +24,8 @@ use super::control::Outcome;
 use super::{DeviceView, Message, connect, control};
 use crate::config::mqtt::MqttConfig;
 use crate::metrics::{MqttView, names};
+use crate::model::DeviceSnapshot;
+use crate::protocol::Protocol;
 use crate::scrape::{Scraper, unix_now};
 
 /// The first wait after a failed connection; it doubles up to [`BACKOFF_MAX`].
@@ -147,9 +149,22 @@ pub fn broker_url(config: &MqttConfig) -> String {
     format!("{scheme}://{}:{}", config.broker.host, config.broker.port)
 }
 
-/// Start publishing `scraper`'s devices as `config` says, on the current tokio runtime. The connection settings
-/// (password file, CA and client certificates) are read here, so a mistake in them fails the start.
-pub fn spawn(config: MqttConfig, scraper: Arc<Scraper>, stats: Arc<MqttStats>) -> anyhow::Result<Publisher> {
+/// The devices to publish: the scraper in force, replaced when a configuration reload changes the devices (each
+/// round and each command takes the one current when it starts).
+pub type Scrapers = watch::Receiver<Arc<Scraper>>;
+
+/// Read the connection settings of `config` (password file, CA and client certificates) as [`spawn`] would,
+/// without connecting: a reload checks a new `mqtt:` block this way before it stops the running publisher.
+pub fn check(config: &MqttConfig) -> anyhow::Result<()> {
+    let will = super::will(config);
+    connect::options(config, will.as_ref()).context("the mqtt: broker connection settings")?;
+    Ok(())
+}
+
+/// Start publishing the devices of the current scraper as `config` says, on the current tokio runtime. The
+/// connection settings (password file, CA and client certificates) are read here, so a mistake in them fails the
+/// start.
+pub fn spawn(config: MqttConfig, scraper: Scrapers, stats: Arc<MqttStats>) -> anyhow::Result<Publisher> {
     let will = super::will(&config);
     let options = connect::options(&config, will.as_ref()).context("the mqtt: broker connection settings")?;
     let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
@@ -336,7 +351,7 @@ impl Outbox {
 /// The publisher's state between intervals.
 struct Run {
     config: Arc<MqttConfig>,
-    scraper: Arc<Scraper>,
+    scraper: Scrapers,
     outbox: Outbox,
     /// Every discovery message sent on this connection's broker, by topic: what changed is sent again.
     discovery_sent: HashMap<String, String>,
@@ -345,11 +360,14 @@ struct Run {
     /// The first connection's birth and subscriptions are done. The client marks itself connected before this
     /// task hears of it, and a round in between would send discovery once more than the connection needs.
     greeted: bool,
+    /// The devices the last round published: one a reload removed is published once more, as down, so its
+    /// retained availability does not stay `online`.
+    published: Vec<(String, Protocol)>,
 }
 
 async fn run(
     config: Arc<MqttConfig>,
-    scraper: Arc<Scraper>,
+    scraper: Scrapers,
     outbox: Outbox,
     mut notes: mpsc::Receiver<Note>,
     mut stop: watch::Receiver<bool>,
@@ -367,6 +385,7 @@ async fn run(
         discovery_sent: HashMap::new(),
         discovery_due: true,
         greeted: false,
+        published: Vec::new(),
     };
     loop {
         tokio::select! {
@@ -428,12 +447,24 @@ impl Run {
         }
         let interval = self.config.interval;
         let deadline = Instant::now() + (interval.mul_f64(0.8)).min(COLLECT_MAX);
-        let seen = self.scraper.collect(None, deadline).await;
+        // One scraper for the whole round: a reload in between must not pair a status with another device.
+        let scraper = Arc::clone(&self.scraper.borrow());
+        let gone: Vec<(String, Protocol)> =
+            self.published.iter().filter(|(name, _)| scraper.find(name).is_none()).cloned().collect();
+        for (name, protocol) in &gone {
+            let nothing = DeviceSnapshot::default();
+            let view = DeviceView { name, protocol: *protocol, up: false, values: &nothing, energy: &[] };
+            if !self.outbox.publish_all(&super::state(&self.config, &view)).await {
+                return;
+            }
+        }
+        self.published = scraper.targets().iter().map(|t| (t.name.clone(), t.protocol)).collect();
+        let seen = scraper.collect(None, deadline).await;
         if self.discovery_due && !self.outbox.publish_all(&super::exporter_discovery(&self.config)).await {
             return;
         }
         for (index, seen) in &seen {
-            let Some(target) = self.scraper.targets().get(*index) else { continue };
+            let Some(target) = scraper.targets().get(*index) else { continue };
             let view = DeviceView {
                 name: &target.name,
                 protocol: target.protocol,
@@ -466,15 +497,12 @@ impl Run {
 }
 
 /// The command handler: one command at a time, through the same guarded path as `bms_exporter set`.
-fn spawn_commands(
-    config: &Arc<MqttConfig>,
-    scraper: &Arc<Scraper>,
-    outbox: &Outbox,
-) -> mpsc::Sender<(String, Vec<u8>)> {
+fn spawn_commands(config: &Arc<MqttConfig>, scraper: &Scrapers, outbox: &Outbox) -> mpsc::Sender<(String, Vec<u8>)> {
     let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(COMMAND_QUEUE);
-    let (config, scraper, outbox) = (Arc::clone(config), Arc::clone(scraper), outbox.clone());
+    let (config, scrapers, outbox) = (Arc::clone(config), scraper.clone(), outbox.clone());
     tokio::spawn(async move {
         while let Some((topic, payload)) = rx.recv().await {
+            let scraper = Arc::clone(&scrapers.borrow());
             let handled = control::run(&config, &scraper, &topic, &payload).await;
             outbox.stats.command_handled(handled.outcome);
             outbox.publish_all(&handled.messages).await;

@@ -16,8 +16,8 @@
 //! | `errors` | list of daly-bms-cli's error texts for the active alarms |
 //!
 //! Deviations, each deliberate:
-//! - Ranges are derived from the cells and probes (DESIGN.md §4: 0x91/0x92 are not polled); on a tie the
-//!   lowest-numbered cell or sensor is named, where a board may name another.
+//! - Ranges are derived from the cells and probes (0x91/0x92 are not polled, `docs/protocols/daly-a5.md#poll-plan`); on
+//!   a tie the lowest-numbered cell or sensor is named, where a board may name another.
 //! - `current` is the model's current, positive while charging. daly-bms-cli prints the raw wire value, which
 //!   has the same sign on charge-positive boards; on a discharge-positive board, `--current-sign
 //!   charge-positive` reproduces daly-bms-cli's sign exactly.

@@ -1,9 +1,9 @@
 //! The `read` subcommand's JSON document: a snapshot rendered as one object per chosen section per pack.
 //!
-//! Shape: `{"protocol": "daly", "packs": [{"pack": 1, "online": true, "soc": {…}, …}]}`; the CLI adds an
-//! `"errors"` key itself. Keys carry their unit (DESIGN.md §5): SI base units, capacities in ampere-hours, ratios
-//! 0–1, current positive while charging. A value the device has not reported is `null`, never a guess; a list
-//! or map that was not read at all (no cells, no temperatures, no alarm table) is `null` as well.
+//! Shape: `{"protocol": "daly", "packs": [{"pack": 1, "online": true, "soc": {…}, …}]}`; the CLI adds an `"errors"` key
+//! itself. Keys carry their unit (`ARCHITECTURE.md#metric-naming`): SI base units, capacities in ampere-hours, ratios
+//! 0–1, current positive while charging. A value the device has not reported is `null`, never a guess; a list or map
+//! that was not read at all (no cells, no temperatures, no alarm table) is `null` as well.
 //!
 //! Which model field goes into which section (the section is the unit a poll is limited to, so this follows
 //! what each Daly request returns, and the other protocols fill the same slots):

@@ -1,6 +1,6 @@
 //! The Nagios/Icinga check: thresholds and a snapshot in, one status line with perfdata and an exit code out.
 //!
-//! PURE (STYLE.md §2, checked by `scripts/check-layers.sh`): no I/O, no clock, no printing; the CLI prints
+//! PURE (`ARCHITECTURE.md#layers`, checked by `scripts/check-layers.sh`): no I/O, no clock, no printing; the CLI prints
 //! [`CheckOutcome::line`] and exits with [`Status::exit_code`].
 //!
 //! The line follows the Monitoring Plugins guidelines: `BMS <STATUS> - <text> | <perfdata>`. The text names

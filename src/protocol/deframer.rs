@@ -1,9 +1,9 @@
 //! Finds frame edges in a byte stream that arrives in any chunking (serial reads, TCP segments, BLE
 //! notifications), for any protocol that implements [`Framing`].
 //!
-//! Garbage before a start byte is skipped; a candidate that fails its checks (bad length, bad checksum, a frame
-//! cut short by the next one) costs one byte and the search goes on from the next start byte, which is what
-//! finds the good frame behind a cut one (`protocols/daly.md` §5). Every skipped byte is counted for
+//! Garbage before a start byte is skipped; a candidate that fails its checks (bad length, bad checksum, a frame cut
+//! short by the next one) costs one byte and the search goes on from the next start byte, which is what finds the good
+//! frame behind a cut one (`docs/protocols/daly-a5.md#finding-frames-in-a-stream`). Every skipped byte is counted for
 //! `bms_resync_bytes_total`. The buffer never holds more than one maximum-size frame plus one pushed chunk.
 
 use super::DecodeError;

@@ -15,6 +15,15 @@ pub enum DecodeError {
         /// Bytes the frame needs.
         need: usize,
     },
+    /// A multi-frame reply (Daly 0x95 cells, 0x96 temperatures, text) ended without one of its frames, lost to
+    /// noise or a dropped notification: taken as it is, its values would have holes, so the reply is incomplete.
+    #[error("incomplete reply: frame {number} missing ({received} frames received)")]
+    MissingFrame {
+        /// The frame number that did not arrive (as the board numbers them).
+        number: u8,
+        /// Frames of the reply that did arrive.
+        received: usize,
+    },
     /// No frame at all was found in the input.
     #[error("no frame found in {len} bytes")]
     NoFrame {
@@ -187,6 +196,7 @@ impl DecodeError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Truncated { .. } => "truncated",
+            Self::MissingFrame { .. } => "missing_frame",
             Self::NoFrame { .. } => "no_frame",
             Self::BadStart { .. } => "bad_soi",
             Self::MissingEnd { .. } => "missing_eoi",
@@ -212,12 +222,14 @@ impl DecodeError {
         }
     }
 
-    /// The bounded `reason` label of `bms_poll_failures_total` (DESIGN.md §5) this error counts under.
+    /// The bounded `reason` label of `bms_poll_failures_total` (`ARCHITECTURE.md#errors-and-failure-reasons`) this
+    /// error counts under.
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Checksum { .. } | Self::Checksum16 { .. } | Self::LengthChecksum { .. } => "checksum",
-            Self::Truncated { .. } | Self::NoFrame { .. } => "truncated",
+            // A reply cut short, by bytes or by whole frames.
+            Self::Truncated { .. } | Self::MissingFrame { .. } | Self::NoFrame { .. } => "truncated",
             Self::UnexpectedCommand { .. }
             | Self::UnknownCommand { .. }
             | Self::UnexpectedAddress { .. }
@@ -242,7 +254,7 @@ impl DecodeError {
     }
 }
 
-/// The name of a Pace RTN code (`protocols/pace.md` §3.5); `unknown` for codes no source defines.
+/// The name of a Pace RTN code (`docs/protocols/pace.md#return-codes`); `unknown` for codes no source defines.
 #[must_use]
 pub fn rtn_name(rtn: u8) -> &'static str {
     match rtn {

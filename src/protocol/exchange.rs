@@ -19,8 +19,8 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
     /// What the request asks, for logs and errors (e.g. `0x95 cells board 1`).
     pub label: String,
-    /// The device may not know this command at all (Daly identity reads: a board that does not know a code
-    /// stays silent, daly.md §8): send it once, and silence is not a failure but
+    /// The device may not know this command at all (Daly identity reads: a board that does not know a code stays
+    /// silent, `docs/protocols/daly-a5.md#identity-and-capacity-reads`): send it once, and silence is not a failure but
     /// [`Exchange::handle_unanswered`].
     pub optional: bool,
 }

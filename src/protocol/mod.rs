@@ -27,7 +27,7 @@ pub use exchange::{Exchange, Outgoing, Progress};
 
 use crate::model::{CurrentSign, DeviceSnapshot};
 
-/// The wire protocols bms_exporter speaks (DESIGN.md §1).
+/// The wire protocols bms_exporter speaks (each described in `docs/protocols/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {

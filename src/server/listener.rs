@@ -3,7 +3,8 @@
 //! serves it with hyper's HTTP/1 connection, which closes a connection whose request head does not arrive within
 //! the header read timeout. An idle limit guards every connection mid-request, and shutdown is graceful: the
 //! listener closes at once, open requests are answered, and idle connections close. Basic auth and the configured
-//! headers are layered around the caller's routes here.
+//! headers are layered around the caller's routes here, from the web config in force at each request (and the TLS
+//! certificate from the one in force at each handshake; see [`LiveWebConfig`]).
 
 use std::future::Future;
 use std::io;
@@ -13,9 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Request};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -31,6 +33,7 @@ use tracing::{debug, error, info, warn};
 use super::auth;
 use super::connections::{Connections, Slot};
 use super::idle::Idle;
+use super::live::LiveWebConfig;
 use super::web_config::WebConfig;
 
 /// How long a client may take to complete the TLS handshake before it is dropped.
@@ -95,20 +98,23 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("the listening socket has no local address")?;
-    let (app, tls, basic_auth) = match &web {
-        Some(web) => (wrap(app, web), web.tls(), web.basic_auth_enabled()),
-        None => (app, None, false),
+    // Whether TLS is spoken is decided here, once; the certificate and users may change while serving.
+    let (tls, basic_auth) = web.as_ref().map_or((false, false), |w| (w.tls_enabled(), w.basic_auth_enabled()));
+    let live = web.map(|web| Arc::new(LiveWebConfig::new(web)));
+    let app = match &live {
+        Some(live) => wrap(app, live),
+        None => app,
     };
     let header_read_timeout = format!("{:?}", limits.header_read_timeout);
     let max_connections = limits.max_connections;
-    if tls.is_some() {
+    if tls {
         info!(address = %local, basic_auth, max_connections, header_read_timeout, "serving HTTPS");
     } else {
         info!(address = %local, basic_auth, max_connections, header_read_timeout, "serving HTTP (TLS off)");
     }
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    let shared = Arc::new(Shared { app, http, tls: tls.map(TlsAcceptor::from) });
+    let shared = Arc::new(Shared { app, http, live: live.filter(|_| tls) });
     let connections = Connections::new(limits.max_connections);
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -157,16 +163,19 @@ pub async fn serve_with(
 struct Shared {
     app: Router,
     http: http1::Builder,
-    tls: Option<TlsAcceptor>,
+    /// With TLS on: the web config whose certificate each handshake uses.
+    live: Option<Arc<LiveWebConfig>>,
 }
 
 /// One connection from accept to close: the TLS handshake where configured, then HTTP/1.
 async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, slot: Slot) {
     set_nodelay(&tcp);
     let io = Idle::new(tcp, IDLE_TIMEOUT);
-    let Some(acceptor) = &shared.tls else {
+    // The certificate in force now: a renewed one is served from the next connection on.
+    let Some(config) = shared.live.as_ref().and_then(|live| live.current().tls()) else {
         return http(&shared, io, peer, slot).await;
     };
+    let acceptor = TlsAcceptor::from(config);
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io));
     let tls = tokio::select! {
         done = handshake => match done {
@@ -222,19 +231,25 @@ where
     }
 }
 
-/// Layer basic auth (inside) and the configured headers (outside, so a 401 carries them too) around `app`.
-fn wrap(mut app: Router, web: &WebConfig) -> Router {
-    if let Some(users) = web.auth() {
-        app = app.layer(middleware::from_fn_with_state(users, auth::require));
-    }
-    let headers = web.headers();
-    if !headers.is_empty() {
-        app = app.layer(middleware::map_response_with_state(headers, add_headers));
-    }
-    app
+/// Layer basic auth (inside) and the configured headers (outside, so a 401 carries them too) around `app`, each
+/// as the web config in force when the request arrives says.
+fn wrap(app: Router, live: &Arc<LiveWebConfig>) -> Router {
+    app.layer(middleware::from_fn_with_state(Arc::clone(live), require_auth))
+        .layer(middleware::from_fn_with_state(Arc::clone(live), add_headers))
 }
 
-async fn add_headers(State(headers): State<Arc<[(HeaderName, HeaderValue)]>>, mut response: Response) -> Response {
+/// Basic auth by the users in force (none configured: every request passes).
+async fn require_auth(State(live): State<Arc<LiveWebConfig>>, request: Request<Body>, next: Next) -> Response {
+    match live.current().auth() {
+        Some(users) => auth::require(State(users), request, next).await,
+        None => next.run(request).await,
+    }
+}
+
+/// The headers in force, on every response.
+async fn add_headers(State(live): State<Arc<LiveWebConfig>>, request: Request<Body>, next: Next) -> Response {
+    let headers: Arc<[(HeaderName, HeaderValue)]> = live.current().headers();
+    let mut response = next.run(request).await;
     for (name, value) in headers.iter() {
         response.headers_mut().insert(name.clone(), value.clone());
     }

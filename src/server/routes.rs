@@ -1,20 +1,23 @@
-//! The exporter's HTTP surface: `/metrics` (or the configured telemetry path), `/probe?target=NAME`, a landing
-//! page and the orchestrator endpoints `/-/healthy` and `/-/ready`. Read-only by construction: nothing here can
-//! reach a write command (those live in `control`, which this module does not import).
+//! The exporter's HTTP surface: `/metrics` (or the configured telemetry path), `/probe?target=NAME`, the live
+//! landing page ([`landing`](super::landing)) and the orchestrator endpoints `/-/healthy` and `/-/ready`.
+//! Read-only by construction: nothing here can reach a write command (those live in `control`, which this module
+//! does not import). The metric bodies are OpenMetrics when the request's `Accept` header asks for it (Prometheus
+//! does), else the Prometheus text format.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 
-use crate::metrics::{self, DeviceView, MqttView};
+use super::landing::{self, About};
+use crate::metrics::{self, DeviceView, ExporterView, Format};
 use crate::mqtt::MqttStats;
 use crate::scrape::{Scraper, Seen, scrape_budget};
+use crate::server::process;
 
 /// Header in which Prometheus announces its scrape timeout.
 const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
@@ -26,12 +29,14 @@ struct App {
     telemetry_path: String,
     /// The MQTT publisher's health, when `mqtt:` is configured.
     mqtt: Option<Arc<MqttStats>>,
+    /// What the landing page says about this run.
+    about: About,
 }
 
 /// The router for `scraper`, with the metrics at `telemetry_path` (e.g. `/metrics`), which also carry the MQTT
-/// publisher's health when `mqtt` is given.
-pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, mqtt: Option<Arc<MqttStats>>) -> Router {
-    let app = Arc::new(App { scraper, telemetry_path: telemetry_path.to_owned(), mqtt });
+/// publisher's health when `mqtt` is given, and the landing page telling `about` this run.
+pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, mqtt: Option<Arc<MqttStats>>, about: About) -> Router {
+    let app = Arc::new(App { scraper, telemetry_path: telemetry_path.to_owned(), mqtt, about });
     Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(scrape))
@@ -41,11 +46,17 @@ pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, mqtt: Option<Arc<Mqtt
         .with_state(app)
 }
 
-/// `/metrics`: every configured device.
+/// `/metrics`: every configured device, and the exporter's own health.
 async fn scrape(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let deadline = deadline(&headers);
     let seen = app.scraper.collect(None, deadline).await;
-    render(&app.scraper, &seen, app.mqtt.as_deref().map(MqttStats::view).as_ref())
+    // Read after the devices, so the figures include what this scrape's polls cost.
+    let exporter = ExporterView {
+        mqtt: app.mqtt.as_deref().map(MqttStats::view),
+        reload: app.scraper.reload_view(),
+        process: Some(process::read()),
+    };
+    render(&app.scraper, &seen, &exporter, format(&headers))
 }
 
 /// `/probe?target=NAME`: one configured device (the multi-target pattern of blackbox and snmp exporters).
@@ -71,8 +82,13 @@ async fn probe(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Res
         return (StatusCode::NOT_FOUND, body).into_response();
     };
     let seen = app.scraper.collect(Some(index), deadline(&headers)).await;
-    // The exporter's MQTT health belongs to `/metrics`, not to a probe of one device.
-    render(&app.scraper, &seen, None)
+    // The exporter's own health (MQTT, reloads, process) belongs to `/metrics`, not to a probe of one device.
+    render(&app.scraper, &seen, &ExporterView::default(), format(&headers))
+}
+
+/// The body format the request's `Accept` header asks for; a header that is not visible ASCII counts as absent.
+fn format(headers: &HeaderMap) -> Format {
+    Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 
 /// The deadline for a scrape that arrived now with `headers`.
@@ -81,9 +97,9 @@ fn deadline(headers: &HeaderMap) -> Instant {
     Instant::now() + scrape_budget(announced)
 }
 
-/// Render the devices `seen` (indices into the scraper's targets), and the MQTT publisher's health when given,
-/// as one OpenMetrics body.
-fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) -> Response {
+/// Render the devices `seen` (indices into the scraper's targets) and the `exporter`'s own families as one body
+/// in `format`.
+fn render(scraper: &Scraper, seen: &[(usize, Seen)], exporter: &ExporterView, format: Format) -> Response {
     let views: Vec<DeviceView<'_>> = seen
         .iter()
         .filter_map(|(index, seen)| {
@@ -99,8 +115,9 @@ fn render(scraper: &Scraper, seen: &[(usize, Seen)], mqtt: Option<&MqttView>) ->
         })
         .collect();
     let mut body = String::with_capacity(16 * 1024);
-    match metrics::render_with(&views, mqtt, &mut body) {
-        Ok(()) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+    match metrics::render_as(format, &views, exporter, &mut body) {
+        // `Vary`: a cache between scraper and exporter must not answer one format's request with the other's.
+        Ok(()) => ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], body).into_response(),
         Err(error) => {
             tracing::error!(%error, "rendering the metrics failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "rendering the metrics failed\n").into_response()
@@ -117,31 +134,9 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// `/`: what this is and where to go.
-async fn landing(State(app): State<Arc<App>>) -> Html<String> {
-    let mut page = String::with_capacity(2048);
-    let path = html_escape(&app.telemetry_path);
-    let _ = write!(
-        page,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bms_exporter</title></head><body>\n\
-         <h1>bms_exporter {version}</h1>\n<p>Battery management systems, exported for Prometheus.</p>\n<ul>\n\
-         <li><a href=\"{path}\">{path}</a>: every configured device</li>\n",
-        version = env!("CARGO_PKG_VERSION"),
-    );
-    for target in app.scraper.targets() {
-        let name = html_escape(&target.name);
-        let _ = writeln!(
-            page,
-            "<li><a href=\"/probe?target={name}\">/probe?target={name}</a>: {protocol} over {transport}</li>",
-            protocol = target.protocol,
-            transport = target.transport,
-        );
-    }
-    page.push_str(
-        "<li><a href=\"/-/healthy\">/-/healthy</a> and <a href=\"/-/ready\">/-/ready</a>: for orchestrators</li>\n\
-         </ul>\n</body></html>\n",
-    );
-    Html(page)
+/// `/`: the live view of every device, collected as a scrape would be (see [`landing::PAGE_WAIT`]).
+async fn landing(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    landing::page(&app.scraper, &app.about, &app.telemetry_path, deadline(&headers)).await
 }
 
 /// Every value of `key` in a URL query string, in order and percent-decoded (an empty one included).
@@ -180,22 +175,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Escape text for HTML element content and attribute values.
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,10 +197,5 @@ mod tests {
         assert_eq!(query_params("target=a&x=1&target=a", "target"), ["a", "a"]);
         // An encoded key is the same key: it cannot smuggle a second target past the check.
         assert_eq!(query_params("target=a&%74arget=b", "target"), ["a", "b"]);
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 }

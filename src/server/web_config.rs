@@ -1,7 +1,8 @@
 //! `--web.config.file`: the exporter-toolkit web configuration (the format node_exporter reads), parsed in two
 //! stages. Raw structs mirror the YAML (serde-saphyr; unknown keys are errors, and the exporter-toolkit keys this
 //! exporter does not implement are rejected by name rather than silently ignored); [`WebConfig::load`] then
-//! resolves them once at start-up into a ready rustls `ServerConfig`, a basic-auth user table and a header list.
+//! resolves them into a ready rustls `ServerConfig`, a basic-auth user table and a header list, at start-up and
+//! again whenever one of its files changes (see `live.rs`, which uses [`WebConfig::files_digest`]).
 //! Relative file names are taken from the web config file's directory, as exporter-toolkit does. No sockets here.
 
 use std::collections::BTreeMap;
@@ -21,11 +22,13 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, SupportedProtocolV
 
 use super::auth::BasicAuth;
 
-/// A web configuration resolved at start-up: what [`serve`](super::serve) needs to add TLS, basic auth and
+/// A resolved web configuration: what [`serve`](super::serve) needs to add TLS, basic auth and
 /// response headers around the caller's routes.
 #[derive(Clone)]
 pub struct WebConfig {
     path: PathBuf,
+    /// Every file it was built from: itself, then the certificate, key and client CA files it names.
+    files: Arc<[PathBuf]>,
     tls: Option<Arc<ServerConfig>>,
     auth: Option<Arc<BasicAuth>>,
     headers: Arc<[(HeaderName, HeaderValue)]>,
@@ -82,6 +85,7 @@ impl fmt::Debug for WebConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebConfig")
             .field("path", &self.path)
+            .field("files", &self.files)
             .field("tls", &self.tls.is_some())
             .field("basic_auth_users", &self.auth.as_ref().map_or(0, |a| a.user_count()))
             .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
@@ -118,13 +122,27 @@ impl WebConfig {
             Some(http) => resolve_headers(&ctx, http)?,
             None => Vec::new(),
         };
-        Ok(Self { path: path.to_owned(), tls, auth, headers: headers.into() })
+        let mut files = vec![path.to_owned()];
+        if let Some(section) = &raw.tls_server_config {
+            let named = [&section.value.cert_file, &section.value.key_file, &section.value.client_ca_file];
+            files.extend(named.into_iter().filter_map(|f| given(f.as_ref())).map(|f| ctx.resolve(&f.value)));
+        }
+        Ok(Self { path: path.to_owned(), files: files.into(), tls, auth, headers: headers.into() })
     }
 
     /// The file this configuration came from.
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A digest of the current content of every file this configuration was built from (a file that cannot be
+    /// read counts as its error): when it differs from the digest taken at load time, a file has changed.
+    #[must_use]
+    pub fn files_digest(&self) -> u64 {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default()
+            .hash_one(self.files.iter().map(|f| std::fs::read(f).map_err(|e| e.kind())).collect::<Vec<_>>())
     }
 
     /// Whether connections must speak TLS.
@@ -137,6 +155,10 @@ impl WebConfig {
     #[must_use]
     pub fn basic_auth_enabled(&self) -> bool {
         self.auth.is_some()
+    }
+
+    pub(crate) fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     pub(crate) fn tls(&self) -> Option<Arc<ServerConfig>> {

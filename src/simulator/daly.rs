@@ -24,7 +24,15 @@ struct Board {
     pack: Pack,
     /// The rolling 0x93 "BMS life" counter.
     life: u8,
+    /// The 0x63 identity string (the model name readers show).
+    model: String,
 }
+
+/// The identity string a simulated board reports unless told otherwise.
+pub const DEFAULT_MODEL: &str = "DL-BMS-SIM-01";
+
+/// Longest identity string a 0x63 reply carries: 16 frames of 7 characters.
+pub const MAX_MODEL_LEN: usize = 112;
 
 /// Boards sharing one simulated RS485/UART line.
 #[derive(Debug, Clone)]
@@ -43,9 +51,20 @@ impl DalyBus {
                 number,
                 pack: Pack::new(config.clone(), seed.wrapping_add(u64::from(number))),
                 life: 0,
+                model: DEFAULT_MODEL.to_owned(),
             })
             .collect();
         Self { boards }
+    }
+
+    /// Every board reports `model` as its 0x63 identity string (cut to [`MAX_MODEL_LEN`] bytes on the wire).
+    /// Readers take it as they get it, so a test can make a BMS report markup or quotes and see where they go.
+    #[must_use]
+    pub fn with_model(mut self, model: &str) -> Self {
+        for board in &mut self.boards {
+            model.clone_into(&mut board.model);
+        }
+        self
     }
 
     /// The board a request's host address selects, and whether it asked with the UART/BLE address 0x80.
@@ -155,8 +174,7 @@ impl Board {
                 return Text::new(Command::BatteryCode, &code).encode_frames(self.number, Command::BatteryCode.code());
             }
             Command::Identity => {
-                return Text::new(Command::Identity, "DL-BMS-SIM-01")
-                    .encode_frames(self.number, Command::Identity.code());
+                return Text::new(Command::Identity, &self.model).encode_frames(self.number, Command::Identity.code());
             }
             Command::DischargeMosfet => {
                 let on = request.data.first().is_some_and(|&b| b != 0);
@@ -176,7 +194,7 @@ impl Board {
                 }
                 Message::SetSoc(SetSocAck { accepted })
             }
-            // Mode 0 and a fixed production date (2026-01-15): the layout is only of medium confidence (daly.md §8),
+            // Mode 0 and a fixed production date (2026-01-15): the layout is only of medium confidence,
             // so the simulator sends exactly what our decoder reads and nothing it would have to guess.
             Command::BatteryMode => Message::BatteryMode(BatteryMode {
                 mode_raw: 0,
@@ -185,7 +203,7 @@ impl Board {
                 production_day: 15,
                 raw: [0, 0, 26, 1, 15, 0, 0, 0],
             }),
-            // A restart changes nothing a reader can see (a 2026 board kept its uptime, daly.md §7.3); acknowledge it.
+            // A restart changes nothing a reader can see (a 2026 board kept its uptime); acknowledge it.
             Command::Restart => Message::Restart,
         };
         message.encode(self.number)
@@ -390,6 +408,27 @@ mod tests {
             let capture = decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
             assert!(capture.rejected.is_empty() && !capture.replies.is_empty(), "{command:?}: {capture:?}");
         }
+    }
+
+    #[test]
+    fn the_identity_reply_carries_the_model_it_was_given() {
+        let identity = |bus: &mut DalyBus| {
+            let request = Request::read(Command::Identity, Address::Rs485, Filler::Zero).encode();
+            let reply = bus.respond(&request).unwrap().reply;
+            let capture = decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+            match capture.replies.as_slice() {
+                [reply] => match &reply.message {
+                    Message::Identity(text) => text.text.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(identity(&mut DalyBus::new(1, 4, 1, 1)), DEFAULT_MODEL);
+        let xss = "<script>alert(1)</script> \"quoted\" & 'single'";
+        assert_eq!(identity(&mut DalyBus::new(2, 4, 1, 1).with_model(xss)), xss);
+        let long = "M".repeat(MAX_MODEL_LEN + 10);
+        assert_eq!(identity(&mut DalyBus::new(1, 4, 1, 1).with_model(&long)), long[..MAX_MODEL_LEN]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The simulated Modbus-style Daly bus (`protocols/daly.md` §12): one D2 board (device byte 0xD2) that answers
+//! The simulated Modbus-style Daly bus (`docs/protocols/daly-modbus.md`): one D2 board (device byte 0xD2) that answers
 //! function 3 reads from its register image and function 6 writes to the MOSFET switches, through the codec's
 //! own encoders. Pure: no I/O, no clock.
 

@@ -1,11 +1,11 @@
-//! The simulated Pace bus (`protocols/pace.md`): a master pack at ADR 1 relaying up to 16 chained packs, answering
+//! The simulated Pace bus (`docs/protocols/pace.md`): a master pack at ADR 1 relaying up to 16 chained packs, answering
 //! the reads 0x42/0x44/0xC1/0xC2/0xA6/0x90/0xB1 through the codec's own encoders. Pure: no I/O, no clock.
 //!
 //! Where real firmwares differ, this bus chooses (and the tests pin down):
 //! - Only ADR 1 answers, plus ADR 0 when the bus holds a single pack (a stand-alone pack); other ADRs stay silent,
 //!   as do frames that fail the envelope checks (a real BMS ignores what it cannot parse). Replies carry ADR 1.
 //! - COMMAND 0xFF returns every pack (second byte = count); COMMAND n (1..=packs) pack n (second byte = n);
-//!   COMMAND 0 the master itself (second byte 0, §5); any other COMMAND gets RTN 0x90 (ADR error).
+//!   COMMAND 0 the master itself (second byte 0); any other COMMAND gets RTN 0x90 (ADR error).
 //! - VER other than 0x25 gets RTN 0x01; CID1 other than 0x46, a command it does not know (writes such as 0x9B
 //!   included: this board implements no writes) or a read with the wrong INFO length gets RTN 0x04.
 //! - With six temperatures the wire carries probes 1–4, the MOSFET and the ambient sensor (probe 5's reading),
@@ -335,7 +335,7 @@ fn analog_block(pack: &Pack) -> PackBlock {
     }
 }
 
-/// A §7.2 level byte: 0x01 below `low`, 0x02 above `high`, else 0x00.
+/// A level byte (`docs/protocols/pace.md#0x44-status`): 0x01 below `low`, 0x02 above `high`, else 0x00.
 fn level(value: f64, low: f64, high: f64) -> u8 {
     match value {
         v if v > high => 0x02,

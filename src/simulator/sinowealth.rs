@@ -1,4 +1,4 @@
-//! The simulated Sinowealth bus (`protocols/sinowealth.md`): one board answering 3-byte register requests with
+//! The simulated Sinowealth bus (`docs/protocols/sinowealth.md`): one board answering 3-byte register requests with
 //! the register's data bytes and check byte, built with the codec's own encoder. Pure: no I/O, no clock.
 
 use crate::model::{DeviceSnapshot, PackState, SensorId};

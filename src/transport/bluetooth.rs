@@ -11,7 +11,9 @@
 //! written, or the first reply is lost; old dongles also want one empty write to their extra characteristic
 //! `02f00000-0000-0000-0000-00000000ff01` after subscribing (skipped when absent). Every step is bounded by a
 //! timeout, so a sleeping or out-of-range module is an error within seconds, never a hang; a failure after the
-//! connection was made disconnects again, so the module is not left held.
+//! connection was made disconnects again, so the module is not left held. Connecting (connect, service discovery,
+//! subscription) happens for one module at a time in the process, as BlueZ takes one connection attempt at a time
+//! per adapter; open links are used side by side.
 //!
 //! BlueZ's D-Bus connection is shared by every link of the process: btleplug's `Manager::new` opens a new system
 //! bus connection each time and never closes it, and the system bus limits connections per user, so a module that
@@ -133,6 +135,18 @@ async fn manager() -> Result<Manager, String> {
     });
     *shared = Some(Shared { manager: manager.clone(), runtime_alive });
     Ok(manager)
+}
+
+/// Held while a module is connected and set up: one module at a time in this process.
+static CONNECTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `steps` (connecting a module, discovering its services, subscribing) while no other module of this process
+/// is being connected. BlueZ refuses a second LE connection attempt on an adapter while one is pending
+/// ("Operation already in progress"), and the buses of two modules, started together, would otherwise try at the
+/// same moment; polls over links already open run side by side.
+async fn one_at_a_time<T>(steps: impl Future<Output = T>) -> T {
+    let _turn = CONNECTING.lock().await;
+    steps.await
 }
 
 /// Drops the shared connection after BlueZ stopped answering on it (the bus or bluetoothd restarted), so the
@@ -330,24 +344,25 @@ pub(super) async fn open(settings: &BluetoothSettings, description: String) -> R
     let manager = manager().await.map_err(fail)?;
     let (adapter, adapter_name) = adapter(&manager, settings.adapter.as_deref()).await.map_err(fail)?;
     let peripheral = find(&adapter, &settings.address, settings.connect_timeout).await.map_err(fail)?;
-    connect(&peripheral, settings.connect_timeout).await.map_err(fail)?;
-    match setup(&adapter, &peripheral).await {
-        Ok((pipe, choice)) => {
-            tracing::info!(
-                transport = %description,
-                adapter = %adapter_name,
-                service = %format!("{:04x}", choice.service),
-                chunk = pipe.chunk,
-                "bluetooth module connected"
-            );
-            Ok(bridge(pipe, description, &BRIDGES))
-        }
-        Err(message) => {
+    let (pipe, choice) = one_at_a_time(async {
+        connect(&peripheral, settings.connect_timeout).await?;
+        let set_up = setup(&adapter, &peripheral).await;
+        if set_up.is_err() {
             // Connected but unusable: let go, or the module stays held and stops advertising.
             release(&peripheral, None).await;
-            Err(fail(message))
         }
-    }
+        set_up
+    })
+    .await
+    .map_err(fail)?;
+    tracing::info!(
+        transport = %description,
+        adapter = %adapter_name,
+        service = %format!("{:04x}", choice.service),
+        chunk = pipe.chunk,
+        "bluetooth module connected"
+    );
+    Ok(bridge(pipe, description, &BRIDGES))
 }
 
 /// Scans on `adapter_name` (the first adapter when `None`) for `duration` and lists every device BlueZ knows
@@ -440,6 +455,29 @@ mod tests {
         assert_eq!(chunk_size(23), 20);
         assert_eq!(chunk_size(247), 244);
         assert_eq!(chunk_size(0), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn modules_are_connected_one_at_a_time_even_when_their_buses_ask_together() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let connects = (0..4).map(|_| {
+            let (inside, most) = (Arc::clone(&inside), Arc::clone(&most));
+            tokio::spawn(one_at_a_time(async move {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // A connect, a service discovery and a subscription take a while.
+                sleep(Duration::from_millis(30)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+            }))
+        });
+        let started = Instant::now();
+        for connect in connects.collect::<Vec<_>>() {
+            connect.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two modules were being connected at once");
+        assert!(started.elapsed() >= Duration::from_millis(4 * 30), "one after the other");
     }
 
     #[test]

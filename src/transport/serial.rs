@@ -35,7 +35,7 @@ pub(super) fn open(settings: &SerialSettings, description: String) -> Result<Lin
         .data_bits(DataBits::Eight)
         .stop_bits(StopBits::One)
         .flow_control(FlowControl::None)
-        // The default already, but exclusivity is a promise of DESIGN.md §6, so it is spelled out.
+        // The default already, but the README promises exclusive use ("port busy"), so it is spelled out.
         .exclusive(true)
         .open_native_async()
         .map_err(|err| open_error(path, &err))?;

@@ -11,12 +11,17 @@ and drive it through the org.bluez.Mock interface on object `/`:
 
     AddAdapter(s name, s alias) -> s path                     stock: AddAdapter hci0 host
     AddDevice(s adapter, s address, s name) -> s path         stock, plus Connect/Disconnect as BlueZ does them
+                                                              (Connect takes CONNECT_MS, one at a time per adapter)
     AddDalyA5Gatt(s device, s sim_addr, b extra_char) -> s    service fff0 (A5 protocol dongle)
     AddDalyModbusGatt(s device, s sim_addr) -> s              service ff00 (Modbus-style DL- module)
     SetSplit(s device, s split, u seed)                       how a reply is cut into notifications
     SetDeviceMode(s device, s mode)                           faults: normal, garbage, silent, disconnect_next,
                                                               unreachable
+    DisconnectAfter(s device, u writes)                       disconnect_next once `writes` more writes were
+                                                              answered
     GetDeviceStats(s device) -> s                             JSON counters (writes, notifications, ...)
+    GetAdapterStats(s adapter) -> s                           JSON: Connect calls refused with InProgress
+    SetDeviceRssi(s device, n rssi)                           the signal strength the device is heard at
 
 `sim_addr` is `HOST:PORT` of a running simulator. Each device keeps one TCP connection to it (opened at the first
 write, reopened after a disconnect), as a dongle keeps its UART.
@@ -63,6 +68,11 @@ QUIET_MS = 60
 # BlueZ reports ServicesResolved a moment after Connected (after discovering, or loading cached, services); the
 # delay makes a client that does not wait for it fail here as it would on hardware.
 RESOLVE_MS = 20
+# An LE connection takes a while to establish (the controller waits for the peer's next advertisement, then the
+# connection events); BlueZ answers Connect only then. While one is pending, the adapter refuses another Connect
+# with InProgress ("Operation already in progress"), as bluetoothd does: a client that connects two modules at once
+# on one adapter fails here as it would on hardware.
+CONNECT_MS = 100
 
 SPLITS = ('mtu', 'random', 'joined')
 MODES = ('normal', 'garbage', 'silent', 'disconnect_next', 'unreachable')
@@ -90,6 +100,8 @@ class Link:
         self.split = 'mtu'
         self.rng = random.Random(0)
         self.mode = 'normal'
+        # Writes still answered before the dongle goes away as in disconnect_next (DisconnectAfter); None: never.
+        self.drop_after = None
         self.stats = {
             'connects': 0, 'disconnects': 0, 'writes': 0, 'forwarded': 0, 'swallowed': 0, 'replies': 0,
             'notifications': 0, 'garbage_notifications': 0, 'unheard': 0, 'sim_connections': 0,
@@ -216,22 +228,52 @@ def _is_connected(device):
     return bool(device.props[DEVICE_IFACE]['Connected'])
 
 
-def _connect(device):
-    link = LINKS.get(device.path)
-    if link is not None and link.mode == 'unreachable':
-        # What bluetoothd answers when the peer does not respond to the connection request.
-        raise dbus.exceptions.DBusException('le-connection-abort-by-local', name='org.bluez.Error.Failed')
-    if _is_connected(device):
-        return  # BlueZ answers an LE Connect on a connected device with success.
-    if link is not None:
-        link.stats['connects'] += 1
-    _emit(device, DEVICE_IFACE, {'Connected': dbus.Boolean(True, variant_level=1)})
+# Adapter object path -> the device whose Connect is pending on it.
+CONNECTING = {}
+# Connect calls refused with InProgress, per adapter path (GetAdapterStats).
+REFUSED_IN_PROGRESS = {}
 
-    def resolved():
-        if _is_connected(device):
-            _emit(device, DEVICE_IFACE, {'ServicesResolved': dbus.Boolean(True, variant_level=1)})
+
+def _unreachable():
+    # What bluetoothd answers when the peer does not respond to the connection request.
+    return dbus.exceptions.DBusException('le-connection-abort-by-local', name='org.bluez.Error.Failed')
+
+
+def _connect(device, ok, err):
+    '''Device1.Connect, answered once the connection is up (CONNECT_MS later), or refused.'''
+    link = LINKS.get(device.path)
+    device.log('Connect')
+    if link is not None and link.mode == 'unreachable':
+        err(_unreachable())
+        return
+    if _is_connected(device):
+        ok()  # BlueZ answers an LE Connect on a connected device with success.
+        return
+    adapter = str(device.props[DEVICE_IFACE]['Adapter'])
+    if adapter in CONNECTING:
+        REFUSED_IN_PROGRESS[adapter] = REFUSED_IN_PROGRESS.get(adapter, 0) + 1
+        log(f'{device.path}: Connect refused, {CONNECTING[adapter]} is connecting on {adapter}')
+        err(dbus.exceptions.DBusException('Operation already in progress', name='org.bluez.Error.InProgress'))
+        return
+    CONNECTING[adapter] = device.path
+
+    def established():
+        CONNECTING.pop(adapter, None)
+        if link is not None and link.mode == 'unreachable':
+            err(_unreachable())
+            return False
+        if link is not None:
+            link.stats['connects'] += 1
+        _emit(device, DEVICE_IFACE, {'Connected': dbus.Boolean(True, variant_level=1)})
+
+        def resolved():
+            if _is_connected(device):
+                _emit(device, DEVICE_IFACE, {'ServicesResolved': dbus.Boolean(True, variant_level=1)})
+            return False
+        GLib.timeout_add(RESOLVE_MS, resolved)
+        ok()
         return False
-    GLib.timeout_add(RESOLVE_MS, resolved)
+    GLib.timeout_add(CONNECT_MS, established)
 
 
 def _drop_link(device):
@@ -261,10 +303,13 @@ def AddDevice(self, adapter_device_name, device_address, alias):
     The stock template only tracks the connection in a Python attribute; clients read the properties.
     '''
     path = base.AddDevice(self, adapter_device_name, device_address, alias)
-    mockobject.objects[path].AddMethods(DEVICE_IFACE, [
-        ('Connect', '', '', _connect),
-        ('Disconnect', '', '', _disconnect),
-    ])
+    device = mockobject.objects[path]
+    device.AddMethods(DEVICE_IFACE, [('Disconnect', '', '', _disconnect)])
+    # Connect answers asynchronously, which dbusmock's AddMethod cannot express: its table entry points straight at
+    # a dbus-python method with reply callbacks (dbusmock looks methods up in this table, by interface). Decorated
+    # here, not at module level, where dbusmock would also make it a method of the mock's root object.
+    connect = dbus.service.method(DEVICE_IFACE, in_signature='', out_signature='', async_callbacks=('ok', 'err'))
+    device.methods[DEVICE_IFACE]['Connect'] = ('', '', None, connect(_connect))
     return path
 
 
@@ -311,6 +356,12 @@ def _write_bridge(char, value, options):
     _require_connected(device)
     link.stats['write_types'].append(_write_type(char, options))
     link.stats['writes'] += 1
+    if link.drop_after is not None and link.mode == 'normal':
+        if link.drop_after == 0:
+            link.drop_after = None
+            link.mode = 'disconnect_next'
+        else:
+            link.drop_after -= 1
     if link.mode == 'disconnect_next':
         # The dongle goes away mid-poll: the write was accepted (write-without-response has no answer), then the
         # link drops. Once only; the client may connect again.
@@ -507,3 +558,25 @@ def GetDeviceStats(_self, device_path):
                  notifying=bool(mockobject.objects[link.notify_path].props[CHAR_IFACE]['Notifying']),
                  connected=_is_connected(_device(device_path)))
     return json.dumps(stats)
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='s', out_signature='s')
+def GetAdapterStats(_self, adapter_path):
+    '''Counters of the adapter at `adapter_path`, as JSON: refused_in_progress (Connect calls refused because another
+    device's Connect was pending on this adapter).'''
+    if adapter_path not in mockobject.objects:
+        raise dbus.exceptions.DBusException(f'no adapter at {adapter_path}', name=MOCK_IFACE + '.NoSuchAdapter')
+    return json.dumps({'refused_in_progress': REFUSED_IN_PROGRESS.get(adapter_path, 0)})
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='sn', out_signature='')
+def SetDeviceRssi(_self, device_path, rssi):
+    '''The signal strength BlueZ reports for the device (the stock template gives every device -79 dBm).'''
+    _emit(_device(device_path), DEVICE_IFACE, {'RSSI': dbus.Int16(rssi, variant_level=1)})
+
+
+@dbus.service.method(MOCK_IFACE, in_signature='su', out_signature='')
+def DisconnectAfter(_self, device_path, writes):
+    '''The dongle answers `writes` more writes, then goes away at the next one as in `disconnect_next` (that write
+    swallowed, the connection dropped, once): a drop in the middle of a poll rather than at its first request.'''
+    _link(device_path).drop_after = int(writes)

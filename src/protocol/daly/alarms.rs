@@ -1,5 +1,6 @@
-//! The Daly alarm table (`protocols/daly.md` §6.9): which bit of the seven alarm bytes of an A5 `0x98` reply
-//! means what, under the spec's snake_case identifiers. The Modbus-style D2 map reuses it (§12.4).
+//! The Daly alarm table (`docs/protocols/daly-a5.md#0x98-alarms`): which bit of the seven alarm bytes of an A5 `0x98`
+//! reply means what, under the spec's snake_case identifiers. The Modbus-style D2 map reuses it
+//! (`docs/protocols/daly-modbus.md#d2-alarm-bytes`).
 
 use crate::model::{Alarm, AlarmSeverity};
 
@@ -22,8 +23,9 @@ const fn bit(byte: u8, bit: u8, name: &'static str, severity: AlarmSeverity) -> 
     AlarmBit { byte, bit, name, severity }
 }
 
-/// Every bit of alarm bytes 0–6, in wire order (byte 0 bit 0 first). Reserved bits are listed too, so that a
-/// bit the sheets do not define is exported under a generic name instead of being dropped (daly.md §6.9 notes).
+/// Every bit of alarm bytes 0–6, in wire order (byte 0 bit 0 first). Reserved bits are listed too, so that a bit the
+/// sheets do not define is exported under a generic name instead of being dropped
+/// (`docs/protocols/daly-a5.md#0x98-alarms`).
 pub const ALARM_BITS: [AlarmBit; 56] = [
     bit(0, 0, "cell_voltage_high_l1", Warning),
     bit(0, 1, "cell_voltage_high_l2", Protection),

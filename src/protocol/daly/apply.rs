@@ -1,4 +1,4 @@
-//! Applies decoded A5 replies to the protocol-neutral model (daly.md §13). Order-independent: the 0x93 state
+//! Applies decoded A5 replies to the protocol-neutral model. Order-independent: the 0x93 state
 //! that decides the current sign and the 0x94 cell count that sizes the balancing flags are looked up across
 //! all replies of the same board first. 0x91/0x92 are not applied: the model derives ranges from the cells.
 

@@ -1,5 +1,6 @@
-//! Decoding a captured A5 byte stream (daly.md §5): deframe it, check each frame against the request (board,
-//! command, echo), group multi-frame replies, decode, judge their plausibility, and apply to the model.
+//! Decoding a captured A5 byte stream (`docs/protocols/daly-a5.md#finding-frames-in-a-stream`): deframe it, check each
+//! frame against the request (board, command, echo), group multi-frame replies, decode, judge their plausibility, and
+//! apply to the model.
 
 use super::multiframe::{CellVoltages, Temperatures, Text};
 use super::response::{Message, Reply};

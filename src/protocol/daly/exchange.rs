@@ -1,15 +1,16 @@
 //! The Daly A5 side of a poll ([`Exchange`]): which commands to send for the sections asked, for one or more
 //! boards on one bus, and when a (possibly multi-frame) reply is complete.
 //!
-//! Poll economy (DESIGN.md §4): 0x91/0x92 are never sent (the model derives both ranges from 0x95/0x96); the
-//! 0x94 counts are cached and refreshed every [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50,
-//! 0x57, 0x63) are read once. A multi-frame reply is complete when the frame count that the cached counts and
-//! the host address predict has arrived (daly.md §6.6); with no count known, the reply settles when the line
-//! goes quiet.
+//! Poll economy (`ARCHITECTURE.md#scrape-model`, and `docs/protocols/daly-a5.md#poll-plan`): 0x91/0x92 are never sent
+//! (the model derives both ranges from 0x95/0x96); the 0x94 counts are cached and refreshed every
+//! [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50, 0x57, 0x63) are read once. A multi-frame reply is
+//! complete when the frame count that the cached counts and the host address predict has arrived
+//! (`docs/protocols/daly-a5.md#multi-frame-replies`); with no count known, the reply settles when the line goes quiet.
 
 use std::collections::VecDeque;
 
 use super::capture::{check_plausible, check_reply, conflict_commands, decode_frames, is_multi_frame};
+use super::multiframe::first_missing;
 use super::response::{Message, Reply};
 use super::{A5Framing, Address, Command, Filler, Frame, Request, apply};
 use crate::model::{DeviceSnapshot, Section, Sections};
@@ -29,7 +30,8 @@ struct Memory {
     polls_since_status: u32,
     /// Identity and capacity replies (0x50, 0x57, 0x63), read once.
     info: Vec<Reply>,
-    /// Info commands the board did not answer: it does not know them (daly.md §8); never asked again.
+    /// Info commands the board did not answer: it does not know them
+    /// (`docs/protocols/daly-a5.md#identity-and-capacity-reads`); never asked again.
     info_unsupported: Vec<Command>,
 }
 
@@ -66,6 +68,33 @@ struct Current {
     /// The last reply was plausible alone but contradicted a reply this poll had accepted (see
     /// [`DalyExchange::take_reply`]): which values.
     contradiction: Option<Conflict>,
+}
+
+impl Current {
+    /// The frame a multi-frame reply still lacks, judged by frame number
+    /// (`docs/protocols/daly-a5.md#multi-frame-replies`): with the count known, any of the frames that complete
+    /// it, else one below the highest number that came. Frames lost inside a reply (a garbled frame, a dropped
+    /// notification) leave holes that must not pass as a complete reply.
+    fn missing(&self) -> Option<DecodeError> {
+        if !is_multi_frame(self.request.command) {
+            return None;
+        }
+        let numbers: Vec<u8> = self.frames.iter().filter_map(|(_, _, data)| data.first().copied()).collect();
+        let number = first_missing(&numbers, self.expected)?;
+        Some(DecodeError::MissingFrame { number, received: self.frames.len() })
+    }
+
+    /// The reply is given up as incomplete: the rejection that says why, keeping one seen on the way (a frame
+    /// that failed its checksum tells the cause of the gap) over the gap itself.
+    fn incomplete(&mut self, missing: DecodeError) -> DecodeError {
+        let error = match self.rejection {
+            Some(seen) if !matches!(seen, DecodeError::HostEcho { .. }) => seen,
+            _ => missing,
+        };
+        self.rejection = Some(error);
+        self.frames.clear();
+        error
+    }
 }
 
 /// Polls one or more Daly boards (each board is a pack) on one bus. See the module documentation.
@@ -266,11 +295,18 @@ impl DalyExchange {
     fn expected_frames(&self, board: usize, command: Command) -> Option<usize> {
         let address = *self.addresses.get(board)?;
         let (cells, sensors) = self.memory.get(board).map(Memory::counts).unwrap_or_default();
+        // Host 0x80 always gets every frame (16 and 3), so its count is known before the counts are.
+        let uart = address == Address::Uart;
         match command {
-            Command::CellVoltages => cells.map(|c| command.reply_frame_count(c, 0, address)),
-            Command::Temperatures => sensors.map(|s| command.reply_frame_count(0, s, address)),
-            // Identity strings may run longer than the two frames of the one capture: settle on quiet.
-            Command::Identity => None,
+            Command::CellVoltages if uart || cells.is_some() => {
+                Some(command.reply_frame_count(cells.unwrap_or(0), 0, address))
+            }
+            Command::Temperatures if uart || sensors.is_some() => {
+                Some(command.reply_frame_count(0, sensors.unwrap_or(0), address))
+            }
+            // Without the counts a wired board's reply settles on quiet; identity strings may run longer than the
+            // two frames of the one capture, so they settle on quiet too.
+            Command::CellVoltages | Command::Temperatures | Command::Identity => None,
             _ => Some(command.reply_frame_count(0, 0, address)),
         }
     }
@@ -343,19 +379,27 @@ impl Exchange for DalyExchange {
         // An identity string that ends in NUL padding is complete; one that fills its frames may go on.
         let padded = current.request.command == Command::Identity
             && current.frames.iter().any(|(_, _, data)| data.get(1..).is_some_and(|text| text.contains(&0)));
+        let multi = is_multi_frame(current.request.command);
         match current.expected {
-            Some(expected) if current.frames.len() >= expected => self.take_reply(),
-            None if padded => self.take_reply(),
+            // A multi-frame reply is complete when every frame number has come, not merely as many frames.
+            Some(_) if multi && !current.frames.is_empty() && current.missing().is_none() => self.take_reply(),
+            Some(expected) if !multi && current.frames.len() >= expected => self.take_reply(),
+            None if padded && current.missing().is_none() => self.take_reply(),
             None if !current.frames.is_empty() => Progress::Settling,
             _ => Progress::Pending,
         }
     }
 
     fn handle_quiet(&mut self) -> Progress {
-        match &self.current {
-            Some(current) if !current.frames.is_empty() => self.take_reply(),
-            _ => Progress::Pending,
+        let Some(current) = self.current.as_mut() else { return Progress::Pending };
+        if current.frames.is_empty() {
+            return Progress::Pending;
         }
+        // The reply has ended with a frame missing inside it: nothing more is coming, so ask again now.
+        if let Some(missing) = current.missing() {
+            return Progress::Retry(current.incomplete(missing));
+        }
+        self.take_reply()
     }
 
     fn handle_unanswered(&mut self) {
@@ -372,6 +416,10 @@ impl Exchange for DalyExchange {
         let cut = self.deframer.finish();
         self.deframer.clear();
         let current = self.current.as_mut()?;
+        // Frames that came without completing the reply: the gap is the reason, unless a rejection explains it.
+        if let Some(missing) = current.missing().filter(|_| !current.frames.is_empty()) {
+            current.incomplete(missing);
+        }
         current.frames.clear();
         current.rejection.take().or(cut)
     }
@@ -649,6 +697,96 @@ mod tests {
         let pack = x.snapshot().packs[0].clone();
         assert!(pack.voltage_volts.is_some());
         assert_eq!(pack.cell_volts.iter().flatten().count(), 16);
+    }
+
+    /// `reply` (whole 13-byte frames) without its frames at `lost` (0-based positions).
+    fn without_frames(reply: &[u8], lost: &[usize]) -> Vec<u8> {
+        let frames = reply.chunks(super::super::FRAME_LEN).enumerate();
+        frames.filter(|(i, _)| !lost.contains(i)).flat_map(|(_, f)| f.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_multi_frame_reply_missing_a_frame_inside_it_is_never_taken_and_is_asked_again() {
+        // Over Bluetooth (host 0x80, 16 cell frames) and on RS485 (six frames for 16 cells), with the counts
+        // known or not (0x94 lost): a reply with a frame lost in the middle, or only as many frames as expected
+        // because one came twice, is incomplete; the whole reply asked again is taken.
+        for address in [Address::Uart, Address::Rs485] {
+            for counts_known in [true, false] {
+                let what = format!("{address:?}, counts known: {counts_known}");
+                let mut bus = DalyBus::new(1, 16, 4, 7);
+                let mut x = exchange(&[address]);
+                if counts_known {
+                    poll(&mut x, &mut bus, Sections::none().with(Section::Status));
+                }
+                x.begin_poll(Sections::none().with(Section::Cells));
+                if !counts_known {
+                    let status = x.next_request().unwrap();
+                    assert_eq!(status.bytes[2], 0x94);
+                    assert_eq!(x.clear_reply(), None, "0x94 lost");
+                }
+                let cells = x.next_request().unwrap();
+                assert_eq!(cells.bytes[2], 0x95, "{what}");
+                let reply = bus.respond(&cells.bytes).unwrap().reply;
+                let frames = reply.len() / super::super::FRAME_LEN;
+                assert_eq!(frames, if address == Address::Uart { 16 } else { 6 }, "{what}");
+
+                let holed = without_frames(&reply, &[2]);
+                let progress = x.handle_bytes(&holed);
+                let progress = if progress == Progress::Settling { x.handle_quiet() } else { progress };
+                assert_ne!(progress, Progress::Complete, "{what}: a reply without frame 3 was taken");
+                let error = x.clear_reply();
+                assert!(
+                    matches!(error, Some(DecodeError::MissingFrame { number: 3, .. })),
+                    "{what}: the failure names the missing frame: {error:?}"
+                );
+                assert!(x.snapshot().packs.iter().all(|p| p.cell_volts.is_empty()), "{what}: no cell of it is kept");
+
+                // As many frames as expected, one of them twice and frame 3 lost: still incomplete.
+                let mut doubled = holed.clone();
+                doubled.extend_from_slice(&reply[..super::super::FRAME_LEN]);
+                let progress = x.handle_bytes(&doubled);
+                let progress = if progress == Progress::Settling { x.handle_quiet() } else { progress };
+                assert_ne!(progress, Progress::Complete, "{what}: a repeated frame stood in for frame 3");
+                x.clear_reply();
+
+                let progress = x.handle_bytes(&reply);
+                let progress = if progress == Progress::Settling { x.handle_quiet() } else { progress };
+                assert_eq!(progress, Progress::Complete, "{what}: the whole reply");
+                let pack = x.snapshot().packs[0].clone();
+                assert_eq!(pack.cell_volts.iter().flatten().count(), 16, "{what}: {:?}", pack.cell_volts);
+            }
+        }
+    }
+
+    #[test]
+    fn over_bluetooth_the_cell_and_temperature_replies_are_complete_at_their_fixed_frame_counts() {
+        // Host 0x80 always gets 16 and 3 frames: without the counts the reply still completes the moment its last
+        // frame is in, and a reply missing its last frame is incomplete, not a shorter battery.
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Uart]);
+        x.begin_poll(Sections::none().with(Section::Cells).with(Section::Temperatures));
+        let _status = x.next_request().unwrap();
+        assert_eq!(x.clear_reply(), None, "0x94 lost");
+        let cells = x.next_request().unwrap();
+        let reply = bus.respond(&cells.bytes).unwrap().reply;
+        assert_eq!(x.handle_bytes(&without_frames(&reply, &[15])), Progress::Pending);
+        assert!(matches!(x.clear_reply(), Some(DecodeError::MissingFrame { number: 16, .. })));
+        assert_eq!(x.handle_bytes(&reply), Progress::Complete);
+        let temperatures = x.next_request().unwrap();
+        let reply = bus.respond(&temperatures.bytes).unwrap().reply;
+        assert_eq!(x.handle_bytes(&reply), Progress::Complete);
+        let pack = x.snapshot().packs[0].clone();
+        assert_eq!((pack.cell_volts.iter().flatten().count(), pack.temperatures.len()), (16, 4));
+    }
+
+    #[test]
+    fn a_frame_that_failed_its_checksum_is_named_as_the_cause_of_the_gap() {
+        let mut bus = DalyBus::new(1, 16, 4, 7);
+        let (mut x, request) = counted(&mut bus, Sections::none().with(Section::Cells));
+        let mut reply = bus.respond(&request.bytes).unwrap().reply;
+        reply[2 * super::super::FRAME_LEN + 6] ^= 0x01;
+        assert_eq!(x.handle_bytes(&reply), Progress::Pending);
+        assert!(matches!(x.clear_reply(), Some(DecodeError::Checksum { .. })));
     }
 
     #[test]

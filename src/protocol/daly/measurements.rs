@@ -1,5 +1,5 @@
-//! Single-frame measurement replies (daly.md §6.1–§6.5: 0x90–0x94): the typed values with the spec's field names,
-//! their decoders from 8 data bytes and their encoders back to data bytes.
+//! Single-frame measurement replies (0x90–0x94, `docs/protocols/daly-a5.md#read-commands`): the typed values with the
+//! spec's field names, their decoders from 8 data bytes and their encoders back to data bytes.
 
 use serde::Serialize;
 
@@ -8,7 +8,7 @@ use super::response::{celsius, celsius_raw, concat, tenths, to_milli_u16, to_mil
 use crate::model::PackState;
 use crate::protocol::reader::Reader;
 
-/// 0x90: pack voltage, current and SOC (§6.1).
+/// 0x90: pack voltage, current and SOC (`docs/protocols/daly-a5.md#0x90-pack-voltage-current-and-soc`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Soc {
     /// Cumulative total voltage, V.
@@ -41,7 +41,7 @@ impl Soc {
         }
     }
 
-    /// Amperes of a raw current, read unsigned so raw > 32767 stays positive (§6.1).
+    /// Amperes of a raw current, read unsigned so raw > 32767 stays positive.
     #[must_use]
     pub fn current_from_raw(raw: u16) -> f64 {
         f64::from(i32::from(raw) - Self::CURRENT_OFFSET) / 10.0
@@ -72,7 +72,7 @@ impl Soc {
     }
 }
 
-/// 0x91: highest and lowest cell voltage (§6.2).
+/// 0x91: highest and lowest cell voltage (`docs/protocols/daly-a5.md#0x91-and-0x92-ranges-not-polled`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CellRange {
     /// Highest cell voltage, V.
@@ -106,7 +106,7 @@ impl CellRange {
     }
 }
 
-/// 0x92: highest and lowest temperature (§6.3).
+/// 0x92: highest and lowest temperature (`docs/protocols/daly-a5.md#0x91-and-0x92-ranges-not-polled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TemperatureRange {
     /// Highest temperature, °C.
@@ -140,7 +140,7 @@ impl TemperatureRange {
     }
 }
 
-/// The 0x93 charge/discharge state (§6.4).
+/// The 0x93 charge/discharge state (`docs/protocols/daly-a5.md#0x93-state-mosfets-and-remaining-capacity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DalyState {
@@ -178,7 +178,7 @@ impl DalyState {
     }
 }
 
-/// 0x93: state, MOSFETs, heartbeat, remaining capacity (§6.4).
+/// 0x93: state, MOSFETs, heartbeat, remaining capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MosfetStatus {
     /// Decoded state.
@@ -215,7 +215,8 @@ impl MosfetStatus {
     }
 }
 
-/// 0x94: counts, charger/load detection, digital I/O, cycles (§6.5).
+/// 0x94: counts, charger/load detection, digital I/O, cycles
+/// (`docs/protocols/daly-a5.md#0x94-counts-charger-load-io-and-cycles`).
 #[allow(clippy::struct_excessive_bools, reason = "the spec names each I/O port as its own flag")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Status {

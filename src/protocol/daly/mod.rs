@@ -1,4 +1,4 @@
-//! The Daly A5 frame protocol (`protocols/daly.md` §2–§11): command codes, host/board addressing, the 13-byte
+//! The Daly A5 frame protocol (`docs/protocols/daly-a5.md`): command codes, host/board addressing, the 13-byte
 //! frame and its `Framing` rules, and `decode_capture`, which turns a captured byte stream into typed replies
 //! and applies them to the model. Encoders live in `request`, reply types in `response`/`multiframe`, the
 //! mapping to the model in `apply`. No I/O here.
@@ -129,8 +129,8 @@ impl Command {
         matches!(self, Self::DischargeMosfet | Self::ChargeMosfet | Self::SetSoc | Self::Restart)
     }
 
-    /// How many reply frames the board sends (daly.md §6.6, §6.7, §8): with host 0x80 a `0x95` reply always
-    /// has 16 frames and a `0x96` reply 3; otherwise only the frames that carry data.
+    /// How many reply frames the board sends (`docs/protocols/daly-a5.md#multi-frame-replies`): with host 0x80 a `0x95`
+    /// reply always has 16 frames and a `0x96` reply 3; otherwise only the frames that carry data.
     #[must_use]
     pub fn reply_frame_count(self, cell_count: u16, sensor_count: u16, address: Address) -> usize {
         let uart = matches!(address, Address::Uart);
@@ -147,7 +147,8 @@ impl Command {
     }
 }
 
-/// Who a request is addressed from/to (daly.md §4): the host address byte and the board that answers.
+/// Who a request is addressed from/to: the host address byte and the board that answers
+/// (`docs/protocols/daly-a5.md#addressing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Address {
@@ -194,13 +195,14 @@ impl Address {
     }
 }
 
-/// Whether `byte` in frame byte 1 is a host address, i.e. the frame is a request, not a reply (daly.md §4.2).
+/// Whether `byte` in frame byte 1 is a host address, i.e. the frame is a request, not a reply
+/// (`docs/protocols/daly-a5.md#addressing`).
 #[must_use]
 pub fn is_host_address(byte: u8) -> bool {
     matches!(byte, 0x20 | 0x40..=0x4F | 0x80)
 }
 
-/// What fills the reserved data bytes of a read request (daly.md §3).
+/// What fills the reserved data bytes of a read request (`docs/protocols/daly-a5.md#frame-layout`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Filler {
@@ -350,7 +352,7 @@ mod tests {
     #[test]
     fn frame_parse_names_the_first_fault() {
         let mut f = Frame { address: 1, command: 0x90, data: [2, 0x3A, 0, 0, 0x75, 0x30, 1, 0xED] }.encode();
-        assert_eq!(f[12], 0x0D, "checksum example of daly.md §3");
+        assert_eq!(f[12], 0x0D, "checksum example of docs/protocols/daly-a5.md#checksum");
         f[12] = 0x0E;
         assert_eq!(Frame::parse(&f), Err(DecodeError::Checksum { computed: 0x0D, received: 0x0E }));
         assert_eq!(Frame::parse(&f[..9]), Err(DecodeError::Truncated { have: 9, need: 13 }));

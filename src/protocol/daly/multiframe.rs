@@ -1,7 +1,7 @@
-//! Multi-frame A5 replies (daly.md §6.6, §6.7, §8): cell voltages (0x95), temperatures (0x96) and the text
-//! replies (0x57 battery code, 0x63 identity). Frames are placed by their frame number, never by arrival
-//! order: 0-based when the lowest number seen is 0, else 1-based; 0xFF and out-of-range numbers are dropped;
-//! of duplicates the first wins.
+//! Multi-frame A5 replies (`docs/protocols/daly-a5.md#multi-frame-replies`): cell voltages (0x95), temperatures (0x96)
+//! and the text replies (0x57 battery code, 0x63 identity). Frames are placed by their frame number, never by arrival
+//! order: 0-based when the lowest number seen is 0, else 1-based; 0xFF and out-of-range numbers are dropped; of
+//! duplicates the first wins.
 
 use serde::Serialize;
 
@@ -47,6 +47,22 @@ fn place(frames: &[[u8; 8]], max_frames: usize) -> Result<Placed, DecodeError> {
     }
     numbers.sort_unstable();
     Ok(Placed { slots, numbers })
+}
+
+/// The first frame number a multi-frame reply lacks, judged from the frame numbers received (`numbers`, any
+/// order, repeats allowed): with `expected` frames known, any of those; with the count unknown, one below the
+/// highest number received, since frames are numbered without gaps (a frame lost at the end cannot be told from a
+/// shorter reply, so it is not missing here). Numbering is 0-based when a frame 0 arrived, else 1-based, as
+/// [`place`] decides. `None` when nothing is missing, or nothing valid arrived.
+pub(super) fn first_missing(numbers: &[u8], expected: Option<usize>) -> Option<u8> {
+    let valid: Vec<u8> = numbers.iter().copied().filter(|&n| n != INVALID_FRAME).collect();
+    let base = u8::from(!valid.contains(&0));
+    let last = match expected {
+        Some(0) => return None,
+        Some(n) => usize::from(base) + n - 1,
+        None => usize::from(*valid.iter().max()?),
+    };
+    (usize::from(base)..=last).filter_map(|n| u8::try_from(n).ok()).find(|n| !valid.contains(n))
 }
 
 /// Frame numbers `1..=n` for a reply of `n` frames.
@@ -263,6 +279,29 @@ mod tests {
         let v = CellVoltages::decode(&frames, Some(8)).unwrap();
         let expected = [Some(3.3), None, Some(3.302), None, None, None, Some(3.31), Some(3.311)];
         assert_eq!(v.cell_voltages_v, expected);
+    }
+
+    #[test]
+    fn a_frame_missing_inside_the_count_or_below_the_highest_number_is_found() {
+        // Sixteen frames expected (host 0x80): any of them missing, whatever the order they came in.
+        let all: Vec<u8> = (1..=16).collect();
+        assert_eq!(first_missing(&all, Some(16)), None);
+        let without_3: Vec<u8> = all.iter().copied().filter(|&n| n != 3).rev().collect();
+        assert_eq!(first_missing(&without_3, Some(16)), Some(3));
+        assert_eq!(first_missing(&all[..15], Some(16)), Some(16), "the last one too");
+        // Fifteen frames plus an invalid and an out-of-range one still lack frame 3.
+        let padded: Vec<u8> = without_3.iter().copied().chain([0xFF, 17]).collect();
+        assert_eq!(first_missing(&padded, Some(16)), Some(3));
+        // 0-based boards.
+        assert_eq!(first_missing(&[0, 1, 2], Some(3)), None);
+        assert_eq!(first_missing(&[0, 2], Some(3)), Some(1));
+        // Count unknown: a gap below the highest number, or a missing frame 1, is missing; the end is not known.
+        assert_eq!(first_missing(&[1, 2, 4], None), Some(3));
+        assert_eq!(first_missing(&[2, 3], None), Some(1));
+        assert_eq!(first_missing(&[1, 2, 3], None), None);
+        assert_eq!(first_missing(&[1, 1, 2], None), None, "a repeat is not a gap");
+        assert_eq!(first_missing(&[0xFF], None), None);
+        assert_eq!(first_missing(&[], Some(0)), None);
     }
 
     #[test]

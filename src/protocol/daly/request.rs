@@ -1,5 +1,5 @@
-//! A5 requests (daly.md §3, §6–§8): building the 13 bytes of every read and write command, and parsing a
-//! request back (for round-trip checks, echo recognition and the simulator).
+//! A5 requests (`docs/protocols/daly-a5.md#frame-layout`): building the 13 bytes of every read and write command, and
+//! parsing a request back (for round-trip checks, echo recognition and the simulator).
 
 use super::{Address, Command, DecodeError, Filler, Frame};
 
@@ -14,7 +14,7 @@ pub struct Request {
     pub data: [u8; 8],
 }
 
-/// The values a `0x21` request carries (daly.md §7.2): clock fields and the SOC to set.
+/// The values a `0x21` request carries (`docs/protocols/daly-a5.md#write-commands`): clock fields and the SOC to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SetSoc {
     /// Year minus 2000 (python-daly-bms sends zeros for every clock field).

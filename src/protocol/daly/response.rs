@@ -1,6 +1,6 @@
-//! The A5 reply envelope (daly.md §6–§8): `Reply` (board + message), `Message` (one variant per command) with
-//! its dispatch to the per-command decoders and encoders, and the scaling helpers they share. The reply types
-//! live in `measurements` (0x90–0x94), `settings` (0x97, 0x98, 0x50, 0x53, write acknowledgements) and
+//! The A5 reply envelope (`docs/protocols/daly-a5.md#read-commands`): `Reply` (board + message), `Message` (one variant
+//! per command) with its dispatch to the per-command decoders and encoders, and the scaling helpers they share. The
+//! reply types live in `measurements` (0x90–0x94), `settings` (0x97, 0x98, 0x50, 0x53, write acknowledgements) and
 //! `multiframe` (0x95, 0x96, 0x57, 0x63).
 
 use serde::Serialize;

@@ -1,4 +1,4 @@
-//! Single-frame flag, settings and acknowledgement replies (daly.md §6.8, §6.9, §7, §8: 0x97, 0x98, 0x50, 0x53,
+//! Single-frame flag, settings and acknowledgement replies (`docs/protocols/daly-a5.md`: 0x97, 0x98, 0x50, 0x53,
 //! 0xD9/0xDA, 0x21): typed values, decoders from 8 data bytes, encoders back to data bytes.
 
 use serde::Serialize;
@@ -7,7 +7,8 @@ use super::response::{concat, head, to_milli_u32};
 use super::{DecodeError, alarms};
 use crate::protocol::reader::Reader;
 
-/// 0x97: balancing bitmap (§6.8), read as data byte 0 bit 0 = cell 1 … byte 5 bit 7 = cell 48.
+/// 0x97: balancing bitmap (`docs/protocols/daly-a5.md#0x97-balancing`), read as data byte 0 bit 0 = cell 1 …
+/// byte 5 bit 7 = cell 48.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Balancing {
     /// Sorted 1-based numbers of the cells being balanced; the encoder builds the bitmap from these.
@@ -55,7 +56,7 @@ fn bitmap_of(cells: &[u16]) -> [u8; 6] {
     bitmap
 }
 
-/// 0x98: alarm bits and fault code (§6.9).
+/// 0x98: alarm bits and fault code (`docs/protocols/daly-a5.md#0x98-alarms`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlarmStatus {
     /// Identifiers of the active bits, byte 0 bit 0 first; the encoder builds the bytes from these.
@@ -81,7 +82,7 @@ impl AlarmStatus {
     }
 }
 
-/// 0x50: rated capacity and nominal cell voltage (§8).
+/// 0x50: rated capacity and nominal cell voltage (`docs/protocols/daly-a5.md#identity-and-capacity-reads`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Rated {
     /// Rated capacity, Ah.
@@ -107,7 +108,7 @@ impl Rated {
     }
 }
 
-/// 0x53: battery type/mode and production date (§8, medium confidence: the raw bytes are kept).
+/// 0x53: battery type/mode and production date (medium confidence: the raw bytes are kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BatteryMode {
     /// Data byte 0: battery type / operation mode, meaning not settled.
@@ -147,7 +148,7 @@ impl BatteryMode {
     }
 }
 
-/// 0xD9 / 0xDA reply (§7.1).
+/// 0xD9 / 0xDA reply (`docs/protocols/daly-a5.md#write-commands`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MosfetEcho {
     /// Data byte 0 ≠ 0: the board reports the MOSFET as switched on.
@@ -164,7 +165,7 @@ impl MosfetEcho {
     }
 }
 
-/// 0x21 reply (§7.2).
+/// 0x21 reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SetSocAck {
     /// Data byte 0 == 1.

@@ -1,5 +1,5 @@
-//! CRC-16/MODBUS (`protocols/daly.md` §12.1): reflected polynomial 0xA001, initial value 0xFFFF, no final XOR,
-//! transmitted low byte first. Owns nothing else.
+//! CRC-16/MODBUS (`docs/protocols/daly-modbus.md#framing-and-crc`): reflected polynomial 0xA001, initial value 0xFFFF,
+//! no final XOR, transmitted low byte first. Owns nothing else.
 
 use crate::protocol::DecodeError;
 
@@ -35,7 +35,7 @@ mod tests {
 
     #[test]
     fn crc_matches_the_request_examples_of_the_spec() {
-        // (frame without CRC, CRC bytes as sent) from daly.md §1, §12.2, §12.3 and §12.6.
+        // (frame without CRC, CRC bytes as sent) as quoted in docs/protocols/daly-modbus.md.
         let examples: [(&[u8], [u8; 2]); 6] = [
             (&[0xd2, 0x03, 0x00, 0x00, 0x00, 0x3e], [0xd7, 0xb9]),
             (&[0xd2, 0x03, 0x00, 0x00, 0x00, 0x50], [0x56, 0x55]),

@@ -1,5 +1,5 @@
-//! The D2 register map (`protocols/daly.md` §12.2–§12.4): its requests, the real-time block, the MOSFET
-//! temperature read and the version strings — decoded, encoded back for the simulator, and applied to the model.
+//! The D2 register map (`docs/protocols/daly-modbus.md#d2-real-time-block`): its requests, the real-time block, the
+//! MOSFET temperature read and the version strings — decoded, encoded back for the simulator, and applied to the model.
 
 use serde::Serialize;
 
@@ -49,7 +49,7 @@ pub fn set_discharge_mosfet(on: bool) -> Request {
     Request::Write { register: DISCHARGE_MOSFET_REGISTER, value: u16::from(on) }
 }
 
-/// The D2 real-time block; serde names are the vector keys of daly.md §14.
+/// The D2 real-time block; serde names are the keys of the vectors' `expected` objects.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Realtime {
     /// Registers read: 62 or 80 (or more).
@@ -98,7 +98,8 @@ pub struct Realtime {
     pub alarm_flags_raw: u64,
     /// The 8 alarm bytes as lowercase hex, wire order.
     pub alarm_flags_hex: String,
-    /// Identifiers of the active alarms after the §12.4 byte mapping.
+    /// Identifiers of the active alarms after the byte mapping of
+    /// `docs/protocols/daly-modbus.md#d2-alarm-bytes`.
     pub active_alarms: Vec<&'static str>,
     /// Balancing cells 1–32 (bit 0 = cell 1); 80-register read only.
     pub balancing_bitmap: Option<u32>,
@@ -110,8 +111,9 @@ pub struct Realtime {
     pub board_temperature_c: Option<f64>,
 }
 
-/// The A5 `0x98` alarm bytes 0–6 that the 8 D2 alarm bytes stand for (§12.4: each register's low byte holds
-/// the even A5 byte; bytes 6–7 of the block are unused, A5 byte 6 has no D2 counterpart).
+/// The A5 `0x98` alarm bytes 0–6 that the 8 D2 alarm bytes stand for (`docs/protocols/daly-modbus.md#d2-alarm-bytes`:
+/// each register's low byte holds the even A5 byte; bytes 6–7 of the block are unused, A5 byte 6 has no D2
+/// counterpart).
 #[must_use]
 pub fn a5_alarm_bytes(flags: u64) -> [u8; 7] {
     let [b0, b1, b2, b3, b4, b5, _, _] = flags.to_be_bytes();

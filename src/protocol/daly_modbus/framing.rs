@@ -1,5 +1,5 @@
-//! Frame edges and frame validation for the Modbus-style Daly maps (`protocols/daly.md` §12.1): the
-//! [`Framing`] the deframer uses, and the parse of one complete frame into its protocol data unit.
+//! Frame edges and frame validation for the Modbus-style Daly maps (`docs/protocols/daly-modbus.md#framing-and-crc`):
+//! the [`Framing`] the deframer uses, and the parse of one complete frame into its protocol data unit.
 
 use super::{Map, Request, crc, encode_request};
 use crate::protocol::DecodeError;

@@ -1,4 +1,4 @@
-//! The Modbus-style Daly protocol (`protocols/daly.md` §12): the two address maps ("D2" and "p81"), request
+//! The Modbus-style Daly protocol (`docs/protocols/daly-modbus.md`): the two address maps ("D2" and "p81"), request
 //! encoding and parsing, and the capture decoder that turns a reply stream into typed replies and the model.
 //!
 //! Frames are Modbus RTU shaped (function 3 reads, function 6 writes, CRC-16/MODBUS), but the p81 map answers

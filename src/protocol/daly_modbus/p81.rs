@@ -1,5 +1,5 @@
-//! The p81 register map (`protocols/daly.md` §12.6, H/K/M/S boards): its requests and the real-time registers
-//! 0x00–0x73, decoded from whatever window a read covered, encoded back, and applied to the model.
+//! The p81 register map (`docs/protocols/daly-modbus.md#p81-real-time-registers`, H/K/M/S boards): its requests and the
+//! real-time registers 0x00–0x73, decoded from whatever window a read covered, encoded back, and applied to the model.
 
 use serde::Serialize;
 

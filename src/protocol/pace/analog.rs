@@ -1,6 +1,6 @@
-//! Command 0x42, pack analog values (`protocols/pace.md` §6, and the Pylon 0x20 layout of §9): the raw
-//! [`PackBlock`], its decoded [`AnalogPack`] with derived SOC/SOH and cell spread, the reply decoder and the
-//! reply encoder a simulator uses.
+//! Command 0x42, pack analog values (`docs/protocols/pace.md#0x42-analog-values`, and the Pylon 0x20 layout of
+//! `docs/protocols/pace.md#ver-0x20-pylon`): the raw [`PackBlock`], its decoded [`AnalogPack`] with derived SOC/SOH
+//! and cell spread, the reply decoder and the reply encoder a simulator uses.
 
 use serde::Serialize;
 
@@ -26,13 +26,15 @@ pub struct PackBlock {
     pub voltage_mv: u16,
     /// Remaining capacity, 10 mAh (Pace) or mAh (Pylon).
     pub remaining_raw: u16,
-    /// P, the user-defined item count the firmware claims (unreliable, §6.3).
+    /// P, the user-defined item count the firmware claims (unreliable,
+    /// `docs/protocols/pace.md#separating-pack-blocks`).
     pub user_defined_count: u8,
     /// The T bytes after P.
     pub tail: Vec<u8>,
 }
 
-/// Tail fields beyond full/cycles/design that newer firmwares add (§6.3); each only when it fits.
+/// Tail fields beyond full/cycles/design that newer firmwares add (`docs/protocols/pace.md#tail-fields`); each only
+/// when it fits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Reported {
     /// SOC the BMS itself reports, %.
@@ -103,7 +105,7 @@ pub struct AnalogPack {
     pub cell_max_mv: Option<u16>,
     /// Highest − lowest, mV.
     pub cell_diff_mv: Option<u16>,
-    /// False for an all-zero block (a pack the master cannot read, §5).
+    /// False for an all-zero block (a pack the master cannot read, `docs/protocols/pace.md#addresses-and-packs`).
     pub online: bool,
     /// The raw block, for re-encoding.
     #[serde(skip)]
@@ -213,7 +215,7 @@ impl AnalogPack {
             Variant::Pace => {
                 let reported = Reported {
                     soc_pct: field(6, 1).map(|v| v as u8),
-                    // Both words first appear together at T >= 15 (§6.3).
+                    // Both words first appear together at T >= 15 (docs/protocols/pace.md#tail-fields).
                     cumulative_charge_raw: field(11, 4).and(field(7, 4)),
                     cumulative_discharge_raw: field(11, 4),
                     soh_pct: field(15, 1).map(|v| v as u8),

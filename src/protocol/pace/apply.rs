@@ -1,9 +1,9 @@
 //! Pace replies applied to the protocol-neutral [`DeviceSnapshot`].
 //!
-//! Pack numbering: an all-packs reply (COMMAND FF) numbers its blocks 1..M; a single-pack reply is pack
-//! COMMAND when that is 1..=16, otherwise pack 1 (COMMAND 0x00 is the usual stand-alone pack). The 0xC1, 0xC2 and
-//! 0xA6 readings describe the answering BMS / the master (§5), so they land on pack 1; 0x90 and 0xB1 have no
-//! model field.
+//! Pack numbering: an all-packs reply (COMMAND FF) numbers its blocks 1..M; a single-pack reply is pack COMMAND when
+//! that is 1..=16, otherwise pack 1 (COMMAND 0x00 is the usual stand-alone pack). The 0xC1, 0xC2 and 0xA6 readings
+//! describe the answering BMS / the master (`docs/protocols/pace.md#addresses-and-packs`), so they land on pack 1; 0x90
+//! and 0xB1 have no model field.
 
 use super::Reply;
 use super::analog::{AnalogPack, AnalogReply};
@@ -129,7 +129,8 @@ fn apply_analog_pack(p: &AnalogPack, sign: CurrentSign, pack: &mut PackSnapshot)
         .collect();
 }
 
-/// Sensor of temperature `i` (0-based) of `n`: with six, cells 1–4, MOSFET, ambient (§6.2); else probes.
+/// Sensor of temperature `i` (0-based) of `n`: with six, cells 1–4, MOSFET, ambient
+/// (`docs/protocols/pace.md#0x42-analog-values`); else probes.
 fn sensor(i: usize, n: usize) -> SensorId {
     match (n, i) {
         (6, 4) => SensorId::Mosfet,

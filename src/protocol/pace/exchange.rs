@@ -1,12 +1,12 @@
 //! pace side of a poll: the [`crate::protocol::Exchange`] implementation.
 //!
-//! Request plan (DESIGN.md §4, poll economy): 0x42 analog when `soc`, `mosfet`, `status`, `cells` or
-//! `temperatures` is asked; 0x44 status when `mosfet`, `balancing` or `alarms` is asked. With
-//! [`PackSelection::All`] each is one all-packs read (COMMAND 0xFF) that the master answers for every pack; once
-//! the master refuses an all-packs read (RTN error), the pack count is read once (0x90) and from then on every
-//! pack is asked on its own. With [`PackSelection::List`] exactly the listed packs are asked. `info` reads the
-//! software version (0xC1) and product information (0xC2) once; the results are cached, a refusal is remembered.
-//! VER 0x20 (Pylon) asks 0x42 only: the codec reads neither its 0x44 layout nor its identity commands.
+//! Request plan (poll economy, `docs/protocols/pace.md#poll-plan`): 0x42 analog when `soc`, `mosfet`, `status`, `cells`
+//! or `temperatures` is asked; 0x44 status when `mosfet`, `balancing` or `alarms` is asked. With [`PackSelection::All`]
+//! each is one all-packs read (COMMAND 0xFF) that the master answers for every pack; once the master refuses an
+//! all-packs read (RTN error), the pack count is read once (0x90) and from then on every pack is asked on its own. With
+//! [`PackSelection::List`] exactly the listed packs are asked. `info` reads the software version (0xC1) and product
+//! information (0xC2) once; the results are cached, a refusal is remembered. VER 0x20 (Pylon) asks 0x42 only: the codec
+//! reads neither its 0x44 layout nor its identity commands.
 
 use std::collections::VecDeque;
 
@@ -194,8 +194,9 @@ impl PaceExchange {
     }
 }
 
-/// Refuse a reply that decodes but cannot answer `command`: a one-pack read is answered by the pack asked
-/// (second INFO byte = COMMAND, §5), and an analog block that reports itself online has real cell voltages.
+/// Refuse a reply that decodes but cannot answer `command`: a one-pack read is answered by the pack asked (second INFO
+/// byte = COMMAND, `docs/protocols/pace.md#addresses-and-packs`), and an analog block that reports itself online has
+/// real cell voltages.
 fn check_answers(reply: &Reply, command: Command) -> Result<(), DecodeError> {
     let echoed = match reply {
         Reply::Analog(r) => (!r.all_packs).then_some(r.count_or_command),

@@ -1,4 +1,4 @@
-//! The Pace ASCII envelope (`protocols/pace.md` §2, §4, §10): `~`, hex-text header, LENGTH with its LCHKSUM
+//! The Pace ASCII envelope (`docs/protocols/pace.md#frame-layout`): `~`, hex-text header, LENGTH with its LCHKSUM
 //! nibble, hex INFO, the 16-bit CHKSUM and CR — building frames, validating them in the spec's order, and
 //! finding them in a stream ([`PaceFraming`]). Nothing here knows what INFO means.
 
@@ -24,7 +24,7 @@ pub struct Header {
     /// Protocol version (0x25 Pace, 0x20 Pylon family), shown as two hex digits.
     #[serde(serialize_with = "hex_byte")]
     pub ver: u8,
-    /// Address of the answering BMS (not necessarily the one asked, §3.2).
+    /// Address of the answering BMS (not necessarily the one asked, `docs/protocols/pace.md#addresses-and-packs`).
     pub adr: u8,
     /// Device type (0x46 battery), shown as two hex digits.
     #[serde(serialize_with = "hex_byte")]
@@ -39,7 +39,8 @@ fn hex_byte<S: Serializer>(value: &u8, serializer: S) -> Result<S::Ok, S::Error>
     serializer.serialize_str(&format!("{value:02X}"))
 }
 
-/// A frame that passed every envelope check (§4 steps 1–8), with INFO converted to bytes.
+/// A frame that passed every envelope check (`docs/protocols/pace.md#validation-order`, steps 1–8), with INFO converted
+/// to bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The header bytes.
@@ -48,14 +49,16 @@ pub struct Frame {
     pub info: Vec<u8>,
 }
 
-/// The LCHKSUM nibble for a LENID: two's complement of the nibble sum, in 4 bits (§2.1).
+/// The LCHKSUM nibble for a LENID: two's complement of the nibble sum, in 4 bits
+/// (`docs/protocols/pace.md#length-checksum`).
 #[must_use]
 pub fn lchksum(lenid: u16) -> u8 {
     let sum = (lenid >> 8 & 0xF) + (lenid >> 4 & 0xF) + (lenid & 0xF);
     ((!sum).wrapping_add(1) & 0xF) as u8
 }
 
-/// The CHKSUM of the characters between SOI and CHKSUM: two's complement of their 16-bit sum (§2.2).
+/// The CHKSUM of the characters between SOI and CHKSUM: two's complement of their 16-bit sum
+/// (`docs/protocols/pace.md#frame-checksum`).
 #[must_use]
 pub fn chksum(body: &[u8]) -> u16 {
     let sum = body.iter().fold(0u16, |acc, &c| acc.wrapping_add(u16::from(c)));
@@ -81,7 +84,8 @@ pub fn encode_frame(header: Header, info: &[u8]) -> Result<Vec<u8>, DecodeError>
     Ok(frame)
 }
 
-/// Validate a whole frame in the order of §4 steps 1–8 and convert its INFO; RTN is not checked here.
+/// Validate a whole frame in the order of `docs/protocols/pace.md#validation-order` (steps 1–8) and convert its INFO;
+/// RTN is not checked here.
 pub fn parse_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let Some(&first) = bytes.first() else { return Err(DecodeError::Truncated { have: 0, need: MIN_FRAME_LEN }) };
     if first != SOI {
@@ -130,7 +134,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     Ok(Frame { header, info })
 }
 
-/// Parse a reply frame and refuse it unless RTN is 0 (§4 step 9).
+/// Parse a reply frame and refuse it unless RTN is 0 (`docs/protocols/pace.md#validation-order`, step 9).
 pub fn parse_reply_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let frame = parse_frame(bytes)?;
     if frame.header.code != 0 {
@@ -140,7 +144,7 @@ pub fn parse_reply_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
 }
 
 /// Pace framing for the [`Deframer`](crate::protocol::deframer::Deframer): length from LENID, full validation,
-/// and our own request recognised as an echo (§10).
+/// and our own request recognised as an echo (`docs/protocols/pace.md#validation-order`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PaceFraming {
     /// The request frame we sent, if any; a received copy of it is an RS485 echo.

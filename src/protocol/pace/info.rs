@@ -1,4 +1,4 @@
-//! The small reads (`protocols/pace.md` §8.1–§8.5): 0xC1 software version, 0xC2 serial numbers, 0xA6 pack
+//! The small reads (`docs/protocols/pace.md#small-reads`): 0xC1 software version, 0xC2 serial numbers, 0xA6 pack
 //! capacity, 0x90 pack count and 0xB1 date/time — decoders and the matching reply encoders.
 
 use serde::Serialize;
@@ -42,7 +42,7 @@ pub struct ProductInfoReply {
     pub info_hex: String,
 }
 
-/// A decoded 0xA6 reply (describes pack 1 / the master, §5).
+/// A decoded 0xA6 reply (describes pack 1 / the master, `docs/protocols/pace.md#addresses-and-packs`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CapacityReply {
     /// Frame header.

@@ -1,5 +1,5 @@
-//! Separating the pack blocks of a 0x42/0x44 reply (`protocols/pace.md` §6.4, §7.1): the closed-form tail length
-//! with the same-shape check, then the fallback walk. Never by scanning for the next cell count: that
+//! Separating the pack blocks of a 0x42/0x44 reply (`docs/protocols/pace.md#separating-pack-blocks`): the closed-form
+//! tail length with the same-shape check, then the fallback walk. Never by scanning for the next cell count: that
 //! false-matches inside tail data (bmspace issue #23).
 
 use crate::protocol::DecodeError;
@@ -17,7 +17,7 @@ pub(crate) struct Shape {
     pub tail_max: Option<usize>,
 }
 
-/// Blocks the fallback walk accepts: 1 ≤ M ≤ 32, N ≤ 16 (§6.4 step 4).
+/// Blocks the fallback walk accepts: 1 ≤ M ≤ 32, N ≤ 16 (`docs/protocols/pace.md#separating-pack-blocks`, step 4).
 const MAX_WALK_CELLS: usize = 32;
 const MAX_WALK_TEMPS: usize = 16;
 

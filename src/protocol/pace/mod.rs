@@ -1,4 +1,4 @@
-//! The Pace BMS protocol (`protocols/pace.md`): hex-ASCII frames with LCHKSUM/CHKSUM, the read requests, the
+//! The Pace BMS protocol (`docs/protocols/pace.md`): hex-ASCII frames with LCHKSUM/CHKSUM, the read requests, the
 //! 0x42/0x44/0xC1/0xC2/0xA6/0x90/0xB1 replies (VER 0x25, and the Pylon 0x20 analog layout where it fits), their
 //! encoders, and the capture decoder used by `bms_exporter decode --protocol pace`.
 //!
@@ -30,10 +30,11 @@ use super::plausible::{self, CURRENT_MAX_AMPERES, PACK_VOLTS_MAX, STATE_OF_HEALT
 use super::{Capture, DecodeError, DecodeOptions, Protocol, parse_hex};
 use crate::model::{CurrentSign, DeviceSnapshot};
 
-/// CID1 of EG4's 0x20 variant, whose INFO layouts this decoder does not read (§9).
+/// CID1 of EG4's 0x20 variant, whose INFO layouts this decoder does not read
+/// (`docs/protocols/pace.md#ver-0x20-pylon`).
 const CID1_EG4: u8 = 0x4A;
 
-/// Which INFO layout a reply uses (§9): chosen from the request's VER when known, else from the reply's.
+/// Which INFO layout a reply uses: chosen from the request's VER when known, else from the reply's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
@@ -108,7 +109,8 @@ impl Reply {
     }
 }
 
-/// Encode a reply that carries only a non-zero RTN (how a BMS refuses a request, §3.5).
+/// Encode a reply that carries only a non-zero RTN (how a BMS refuses a request,
+/// `docs/protocols/pace.md#return-codes`).
 pub fn encode_error_reply(ver: u8, adr: u8, cid1: u8, rtn: u8) -> Result<Vec<u8>, DecodeError> {
     encode_frame(Header { ver, adr, cid1, code: rtn }, &[])
 }

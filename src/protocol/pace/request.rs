@@ -1,4 +1,4 @@
-//! Pace read requests (`protocols/pace.md` §2.3, §3.4): the typed [`Request`], its encoder, and its decoder for
+//! Pace read requests (`docs/protocols/pace.md#frame-layout`): the typed [`Request`], its encoder, and its decoder for
 //! round trips and for reading captured requests. Only the read commands the exporter uses exist here, so a
 //! write command cannot be built by mistake.
 
@@ -9,11 +9,11 @@ use crate::protocol::DecodeError;
 
 /// VER sent by default (Pace V2.5).
 pub const VER_PACE: u8 = 0x25;
-/// VER of the Pylon-derived firmwares (§9).
+/// VER of the Pylon-derived firmwares (`docs/protocols/pace.md#ver-0x20-pylon`).
 pub const VER_PYLON: u8 = 0x20;
 /// CID1 sent by default (LiFePO4 battery).
 pub const CID1_BATTERY: u8 = 0x46;
-/// The COMMAND byte asking the master for every pack (§5).
+/// The COMMAND byte asking the master for every pack (`docs/protocols/pace.md#addresses-and-packs`).
 pub const ALL_PACKS: u8 = 0xFF;
 /// The highest pack number: a master relays up to 16 packs (an all-packs reply numbers its blocks 1..=16), and
 /// COMMAND `0x01`–`0x10` asks it for one of them.

@@ -1,5 +1,5 @@
-//! Command 0x44, warnings, protections and status (`protocols/pace.md` §7): the level bytes, the bit tables of
-//! §7.3 with their canonical names, the balancing mapping, the 0–5 extension bytes, the reply decoder and the
+//! Command 0x44, warnings, protections and status (`docs/protocols/pace.md#0x44-status`): the level bytes, the bit
+//! tables with their canonical names, the balancing mapping, the 0–5 extension bytes, the reply decoder and the
 //! reply encoder.
 
 use std::collections::BTreeMap;
@@ -96,13 +96,13 @@ pub const SYSTEM_CHARGE_MOSFET_BIT: u8 = 1;
 /// Bit number of "discharge MOSFET on" in the system state.
 pub const SYSTEM_DISCHARGE_MOSFET_BIT: u8 = 2;
 
-/// Most extension bytes tolerated after warning state 2 (§7.4).
+/// Most extension bytes tolerated after warning state 2 (`docs/protocols/pace.md#0x44-status`).
 pub const MAX_EXTENSION_BYTES: usize = 5;
 
 /// One status block exactly as on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatusBlock {
-    /// Per-cell level bytes (§7.2).
+    /// Per-cell level bytes.
     pub cell_warn: Vec<u8>,
     /// Per-sensor level bytes.
     pub temp_warn: Vec<u8>,

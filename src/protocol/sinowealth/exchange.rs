@@ -5,7 +5,8 @@
 //! config and cells 1…n; `temperatures` both external probes and IC temperature 1; `alarms` battery status;
 //! `info` full capacity; `balancing` has no register on this variant. The static registers (pack config, full
 //! capacity) are cached after their first success. Cells are asked before the pack voltage so that a board of
-//! another map (pack voltage ≈ one cell, `protocols/sinowealth.md` §4) is caught and its poll refused.
+//! another map (pack voltage ≈ one cell, `docs/protocols/sinowealth.md#boards-with-another-map`) is caught and
+//! its poll refused.
 //!
 //! A reply is taken only once the line has gone quiet, and it is the last bytes received: replies have no start
 //! byte and an 8-bit check byte, so noise before a reply can pass for one (issue 12), and only the end of what
@@ -25,7 +26,8 @@ use crate::protocol::{DecodeError, Exchange, Outgoing, Progress, Protocol};
 /// External temperature probes of the register map.
 const EXTERNAL_PROBES: u16 = 2;
 
-/// Pack voltage below this many times the highest cell voltage means another register map (§4).
+/// Pack voltage below this many times the highest cell voltage means another register map
+/// (`docs/protocols/sinowealth.md#boards-with-another-map`).
 const PLAUSIBLE_PACK_TO_CELL: f64 = 1.1;
 
 /// One step of a poll's plan.

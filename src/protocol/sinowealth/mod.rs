@@ -1,8 +1,8 @@
-//! The Daly "Sinowealth" variant (`protocols/sinowealth.md`): 3-byte requests `0a <reg> <len>`, replies of bare
+//! The Daly "Sinowealth" variant (`docs/protocols/sinowealth.md`): 3-byte requests `0a <reg> <len>`, replies of bare
 //! data bytes plus one check byte. Replies do not name their register, so every decode needs the request.
 //!
-//! The check byte is CRC-8/SMBUS over the request and the data. That is the spec authors' own finding (it
-//! reproduces all 8 captured replies but no 4-byte reply was ever captured), and §3 suggests only counting
+//! The check byte is CRC-8/SMBUS over the request and the data. That is this project's own finding (it
+//! reproduces all 8 captured replies but no 4-byte reply was ever captured), so one could argue for only counting
 //! mismatches until hardware confirms it. Polling rejects them all the same ([`CheckPolicy::Verify`], the
 //! default): replies have no start byte, so noise before a reply is framed as a candidate reply, and a
 //! candidate with a wrong check byte kept as a value would be noise exported (issue 12). `decode` keeps such a
@@ -26,7 +26,8 @@ use crate::protocol::{Capture, DecodeError, DecodeOptions, Protocol, to_hex};
 
 /// First byte of every request.
 pub const REQUEST_START: u8 = 0x0A;
-/// Pack voltage below this many times the highest cell voltage means another register map (§4).
+/// Pack voltage below this many times the highest cell voltage means another register map
+/// (`docs/protocols/sinowealth.md#boards-with-another-map`).
 const PLAUSIBLE_PACK_TO_CELL: f64 = 1.1;
 
 /// CRC-8/SMBUS: polynomial 0x07, initial value 0, no reflection, no final XOR.
@@ -431,8 +432,9 @@ impl CaptureDecoder {
     }
 }
 
-/// §4: boards with more than 10 cells answer register 0x0B with the 11th cell, so a pack voltage close to one
-/// cell's voltage means the map does not apply: refuse rather than export nonsense.
+/// `docs/protocols/sinowealth.md#boards-with-another-map`: boards with more than 10 cells answer register 0x0B with the
+/// 11th cell, so a pack voltage close to one cell's voltage means the map does not apply: refuse rather than export
+/// nonsense.
 fn check_plausible(replies: &[Reply]) -> Result<(), DecodeError> {
     let highest_cell = replies
         .iter()

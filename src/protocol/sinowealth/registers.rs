@@ -1,4 +1,4 @@
-//! The Sinowealth register map (`protocols/sinowealth.md` §4–§6): which register holds what, its size and
+//! The Sinowealth register map (`docs/protocols/sinowealth.md#register-map`): which register holds what, its size and
 //! signedness, the flag words' bit names, and the value of one register decoded from (and encoded to) its
 //! data bytes.
 
@@ -40,9 +40,9 @@ pub enum Register {
     Rsoc,
     /// 0x14: cycle count, u16.
     CycleCount,
-    /// 0x15: pack status flags (§5).
+    /// 0x15: pack status flags (`docs/protocols/sinowealth.md#pack-status-bits`).
     PackStatus,
-    /// 0x16: battery status protections (§6).
+    /// 0x16: battery status protections (`docs/protocols/sinowealth.md#battery-status-bits`).
     BatteryStatus,
     /// 0x17: pack configuration (cell count − 3 in bits 0–2).
     PackConfig,
@@ -143,7 +143,7 @@ const fn flag(bit: u8, mnemonic: &'static str, name: &'static str) -> FlagBit {
     FlagBit { bit, mnemonic, name }
 }
 
-/// Pack status bits (§5), high bit first as the spec lists them.
+/// Pack status bits, high bit first as the note lists them.
 pub const PACK_STATUS_BITS: [FlagBit; 11] = [
     flag(15, "CAL", "calibration"),
     flag(10, "VDQ", "valid_discharge_qualified"),
@@ -158,7 +158,7 @@ pub const PACK_STATUS_BITS: [FlagBit; 11] = [
     flag(0, "CHGMOS", "charge_mosfet_on"),
 ];
 
-/// Battery status protection bits (§6), high bit first. These names are the `alarm` identifiers.
+/// Battery status protection bits, high bit first. These names are the `alarm` identifiers.
 pub const BATTERY_STATUS_BITS: [FlagBit; 11] = [
     flag(14, "CTO", "disconnection"),
     flag(13, "AFE_SC", "hardware_short_circuit"),
