@@ -23,6 +23,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::control::{self, Action, Clock, WriteOutcome};
 use crate::model::energy::Energy;
 use crate::model::{Retained, Sections};
+use crate::protocol::wire_log::{Piece, WireLog};
 use crate::protocol::{Exchange, Protocol, to_hex};
 use crate::session::{PollReport, RequestFailure, Session, Settings};
 use crate::transport::{self, Link, TransportSettings};
@@ -621,11 +622,38 @@ async fn drain(link: &mut Link) {
 /// Run `session` over `link` until it is done. `Err` carries the link failure (the session has already
 /// recorded it); the caller drops the link and reconnects later.
 pub async fn drive(link: &mut Link, session: &mut Session<'_>) -> Result<(), String> {
+    let mut wire = WireTrace::new(session.protocol());
+    let result = drive_logged(link, session, &mut wire).await;
+    wire.log(WireLog::finish);
+    result
+}
+
+/// The debug log of what crossed the link, one line per frame (a serial port hands bytes over one or two at a
+/// time), built only when that log is on.
+struct WireTrace(Option<WireLog>);
+
+impl WireTrace {
+    fn new(protocol: Protocol) -> Self {
+        Self(tracing::enabled!(target: "bms_exporter::wire", tracing::Level::DEBUG).then(|| WireLog::new(protocol)))
+    }
+
+    fn log(&mut self, step: impl FnOnce(&mut WireLog) -> Vec<Piece>) {
+        if let Some(log) = self.0.as_mut() {
+            for piece in step(log) {
+                tracing::debug!(target: "bms_exporter::wire", "{piece}");
+            }
+        }
+    }
+}
+
+async fn drive_logged(link: &mut Link, session: &mut Session<'_>, wire: &mut WireTrace) -> Result<(), String> {
     let mut buf = [0u8; 512];
     loop {
         let now = Instant::now();
         while let Some(bytes) = session.poll_transmit(now.into_std()) {
             let label = session.current_label().unwrap_or_default().to_owned();
+            // The end of the previous reply first (a cut frame, trailing bytes), then what is sent.
+            wire.log(|log| log.sent(&bytes));
             tracing::debug!(target: "bms_exporter::wire", request = %label, "tx {}", to_hex(&bytes));
             let written = match link.write_all(&bytes).await {
                 Ok(()) => link.flush().await,
@@ -644,7 +672,7 @@ pub async fn drive(link: &mut Link, session: &mut Session<'_>) -> Result<(), Str
                     Ok(0) => "the link was closed by the other end".to_owned(),
                     Ok(n) => {
                         let bytes = buf.get(..n).unwrap_or_default();
-                        tracing::debug!(target: "bms_exporter::wire", "rx {}", to_hex(bytes));
+                        wire.log(|log| log.received(bytes));
                         session.handle_bytes(Instant::now().into_std(), bytes);
                         continue;
                     }

@@ -50,7 +50,7 @@ pub enum PollError {
     #[error("no valid reply: {0}")]
     Invalid(DecodeError),
     /// The device answered with a refusal (Modbus exception, Pace error code).
-    #[error("refused: {0}")]
+    #[error("the device refused the command: {0}")]
     Refused(DecodeError),
     /// The link failed (port gone, connection reset).
     #[error("link failed: {0}")]
@@ -217,6 +217,12 @@ impl<'e> Session<'e> {
         };
         session.advance(not_before);
         session
+    }
+
+    /// The protocol the device speaks, for logs that cut its bytes into frames.
+    #[must_use]
+    pub fn protocol(&self) -> crate::protocol::Protocol {
+        self.exchange.protocol()
     }
 
     /// The label of the request in flight or due next, for logs.

@@ -315,6 +315,49 @@ fn read_pack_n_prints_one_pace_pack_and_pack_all_prints_every_pack() {
 }
 
 #[test]
+fn pace_pack_16_is_read_and_configured_and_a_pack_the_device_lacks_is_an_error() {
+    let sim = simulator("pack16", "pace", &["--packs", "16", "--cells", "4"]);
+    let truth = sim.truth_json();
+    let run = bms(cmd("read", tcp("pace", &sim), &["--pack", "16", "soc"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["packs"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["packs"][0]["pack"], 16);
+    let t = truth_pack(&truth, 16);
+    close("pack 16 voltage", &doc["packs"][0]["soc"]["voltage_volts"], f(&t["voltage_volts"]), 0.001);
+    assert!((f(&truth_pack(&truth, 1)["voltage_volts"]) - f(&t["voltage_volts"])).abs() > 0.01, "packs differ");
+    let beyond = bms(cmd("read", tcp("pace", &sim), &["--pack", "17", "soc"]));
+    assert_eq!(beyond.code, 1, "{}", beyond.stderr);
+    assert!(beyond.stderr.contains("Pace packs are numbered 1–16, not 17"), "{}", beyond.stderr);
+
+    // The configuration takes pack 16 too.
+    let dir = crate::util::Scratch::new("cli-pack16-config");
+    let config = dir.write(
+        "config.yaml",
+        &format!(
+            "devices:\n  - name: rack\n    protocol: pace\n    tcp: {}\n    pace: {{ packs: [15, 16] }}\n",
+            sim.addr.as_deref().unwrap()
+        ),
+    );
+    let checked = bms(["config", "check", config.to_str().unwrap()]);
+    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
+
+    // A device that answers but has no such pack: an error naming the pack, not an empty document and exit 0.
+    let daly = simulator("pack-missing", "daly", &[]);
+    let missing = bms(cmd("read", tcp("daly", &daly), &["--pack", "5", "soc"]));
+    assert_eq!(missing.code, 1, "{}", missing.stdout);
+    assert!(missing.stdout.is_empty(), "{}", missing.stdout);
+    assert!(
+        missing.stderr.contains("nothing was read for pack 5: the device reported pack(s) 1"),
+        "{}",
+        missing.stderr
+    );
+    let check = bms(cmd("check", tcp("daly", &daly), &["--pack", "5"]));
+    assert_eq!(check.code, 3, "{}", check.stdout);
+    assert!(check.stdout.starts_with("BMS UNKNOWN - nothing was read for pack 5"), "{}", check.stdout);
+}
+
+#[test]
 fn read_two_daly_boards_by_address_list_prints_both_boards() {
     let sim = simulator("boards", "daly", &["--boards", "2", "--cells", "8"]);
     let run = bms(cmd("read", tcp("daly", &sim), &["--address", "1,2", "--all"]));
@@ -457,6 +500,75 @@ fn read_verbose_logs_every_frame_in_hex_on_stderr_and_keeps_stdout_pure_json() {
     // Known bug (c): stderr is a pipe here, not a terminal, so no colour escapes belong in it.
     assert!(!run.stderr.contains('\u{1b}'), "ANSI escapes in non-terminal stderr:\n{:?}", run.stderr);
     assert!(!run.stdout.contains('\u{1b}'));
+}
+
+/// The hex words of the `rx …` lines a `--verbose` run logged (`rx HEX`, `rx echo HEX`, `rx rejected HEX (why)`).
+fn logged_rx(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "rx")?;
+            match words.get(at + 1..)? {
+                [kind @ ("echo" | "rejected"), hex, ..] => Some(((*kind).to_owned(), (*hex).to_owned())),
+                [hex, ..] => Some(("frame".to_owned(), (*hex).to_owned())),
+                [] => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn verbose_logs_each_frame_read_from_a_pty_as_one_line_that_decode_takes_as_it_is() {
+    // A serial port hands the reply over a byte or two at a time; the log still shows whole frames.
+    let (sim, link) = Simulator::pty("cli-verbose-pty", &["--protocol", "daly", "--cells", "16", "--time-scale", "0"]);
+    let run = bms(cmd("read", connection("daly", "--serial", link.to_str().unwrap()), &["soc", "cells", "--verbose"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rx = logged_rx(&run.stderr);
+    // 0x94 (to learn the cell count), 0x90, 0x93 and six 0x95 frames for 16 cells.
+    let frames: Vec<&String> = rx.iter().filter(|(kind, _)| kind == "frame").map(|(_, hex)| hex).collect();
+    assert!(frames.len() >= 8, "whole frames logged:\n{}", run.stderr);
+    assert!(frames.iter().all(|hex| hex.len() == 26), "every line one 13-byte frame:\n{}", run.stderr);
+    assert!(rx.iter().all(|(kind, _)| kind == "frame"), "a clean line rejects nothing:\n{}", run.stderr);
+
+    let truth = sim.truth_json();
+    let t = truth_pack(&truth, 1);
+    // The 0x90 line pasted into decode gives the pack's voltage.
+    let soc = frames.iter().find(|hex| hex.starts_with("a50190")).expect("a logged 0x90 frame");
+    let decoded = bms(["decode", "--protocol", "daly", soc.as_str()]);
+    assert_eq!(decoded.code, 0, "{}", decoded.stderr);
+    close("decoded voltage", &decoded.json()["device"]["packs"][0]["voltage_volts"], f(&t["voltage_volts"]), 0.1);
+    // The cell frames pasted together (several arguments are one stream) give every cell.
+    let cells: Vec<&str> = frames.iter().filter(|hex| hex.starts_with("a50195")).map(|h| h.as_str()).collect();
+    assert_eq!(cells.len(), 6, "{}", run.stderr);
+    let mut args = vec!["decode", "--protocol", "daly", "--cells", "16"];
+    args.extend(&cells);
+    let decoded = bms(args);
+    assert_eq!(decoded.code, 0, "{}", decoded.stderr);
+    let doc = decoded.json();
+    let got = doc["device"]["packs"][0]["cell_volts"].as_array().unwrap();
+    let want = t["cell_volts"].as_array().unwrap();
+    assert_eq!(got.len(), 16, "{doc}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        close(&format!("decoded cell {}", i + 1), g, f(w), 0.001);
+    }
+}
+
+#[test]
+fn verbose_logs_a_damaged_reply_as_one_rejected_chunk_that_decode_explains() {
+    // Every reply has one byte flipped: the log shows each as a rejected chunk with its reason, pasteable too.
+    let sim = simulator("verbose-corrupt", "pace", &["--fault", "corrupt=1"]);
+    let run = bms(cmd("read", tcp("pace", &sim), &["soc", "--verbose", "--retry", "0"]));
+    let rx = logged_rx(&run.stderr);
+    let rejected: Vec<&String> = rx.iter().filter(|(kind, _)| kind == "rejected").map(|(_, hex)| hex).collect();
+    assert!(!rejected.is_empty(), "{}", run.stderr);
+    assert!(rx.iter().all(|(kind, _)| kind != "frame"), "nothing passed:\n{}", run.stderr);
+    for hex in rejected {
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{hex}");
+        let decoded = bms(["decode", "--protocol", "pace", hex.as_str()]);
+        assert_eq!(decoded.code, 1, "a damaged frame does not decode: {}", decoded.stdout);
+        assert!(decoded.stderr.starts_with("error: "), "{}", decoded.stderr);
+    }
 }
 
 /// A TCP listener that accepts every connection, never answers, and keeps every byte it is sent: a port with
@@ -947,4 +1059,68 @@ fn a_missing_serial_port_or_a_closed_tcp_port_is_a_clear_error_for_every_command
         assert_eq!(detect.code, 1, "detect {flag}: {}", detect.stderr);
         assert!(detect.stderr.contains(target) && detect.stderr.contains(words), "detect {flag}: {}", detect.stderr);
     }
+}
+
+#[test]
+fn read_and_check_say_what_really_happened_and_each_cause_once() {
+    // Nothing was sent: the link never opened. No "no reply from", which would blame the device or its wiring.
+    let closed = closed_port();
+    let missing = "/nonexistent/bms-cli-test/ttyUSB9";
+    for (flag, target, says) in [
+        ("--tcp", closed.as_str(), format!("cannot connect to {closed}: Connection refused")),
+        ("--serial", missing, format!("serial port {missing} does not exist")),
+    ] {
+        let read = bms(cmd("read", connection("daly", flag, target), &["soc"]));
+        assert_eq!(read.code, 1, "{}", read.stderr);
+        assert!(read.stderr.starts_with(&format!("error: {says}")), "read {flag}: {}", read.stderr);
+        assert!(!read.stderr.contains("no reply"), "read {flag}: {}", read.stderr);
+        // check: one status line with the cause once, not once per command it planned.
+        let check = bms(cmd("check", connection("daly", flag, target), &[]));
+        assert_eq!(check.code, 3, "{}", check.stdout);
+        assert_eq!(check.stdout.lines().count(), 1, "check {flag}: {}", check.stdout);
+        assert!(check.stdout.starts_with(&format!("BMS UNKNOWN - {says}")), "check {flag}: {}", check.stdout);
+        assert_eq!(check.stdout.matches(target).count(), 1, "check {flag}: {}", check.stdout);
+        assert!(!check.stdout.contains("not sent"), "check {flag}: {}", check.stdout);
+    }
+
+    // The device answered with a refusal: said as such, with Pace's return code, not as silence.
+    let sim = simulator("refusal", "pace", &["--packs", "2"]);
+    let read = bms(cmd("read", tcp("pace", &sim), &["--pack", "5", "soc"]));
+    assert_eq!(read.code, 1, "{}", read.stderr);
+    assert!(
+        read.stderr
+            .contains("the device refused the command: Pace return code 0x90 (adr_error) (for 0x42 analog, pack 5"),
+        "{}",
+        read.stderr
+    );
+    assert!(!read.stderr.contains("no reply"), "{}", read.stderr);
+    // Two commands refused for the same reason: the reason once, naming both.
+    let check = bms(cmd("check", tcp("pace", &sim), &["--pack", "5"]));
+    assert_eq!(check.code, 3, "{}", check.stdout);
+    assert_eq!(check.stdout.matches("Pace return code 0x90").count(), 1, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("0x42 analog, pack 5") && check.stdout.contains("0x44 status, pack 5"),
+        "{}",
+        check.stdout
+    );
+}
+
+#[test]
+fn set_help_offers_only_the_protocols_set_accepts() {
+    let help = bms(["set", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    let lines: Vec<&str> = help.stdout.lines().collect();
+    let at = lines.iter().position(|l| l.trim_start().starts_with("--protocol")).expect("--protocol in set --help");
+    let text = lines[at + 1];
+    assert!(text.contains("daly (the A5 frames) or daly-modbus"), "{text}");
+    assert!(!help.stdout.contains("sinowealth") && !help.stdout.contains("pace"), "{}", help.stdout);
+    // What the help does not offer is refused as a usage error before anything is opened.
+    for protocol in ["sinowealth", "pace"] {
+        let run = bms(["set", "--protocol", protocol, "--tcp", "127.0.0.1:9", "--soc", "50", "--yes"]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains(&format!("{protocol} takes no writes: set supports daly")), "{}", run.stderr);
+    }
+    // read still offers all four.
+    let read = bms(["read", "--help"]);
+    assert!(read.stdout.contains("daly, daly-modbus, sinowealth or pace"), "{}", read.stdout);
 }

@@ -546,3 +546,76 @@ fn two_configured_daly_boards_on_one_tcp_bus_poll_the_simulator() {
         }
     });
 }
+
+#[test]
+fn independent_mistakes_are_all_reported_in_one_run_each_with_its_place() {
+    // Two devices each with an unknown key, a third with a list for a scalar: serde stops at the first; all three
+    // come out, in file order, each FILE:LINE:COLUMN: PATH: MESSAGE on a line of its own.
+    let text = "\
+devices:
+  - name: house
+    protocol: daly
+    serial: /dev/ttyUSB0
+    bogus: 1
+  - name: garage
+    protocol: pace
+    tcp: 192.168.1.50:8899
+    pace:
+      address: 1
+      colour: red
+      packs: [1, 2]
+  - name: shed
+    protocol: daly
+    tcp: 192.168.1.51:8899
+    baud: [1, 2]
+";
+    let error = config::parse(text, Path::new("multi.yaml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "multi.yaml:5:5: devices[0].bogus: unknown key \"bogus\"; expected one of: name, protocol, serial, tcp, \
+         bluetooth, adapter, baud, parity, timeout, retries, daly, daly_modbus, sinowealth, pace\n\
+         multi.yaml:11:7: devices[1].pace.colour: unknown key \"colour\"; expected one of: address, packs, version\n\
+         multi.yaml:16:11: devices[2].baud: expected a single value, not a list or mapping"
+    );
+    assert_eq!(error.all_located().len(), 3);
+    assert_eq!(error.located().map(|l| (l.line, l.column)), Some((5, 5)), "the first stays the first");
+
+    // Stage two too: a bad default and two bad devices, each on its own; the duplicate name of a fourth device
+    // is judged only once the devices before it resolve (it would be a consequence of their mistakes).
+    let text = "\
+defaults:
+  timeout: 1parsec
+devices:
+  - name: house
+    protocol: daly
+    serial: /dev/ttyUSB0
+    baud: fast
+  - name: garage
+    protocol: pace
+    tcp: 192.168.1.50:8899
+    pace: { packs: [17] }
+  - name: house
+    protocol: daly
+    tcp: 192.168.1.51:8899
+";
+    let lines: Vec<String> = error_of(text, "multi2.yaml").lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("multi2.yaml:2:12: defaults.timeout: \"1parsec\" is not a duration"), "{lines:?}");
+    assert!(lines[1].starts_with("multi2.yaml:7:11: devices[0].baud: \"fast\" is not a baud rate"), "{lines:?}");
+    assert_eq!(lines[2], "multi2.yaml:11:21: devices[1].pace.packs[0]: \"17\" is not all or a pack number 1–16");
+
+    // One mistake inside one device: only the first, as before (later checks of a device build on earlier ones).
+    let one =
+        "devices:\n  - name: house\n    protocol: daly\n    serial: /dev/ttyUSB0\n    baud: fast\n    parity: maybe\n";
+    assert_eq!(error_of(one, "one.yaml").lines().count(), 1);
+    // And through the binary, as a user runs it.
+    let dir = crate::util::Scratch::new("config-multi");
+    let file = dir.write("multi.yaml", text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().filter(|l| l.starts_with(file.to_str().unwrap())).count(), 3, "{stderr}");
+}

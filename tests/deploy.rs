@@ -551,6 +551,9 @@ fn the_containerfile_builds_locked_in_one_stage_and_runs_non_root_in_another() {
         );
     }
     assert!(ignore.lines().any(|l| l == "*"), "the ignore file should start from nothing");
+    // The build script stamps the revision; without .git in the context it takes it from the build argument.
+    assert!(copy.iter().any(|c| c.split_whitespace().any(|w| w == "build.rs")), "build.rs is not copied");
+    assert!(instruction("ARG").contains(&"BMS_EXPORTER_REVISION"), "no ARG BMS_EXPORTER_REVISION");
 
     // The config the image carries by default passes the exporter's own check.
     assert!(copy.contains(&"examples/config.yaml /etc/bms_exporter/config.yaml"));

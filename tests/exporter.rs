@@ -633,6 +633,22 @@ fn a_bad_config_stops_the_start_naming_its_file_and_line() {
 }
 
 #[test]
+fn a_listen_address_without_a_colon_is_refused_with_the_spelling_that_works() {
+    for (given, hint) in
+        [("10485", "write :10485 (every interface) or 127.0.0.1:10485"), ("localhost", "write localhost:10485")]
+    {
+        let out = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+            .args(["--demo", "--web.listen-address", given])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("--web.listen-address {given}: expected HOST:PORT or :PORT")), "{stderr}");
+        assert!(stderr.contains(hint), "{stderr}");
+    }
+}
+
+#[test]
 fn a_listen_address_in_use_stops_the_start_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -955,4 +971,26 @@ fn energy_counters_grow_by_power_times_the_time_between_the_polls_behind_two_scr
     }
     assert_eq!(directions, ["charged", "discharged"], "seed 1 must give one charging and one discharging pack");
     drop(pace);
+}
+
+#[test]
+fn build_info_names_the_git_revision_the_binary_was_built_from() {
+    // The build script asks git; outside a checkout (a source tarball) the revision is "unknown".
+    let git = Process::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .expect("git is needed to know which revision this checkout is");
+    let expected = if git.status.success() {
+        String::from_utf8(git.stdout).unwrap().trim().to_owned()
+    } else {
+        "unknown".to_owned()
+    };
+    let scratch = Scratch::new("e2e-build-info");
+    let dir = scratch.0.clone();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut exporter = exporter(&dir, &["--demo", "--web.listen-address", &addr]);
+    wait_ready(&mut exporter, &addr, &dir);
+    let body = http_get(&addr, "/metrics", &[]).unwrap().body;
+    let line = body.lines().find(|l| l.starts_with("bms_exporter_build_info{")).expect("no build_info in /metrics");
+    assert!(line.contains(&format!("revision=\"{expected}\"")), "expected revision {expected}: {line}");
 }

@@ -120,6 +120,64 @@ fn our_decoder_reads_two_daly_boards_over_tcp_with_line_timing() {
     }
 }
 
+#[test]
+fn two_tcp_clients_at_once_both_get_true_answers_one_request_at_a_time() {
+    let sim =
+        Simulator::tcp("twoclients", &["--protocol", "daly", "--boards", "2", "--cells", "8", "--time-scale", "0"]);
+    let truth = sim.truth();
+    let connect = || {
+        let stream = sim.connect();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+    };
+    // Eight cells are three 13-byte frames: read exactly those, so the time measured is the bus's, not a wait
+    // for silence.
+    let ask = |stream: &mut std::net::TcpStream, board: u8| {
+        let request = Request::read(Command::CellVoltages, Address::Board(board), Filler::Aa).encode();
+        stream.write_all(&request).unwrap();
+        let mut reply = [0u8; 39];
+        stream.read_exact(&mut reply).unwrap();
+        let capture = daly::decode_capture(Some(&request), &reply, &DecodeOptions::default()).unwrap();
+        let got = &capture.device.packs[0];
+        assert_eq!(got.pack, board);
+        for (g, t) in got.cell_volts.iter().zip(&truth.packs[usize::from(board) - 1].cell_volts) {
+            close(&format!("board {board} cell"), g.unwrap(), t.unwrap(), 0.0005);
+        }
+    };
+    // The second client is answered while the first is still connected, and the first still is after it.
+    let (mut first, mut second) = (connect(), connect());
+    ask(&mut first, 1);
+    ask(&mut second, 2);
+    ask(&mut first, 1);
+
+    // Both ask at the same moment, eight times: every answer is right, and the bus carried them one after the
+    // other. An exchange is 13 request bytes + 39 reply bytes at 9600 8N1 (54 ms) + 10 ms turnaround, so the
+    // 16 cannot take less than 16 × 64 ms (in parallel they would take half that).
+    let barrier = std::sync::Barrier::new(2);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (mut stream, board) in [(first, 1u8), (second, 2)] {
+            let (ask, barrier) = (&ask, &barrier);
+            scope.spawn(move || {
+                for _ in 0..8 {
+                    barrier.wait();
+                    ask(&mut stream, board);
+                }
+            });
+        }
+    });
+    assert!(started.elapsed() >= Duration::from_millis(16 * 64), "{:?}: not one at a time", started.elapsed());
+    // Each client's requests are counted on its own line when it goes.
+    wait_for("both clients' gone lines", Duration::from_secs(5), || {
+        let lines = sim.lines.lock().unwrap();
+        let gone: Vec<&String> = lines.iter().filter(|l| l.contains(" gone: ")).collect();
+        (gone.len() == 2).then(|| {
+            assert!(gone.iter().any(|l| l.contains("requests=10 replies=10")), "{gone:?}");
+            assert!(gone.iter().any(|l| l.contains("requests=9 replies=9")), "{gone:?}");
+        })
+    });
+}
+
 /// `(voltage, clean)` of a decoded reply to a request — clean when nothing was rejected or skipped — or `None`
 /// when nothing decoded.
 type Decode = fn(&[u8], &[u8]) -> Option<(Option<f64>, bool)>;
@@ -575,4 +633,54 @@ fn the_truth_file_counts_the_faults_injected_by_kind() {
     wait_for("the truth file to count every gross reply", Duration::from_secs(5), || {
         (sim.truth_json()["faults"] == serde_json::json!({"echo": 0, "gross": gross})).then_some(())
     });
+}
+
+/// SIGTERM, the polite stop a user's Ctrl-C or systemd gives, which lets the simulator clean up its link.
+fn terminate(sim: &mut Simulator) {
+    let pid = sim.child.id().to_string();
+    assert!(Process::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the simulator did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_simulator_refuses_a_live_pty_link_and_a_stopped_one_removes_only_its_own_link() {
+    let (mut first, link) = Simulator::pty("livelink", &["--protocol", "daly", "--time-scale", "0"]);
+    let owned = std::fs::read_link(&link).unwrap();
+    let second = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
+        .args(["simulate", "--protocol", "daly", "--pty"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("points at {}, which is live", owned.display())), "{err}");
+    // The first keeps its link and still answers through it.
+    assert_eq!(std::fs::read_link(&link).unwrap(), owned);
+    let reply = pty_exchange(&link, &soc_request());
+    let capture = daly::decode_capture(Some(&soc_request()), &reply, &DecodeOptions::default()).unwrap();
+    close(
+        "voltage",
+        capture.device.packs[0].voltage_volts.unwrap(),
+        first.truth().packs[0].voltage_volts.unwrap(),
+        0.05,
+    );
+
+    // Someone points the path elsewhere while the simulator runs: stopping it leaves their link alone.
+    let elsewhere = first.dir.join("elsewhere");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    terminate(&mut first);
+    assert_eq!(std::fs::read_link(&link).unwrap(), elsewhere, "the simulator removed a link it did not own");
+
+    // That link dangles (stale): a new simulator takes it over, and removes its own link when it stops.
+    let mut next = Simulator::pty_at(&first.dir.clone(), &link, &["--protocol", "daly", "--time-scale", "0"]);
+    wait_for("the new simulator's link", Duration::from_secs(10), || {
+        std::fs::read_link(&link).ok().filter(|t| t.starts_with("/dev/pts")).map(|_| ())
+    });
+    terminate(&mut next);
+    assert!(std::fs::symlink_metadata(&link).is_err(), "the simulator left its link behind");
 }

@@ -12,8 +12,8 @@ use crate::config::address::ProtocolOptions;
 pub(super) use crate::config::address::{daly_addresses, daly_modbus_map, pace_adr};
 use crate::model::Sections;
 use crate::poller::{BusSpec, DeviceSpec};
-use crate::protocol::pace::VER_PACE;
 use crate::protocol::pace::exchange::PackSelection;
+use crate::protocol::pace::{MAX_PACK, VER_PACE};
 use crate::protocol::{DecodeOptions, Exchange, Protocol};
 use crate::session::Settings;
 use crate::transport::{
@@ -164,6 +164,9 @@ impl ConnectionArgs {
                     bail!("--address: Sinowealth boards have no address");
                 }
                 ProtocolOptions::Sinowealth
+            }
+            Protocol::Pace if packs.is_some_and(|p| !(1..=MAX_PACK).contains(&p)) => {
+                bail!("--pack: Pace packs are numbered 1–{MAX_PACK}, not {}", packs.unwrap_or_default())
             }
             Protocol::Pace => ProtocolOptions::Pace {
                 adr: pace_adr(address.unwrap_or("1")).context("--address")?,

@@ -77,6 +77,10 @@ pub enum Command {
 /// Arguments of `set`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("action").required(true).args(["charge_mosfet", "discharge_mosfet", "soc", "restart"])))]
+// Only the protocols that take writes are offered (and accepted) here: the shared connection flags list all four.
+#[command(mut_arg("protocol", |arg| arg
+    .help("Protocol the board speaks: daly (the A5 frames) or daly-modbus, the ones that take writes")
+    .value_parser(parse_set_protocol)))]
 pub struct SetArgs {
     /// How to reach the device (protocol daly or daly-modbus).
     #[command(flatten)]
@@ -96,6 +100,14 @@ pub struct SetArgs {
     /// Really send it. Without this flag the command only shows what it would send.
     #[arg(long)]
     pub yes: bool,
+}
+
+/// `set --protocol`: the protocols whose boards take writes.
+fn parse_set_protocol(s: &str) -> Result<Protocol, String> {
+    match parse_protocol(s)? {
+        protocol @ (Protocol::Daly | Protocol::DalyModbus) => Ok(protocol),
+        other => Err(format!("{other} takes no writes: set supports daly (the A5 frames) and daly-modbus")),
+    }
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -420,7 +432,7 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         time_scale: args.time_scale,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(simulator_serve::serve(bus.as_mut(), &endpoint, options))
+    runtime.block_on(simulator_serve::serve(bus, &endpoint, options))
 }
 
 /// The simulated bus for `args`, after checking the sizes the protocol can carry.

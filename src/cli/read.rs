@@ -18,7 +18,7 @@ use crate::output::json::PackFilter;
 use crate::output::nagios::{self, Limit, Thresholds};
 use crate::output::{daly_cli, json as json_out};
 use crate::poller::{self, DeviceStatus};
-use crate::session::PollReport;
+use crate::session::{PollError, PollReport, RequestFailure};
 
 /// Which packs to print (and, on Pace, to ask for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +178,65 @@ fn poll_once(connection: &ConnectionArgs, sections: Sections, pack: PackArg) -> 
     OneDevice::new(connection, sections, pack)?.poll()
 }
 
+/// Refuse a poll that answered but holds nothing for the pack asked: an empty document with exit code 0 would
+/// read as success to a script. The poll's failures, when there were some, say why.
+fn require_pack(report: &PollReport, pack: PackArg) -> anyhow::Result<()> {
+    let device = &report.device;
+    let found: Vec<String> = device.packs.iter().map(|p| p.pack.to_string()).collect();
+    let mut reported =
+        if found.is_empty() { "no pack at all".to_owned() } else { format!("pack(s) {}", found.join(", ")) };
+    if !report.failures.is_empty() {
+        reported = format!("{reported}; {}", failure_causes(&report.failures).join("; "));
+    }
+    match pack {
+        PackArg::One(n) if !device.packs.iter().any(|p| p.pack == n) => {
+            anyhow::bail!("nothing was read for pack {n}: the device reported {reported}")
+        }
+        PackArg::All if device.packs.is_empty() => anyhow::bail!("nothing was read: the device reported {reported}"),
+        _ => Ok(()),
+    }
+}
+
+/// Each distinct cause of a poll's failures once, with the requests it struck, in the order first seen: a link
+/// that never opened fails every request the same way, and one line saying so beats ten.
+pub(super) fn failure_causes(failures: &[RequestFailure]) -> Vec<String> {
+    let mut causes: Vec<(String, Vec<&str>)> = Vec::new();
+    for failure in failures {
+        let cause = failure.error.to_string();
+        match causes.iter_mut().find(|(seen, _)| *seen == cause) {
+            Some((_, labels)) => labels.push(&failure.label),
+            None => causes.push((cause, vec![&failure.label])),
+        }
+    }
+    causes.into_iter().map(|(cause, labels)| format!("{cause} (for {})", labels.join(", "))).collect()
+}
+
+/// Why a poll got nothing at all, saying what really happened: the link never opened (nothing was sent), the
+/// device refused what it was asked, sent nothing valid, or sent nothing.
+fn nothing_read(transport: &str, report: &PollReport) -> String {
+    let failures: Vec<&RequestFailure> =
+        report.failures.iter().filter(|f| !matches!(f.error, PollError::Skipped(_))).collect();
+    if let [first, ..] = failures.as_slice()
+        && let PollError::Io(message) = &first.error
+    {
+        // Opening the link failed: its message names the port or address and the reason, and nothing was sent.
+        return if report.bytes_sent == 0 {
+            message.clone()
+        } else {
+            format!("lost the link to {transport}: {message}")
+        };
+    }
+    let causes = failure_causes(&report.failures).join("; ");
+    if failures.iter().all(|f| matches!(f.error, PollError::Timeout { .. })) {
+        format!("no reply from {transport}: {causes}")
+    } else if failures.iter().all(|f| matches!(f.error, PollError::Refused(_))) {
+        // It answered: each cause says what it refused.
+        format!("{transport}: {causes}")
+    } else {
+        format!("no valid reply from {transport}: {causes}")
+    }
+}
+
 /// The per-request failures of a poll, for the JSON `errors` key.
 fn failures_json(report: &PollReport) -> Value {
     report
@@ -251,9 +310,9 @@ fn publish_poll(
     let status = device.poll()?;
     let report = &status.last;
     if report.answered == 0 {
-        let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
-        anyhow::bail!("no reply from {} ({first}); nothing published", args.connection.transport()?.describe());
+        anyhow::bail!("{}; nothing published", nothing_read(&args.connection.transport()?.describe(), report));
     }
+    require_pack(report, args.pack).context("nothing published")?;
     let mut values = report.device.clone();
     if let PackArg::One(n) = args.pack {
         values.packs.retain(|p| p.pack == n);
@@ -281,10 +340,10 @@ fn print_poll(
 ) -> anyhow::Result<ExitCode> {
     let report = &status.last;
     if report.answered == 0 {
-        let first = report.failures.first().map(|f| format!("{}: {}", f.label, f.error)).unwrap_or_default();
-        anyhow::bail!("no reply from {} ({first})", args.connection.transport()?.describe());
+        anyhow::bail!("{}", nothing_read(&args.connection.transport()?.describe(), report));
     }
     let device = &report.device;
+    require_pack(report, args.pack)?;
     let document = match args.format {
         Format::Json => {
             let filter = match args.pack {
@@ -338,12 +397,20 @@ pub(super) fn check(args: &CheckArgs) -> ExitCode {
     };
     let (line, code) = match poll_once(&args.connection, Sections::all(), args.pack) {
         Ok(status) => {
+            // Nothing read, or nothing for the pack asked: UNKNOWN, saying what really happened.
+            let unknown = match args.connection.transport() {
+                Ok(transport) if status.last.answered == 0 => Some(nothing_read(&transport.describe(), &status.last)),
+                _ => require_pack(&status.last, args.pack).err().map(|e| e.to_string()),
+            };
+            if let Some(why) = unknown {
+                println!("BMS UNKNOWN - {why}");
+                return ExitCode::from(nagios::Status::Unknown.exit_code());
+            }
             let mut device = status.last.device.clone();
             if let PackArg::One(n) = args.pack {
                 device.packs.retain(|p| p.pack == n);
             }
-            let failures: Vec<String> =
-                status.last.failures.iter().map(|f| format!("{}: {}", f.label, f.error)).collect();
+            let failures = failure_causes(&status.last.failures);
             let outcome = nagios::check(&device, &failures, &thresholds);
             (outcome.line, outcome.status.exit_code())
         }

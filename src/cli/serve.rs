@@ -290,6 +290,15 @@ const LISTEN_BACKLOG: u32 = 1024;
 
 /// Bind `--web.listen-address`: `:PORT` means every interface (IPv6 and IPv4 where the host has IPv6).
 async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    // Without a colon there is no port to listen on; a bare number is a port written the way other tools take it.
+    if !address.contains(':') {
+        let hint = if !address.is_empty() && address.bytes().all(|b| b.is_ascii_digit()) {
+            format!(":{address} (every interface) or 127.0.0.1:{address}")
+        } else {
+            format!("{address}:10485, or :10485 for every interface")
+        };
+        bail!("--web.listen-address {address}: expected HOST:PORT or :PORT; write {hint}");
+    }
     let candidates: Vec<String> = match address.strip_prefix(':') {
         Some(port) => vec![format!("[::]:{port}"), format!("0.0.0.0:{port}")],
         None => vec![address.to_owned()],

@@ -353,7 +353,7 @@ fn daly_options(
 }
 
 /// Highest pack number behind a Pace master.
-const MAX_PACE_PACK: u8 = 15;
+const MAX_PACE_PACK: u8 = crate::protocol::pace::MAX_PACK;
 
 /// The `pace:` block: ADR (default 1), packs (default all) and VER (default 0x25).
 fn pace_options(raw: Option<&RawPace>, path: &str, src: &Source<'_>) -> Result<ProtocolOptions, ConfigError> {

@@ -20,15 +20,55 @@ pub enum ConfigError {
     /// A mistake at a known place in the file.
     #[error("{0}")]
     Invalid(Located),
+    /// Several mistakes that do not depend on each other (two devices each with an unknown key), in file order,
+    /// one per line, so one run shows everything to fix.
+    #[error("{}", lines(.0))]
+    Several(Vec<Located>),
+}
+
+fn lines(all: &[Located]) -> String {
+    all.iter().map(Located::to_string).collect::<Vec<_>>().join("\n")
 }
 
 impl ConfigError {
-    /// The located mistake, if the file could be read.
+    /// The (first) located mistake, if the file could be read.
     #[must_use]
     pub fn located(&self) -> Option<&Located> {
         match self {
             Self::Read { .. } => None,
             Self::Invalid(located) => Some(located),
+            Self::Several(all) => all.first(),
+        }
+    }
+
+    /// Every located mistake, in file order.
+    #[must_use]
+    pub fn all_located(&self) -> Vec<&Located> {
+        match self {
+            Self::Read { .. } => Vec::new(),
+            Self::Invalid(located) => vec![located],
+            Self::Several(all) => all.iter().collect(),
+        }
+    }
+
+    /// One error for `errors` (the first mistake alone, or all of them in file order); `None` for none.
+    #[must_use]
+    pub fn combine(errors: Vec<Self>) -> Option<Self> {
+        let mut located: Vec<Located> = Vec::new();
+        for error in errors {
+            match error {
+                // Not from a file's text; it cannot stand beside located ones, and it is enough on its own.
+                Self::Read { .. } => return Some(error),
+                Self::Invalid(one) => located.push(one),
+                Self::Several(all) => located.extend(all),
+            }
+        }
+        located.sort_by_key(|l| (l.line, l.column));
+        located.dedup();
+        match located.len() {
+            0 => None,
+            1 => located.pop().map(Self::Invalid),
+            _ => Some(Self::Several(located)),
         }
     }
 
@@ -37,7 +77,7 @@ impl ConfigError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Read { .. } => "read",
-            Self::Invalid(_) => "invalid",
+            Self::Invalid(_) | Self::Several(_) => "invalid",
         }
     }
 }

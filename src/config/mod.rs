@@ -10,6 +10,7 @@
 pub mod address;
 mod device;
 mod error;
+mod indent;
 mod locate;
 pub mod mqtt;
 mod resolve;
@@ -66,7 +67,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
     let raw: RawConfig = match serde_saphyr::from_str_with_options(text, options()) {
         Ok(raw) => raw,
-        Err(error) => return Err(resolve::deserialize_error(&error, text, file)),
+        Err(error) => return Err(resolve::stage_one_errors(&error, text, file)),
     };
     let index = PathIndex::build(text);
     resolve::resolve(&raw, &resolve::Source { file, text, index: &index })

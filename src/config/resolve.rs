@@ -234,33 +234,62 @@ impl Source<'_> {
     }
 }
 
-/// Stage two: check and convert everything.
+/// Stage two: check and convert everything. Mistakes that do not depend on each other are all reported: the
+/// `defaults:` block and each device on its own (within one device, the first mistake only, as later checks
+/// build on earlier ones); the checks across devices and the `mqtt:` block only once every device resolved.
 pub(crate) fn resolve(raw: &RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
+    let mut errors = Vec::new();
     let defaults = match &raw.defaults {
-        Some(d) => resolve_defaults(&d.value, src)?,
+        Some(d) => resolve_defaults(&d.value, src).unwrap_or_else(|error| {
+            errors.push(error);
+            Defaults::default()
+        }),
         None => Defaults::default(),
     };
     let Some(list) = raw.devices.as_ref().filter(|d| !d.value.is_empty()) else {
         let at = src.index.key("devices").unwrap_or(Position { line: 1, column: 1 });
-        return Err(src.error(at, "devices", "missing or empty: list at least one device"));
+        errors.push(src.error(at, "devices", "missing or empty: list at least one device"));
+        return Err(ConfigError::combine(errors).unwrap_or_else(|| src.error(at, "devices", "no devices")));
     };
     // A Bluetooth device's own default timeout gives way to one the file sets for every device.
     let default_timeout_written = raw.defaults.as_ref().is_some_and(|d| d.value.timeout.is_some());
     let mut devices: Vec<DeviceConfig> = Vec::with_capacity(list.value.len());
+    let mut failed_devices = false;
     for (i, item) in list.value.iter().enumerate() {
         let path = format!("devices[{i}]");
-        let device = device::resolve_device(item, &path, &defaults, default_timeout_written, src)?;
+        let device = match device::resolve_device(item, &path, &defaults, default_timeout_written, src) {
+            Ok(device) => device,
+            Err(error) => {
+                errors.push(error);
+                failed_devices = true;
+                continue;
+            }
+        };
+        if failed_devices {
+            // Names and shared buses are compared with devices that did not resolve: judged once they do.
+            continue;
+        }
         if let Some(first) = devices.iter().position(|d| d.name == device.name) {
             let name = item.value.name.as_ref().map(|n| (Position::of(n), src.quote(n)));
             let (at, quoted) = name.unwrap_or((Position::of(item), format!("{:?}", device.name)));
-            return Err(src.error(
+            errors.push(src.error(
                 at,
                 &join(&path, "name"),
                 format!("{quoted} is already the name of devices[{first}]; names must be unique"),
             ));
+            failed_devices = true;
+            continue;
         }
-        device::check_shared_bus(&devices, &device, item, &path, src)?;
+        if let Err(error) = device::check_shared_bus(&devices, &device, item, &path, src) {
+            errors.push(error);
+            failed_devices = true;
+            continue;
+        }
         devices.push(device);
+    }
+    // The `mqtt:` block names devices: judged against a complete, valid list only.
+    if let Some(error) = ConfigError::combine(errors) {
+        return Err(error);
     }
     let mqtt = match &raw.mqtt {
         Some(block) => Some(mqtt::resolve_mqtt(block, &devices, src)?),
@@ -374,7 +403,31 @@ pub(crate) fn deserialize_error(error: &serde_saphyr::Error, text: &str, file: &
         inner = error;
     }
     // A file that broke the budget is not walked a second time.
-    let path = if matches!(inner, E::Budget { .. }) { String::new() } else { PathIndex::build(text).path_at(at) };
+    if matches!(inner, E::Budget { .. }) {
+        let message = budget_message(inner);
+        return ConfigError::Invalid(Located {
+            file: file.to_owned(),
+            line: at.line,
+            column: at.column,
+            path: String::new(),
+            message,
+        });
+    }
+    let index = PathIndex::build(text);
+    // The parser's own complaints about structure land on the key before a mis-indented line: name the line.
+    if matches!(inner, E::ExternalMessage { .. } | E::Message { .. })
+        && let Some(found) = super::indent::find(text, at.line, &index)
+    {
+        let Position { line, column } = found.at;
+        return ConfigError::Invalid(Located {
+            file: file.to_owned(),
+            line,
+            column,
+            path: found.path,
+            message: found.message,
+        });
+    }
+    let path = index.path_at(at);
     let message = match inner {
         E::SerdeUnknownField { field, expected, .. } => {
             format!("unknown key {field:?}; expected one of: {}", expected.join(", "))
@@ -384,13 +437,112 @@ pub(crate) fn deserialize_error(error: &serde_saphyr::Error, text: &str, file: &
         }
         E::Unexpected { expected, .. } => format!("expected {}", friendly_expected(expected)),
         E::DuplicateMappingKey { .. } => "this key is given twice".to_owned(),
-        E::Budget { breach: BudgetBreach::Documents { .. }, .. } => {
-            "more than one YAML document (---): a configuration is one document".to_owned()
-        }
-        E::Budget { breach, .. } => format!("too large or too complex for a configuration file ({breach:?})"),
         other => sanitize(&serde_saphyr::UserMessageFormatter.format_message(other)),
     };
     ConfigError::Invalid(Located { file: file.to_owned(), line: at.line, column: at.column, path, message })
+}
+
+/// At most this many stage-one mistakes are reported in one run.
+const MAX_REPORTED: usize = 20;
+
+/// Stage one failed: every independent mistake of the kind serde stops at (an unknown key, a value of the wrong
+/// type, a key given twice), each located as [`deserialize_error`] does. serde stops at the first; the entry at
+/// fault is blanked out (spaces, so every position stays) and the text parsed again, for as long as the next
+/// mistake is of that kind and not on a blanked line (which would make it a consequence of the blanking).
+pub(crate) fn stage_one_errors(first: &serde_saphyr::Error, text: &str, file: &Path) -> ConfigError {
+    let mut errors = vec![deserialize_error(first, text, file)];
+    let mut continuable = is_entry_mistake(first);
+    let mut current = text.to_owned();
+    let mut blanked: Vec<u64> = Vec::new();
+    while continuable && errors.len() < MAX_REPORTED {
+        let Some(last) = errors.last().and_then(ConfigError::located) else { break };
+        let here = Position { line: last.line, column: last.column };
+        let index = PathIndex::build(&current);
+        let entry =
+            blank_entry(&current, here).or_else(|| index.key(&last.path).and_then(|at| blank_entry(&current, at)));
+        let Some((next, lines)) = entry else { break };
+        blanked.extend(lines);
+        current = next;
+        let Err(error) = serde_saphyr::from_str_with_options::<super::RawConfig>(&current, super::options()) else {
+            break;
+        };
+        continuable = is_entry_mistake(&error);
+        let located = deserialize_error(&error, &current, file);
+        match located.located() {
+            Some(l) if continuable && !blanked.contains(&l.line) => errors.push(located),
+            _ => break,
+        }
+    }
+    ConfigError::combine(errors).unwrap_or_else(|| deserialize_error(first, text, file))
+}
+
+/// The mistakes that concern one entry and leave the rest of the file readable.
+fn is_entry_mistake(error: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error as E;
+    let mut inner = error;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    matches!(
+        inner,
+        E::SerdeUnknownField { .. } | E::SerdeInvalidType { .. } | E::Unexpected { .. } | E::DuplicateMappingKey { .. }
+    )
+}
+
+/// `text` with the block-style entry whose key starts `at` replaced by spaces (the key, its value and the lines
+/// nested under it), and the lines touched; `None` when no block-style key starts there (a flow mapping).
+fn blank_entry(text: &str, at: Position) -> Option<(String, Vec<u64>)> {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let first = usize::try_from(at.line).ok()?.checked_sub(1)?;
+    let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
+    let line = lines.get(first)?;
+    let prefix = line.get(..column)?;
+    let rest = line.get(column..)?;
+    // A key in block style: only indentation (and a list item's dash) before it, and a colon after it.
+    if !prefix.trim_start_matches(' ').trim_start_matches('-').trim_start_matches(' ').is_empty()
+        || rest.is_empty()
+        || rest.starts_with([' ', '#', '-', '{', '['])
+        || !rest.contains(':')
+    {
+        return None;
+    }
+    let opens_block = rest.split_once(':').is_some_and(|(_, after)| {
+        let after = after.trim();
+        after.is_empty() || after.starts_with('#')
+    });
+    let blank = |s: &str| " ".repeat(s.chars().count());
+    let new_first = format!("{prefix}{}", blank(rest));
+    let mut touched = vec![at.line];
+    if let Some(l) = lines.get_mut(first) {
+        *l = new_first;
+    }
+    for (i, line) in lines.iter_mut().enumerate().skip(first + 1) {
+        let body = line.trim_start_matches(' ');
+        let indent = line.len() - body.len();
+        let nested = body.trim().is_empty()
+            || indent > column
+            // A list may sit at its key's own indentation.
+            || (opens_block && indent == column && (body == "-" || body.starts_with("- ")));
+        if !nested {
+            break;
+        }
+        *line = blank(line);
+        touched.push(i as u64 + 1);
+    }
+    Some((lines.join("\n"), touched))
+}
+
+/// Why a file that broke the parser's budget was refused.
+fn budget_message(error: &serde_saphyr::Error) -> String {
+    match error {
+        serde_saphyr::Error::Budget { breach: BudgetBreach::Documents { .. }, .. } => {
+            "more than one YAML document (---): a configuration is one document".to_owned()
+        }
+        serde_saphyr::Error::Budget { breach, .. } => {
+            format!("too large or too complex for a configuration file ({breach:?})")
+        }
+        other => sanitize(&serde_saphyr::UserMessageFormatter.format_message(other)),
+    }
 }
 
 /// serde names our raw structs (`struct RawDaly`); a user knows them as mappings.

@@ -113,7 +113,7 @@ const fn health(name: &'static str, kind: Kind, unit: Option<&'static str>, help
 pub const FAILURE_REASONS: [&str; 8] =
     ["timeout", "checksum", "truncated", "unexpected_reply", "io", "decode", "implausible", "echo"];
 
-/// The `revision` label of `bms_exporter_build_info`: `BMS_EXPORTER_REVISION` at build time, else "unknown".
+/// The `revision` label of `bms_exporter_build_info`: set by build.rs (git, or `BMS_EXPORTER_REVISION`), else "unknown".
 pub const REVISION: &str = match option_env!("BMS_EXPORTER_REVISION") {
     Some(revision) => revision,
     None => "unknown",

@@ -149,7 +149,7 @@ pub enum DecodeError {
         code: u8,
     },
     /// A Pace reply whose return code is not 0 (normal).
-    #[error("return code 0x{rtn:02x} ({})", rtn_name(*.rtn))]
+    #[error("Pace return code 0x{rtn:02x} ({})", rtn_name(*.rtn))]
     ReturnCode {
         /// The RTN byte.
         rtn: u8,
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(e.to_string(), "checksum mismatch: computed 0x0d, received 0x0e");
         assert_eq!(e.reason(), "checksum");
         let e = DecodeError::ReturnCode { rtn: 9 };
-        assert_eq!(e.to_string(), "return code 0x09 (operation_or_write_error)");
+        assert_eq!(e.to_string(), "Pace return code 0x09 (operation_or_write_error)");
         assert_eq!(e.kind(), "rtn_error");
         assert_eq!(DecodeError::Truncated { have: 9, need: 13 }.to_string(), "truncated frame: 9 of 13 bytes");
     }

@@ -15,6 +15,7 @@ pub mod pace;
 pub mod plausible;
 pub mod reader;
 pub mod sinowealth;
+pub mod wire_log;
 
 use std::fmt;
 use std::str::FromStr;

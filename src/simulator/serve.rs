@@ -83,68 +83,123 @@ impl std::fmt::Display for LineStats {
     }
 }
 
-/// Serve `device` at `endpoint` until the process is stopped. Over TCP, clients are served one at a time and
-/// may reconnect; on a PTY the link stays up for the program's life.
-pub async fn serve(device: &mut dyn Responder, endpoint: &Endpoint, mut options: ServeOptions) -> anyhow::Result<()> {
-    write_truth(device, &options.faults, options.truth.as_deref())?;
+/// The one simulated bus that every client shares, like the RS-485 line behind a serial server: the lock is
+/// held from a request's turn until its reply has left, so requests from different clients take turns.
+struct Bus {
+    device: Box<dyn Responder>,
+    options: ServeOptions,
+    /// When the battery model was last advanced.
+    last_step: Instant,
+    /// A `silent` fault struck: the board answers nobody until then.
+    silent_until: Option<Instant>,
+    /// When the last reply finished on the wire: a request waiting for its turn goes out after it.
+    free_at: Instant,
+    /// What crossed the line for each client still connected, by peer.
+    clients: BTreeMap<String, LineStats>,
+}
+
+/// The bus, shared by the tasks serving its clients.
+type SharedBus = std::sync::Arc<tokio::sync::Mutex<Bus>>;
+
+impl Bus {
+    fn shared(device: Box<dyn Responder>, options: ServeOptions) -> SharedBus {
+        let now = Instant::now();
+        let bus = Self { device, options, last_step: now, silent_until: None, free_at: now, clients: BTreeMap::new() };
+        std::sync::Arc::new(tokio::sync::Mutex::new(bus))
+    }
+
+    fn write_truth(&self) -> anyhow::Result<()> {
+        write_truth(self.device.as_ref(), &self.options.faults, self.options.truth.as_deref())
+    }
+
+    fn stats(&mut self, peer: &str) -> &mut LineStats {
+        self.clients.entry(peer.to_owned()).or_default()
+    }
+}
+
+/// Serve `device` at `endpoint` until the process is stopped. Over TCP, any number of clients may connect (and
+/// reconnect) at once; their requests are answered one at a time, as a serial server shares its one line. On a
+/// PTY the link stays up for the program's life.
+pub async fn serve(device: Box<dyn Responder>, endpoint: &Endpoint, options: ServeOptions) -> anyhow::Result<()> {
+    write_truth(device.as_ref(), &options.faults, options.truth.as_deref())?;
+    let bus = Bus::shared(device, options);
     match endpoint {
         Endpoint::Pty(link) => {
             let (master, slave) = tokio_serial::SerialStream::pair().context("creating a pseudo-terminal pair")?;
             let slave_path = slave.name().context("the pseudo-terminal has no name")?;
-            replace_symlink(Path::new(&slave_path), link)?;
-            eprintln!("simulator: {} → {slave_path}", link.display());
+            let slave_path = PathBuf::from(slave_path);
+            replace_symlink(&slave_path, link)?;
+            eprintln!("simulator: {} → {}", link.display(), slave_path.display());
             // Keep the slave open: without an opener the master reads EIO whenever a client closes.
             let _slave = slave;
             let mut master = master;
-            let mut stats = LineStats::default();
             let result = tokio::select! {
-                result = run_link(device, &mut master, &mut options, &mut stats) => result,
+                result = run_link(&bus, &mut master, "pty") => result,
                 signal = shutdown_signal() => signal,
             };
+            let stats = bus.lock().await.clients.remove("pty").unwrap_or_default();
             eprintln!("simulator: stopped: {stats}");
-            // Leave no dangling link behind for the next run or a confused user.
-            let _ = std::fs::remove_file(link);
+            // Leave no dangling link behind for the next run or a confused user, but only our own: someone may
+            // have pointed the path elsewhere meanwhile.
+            if std::fs::read_link(link).is_ok_and(|target| target == slave_path) {
+                let _ = std::fs::remove_file(link);
+            }
             result
         }
         Endpoint::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
             eprintln!("simulator: listening on {}", listener.local_addr().context("local address")?);
+            // Dropping the set on return aborts the clients' tasks.
+            let mut tasks = tokio::task::JoinSet::new();
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
-                    signal = shutdown_signal() => return signal,
-                };
-                let (mut stream, peer) = accepted.context("accepting a connection")?;
-                eprintln!("simulator: client {peer} connected");
-                let mut stats = LineStats::default();
-                let result = tokio::select! {
-                    result = run_link(device, &mut stream, &mut options, &mut stats) => result,
                     signal = shutdown_signal() => {
-                        eprintln!("simulator: client {peer} gone: {stats}");
+                        // Clients still connected are counted as gone too, so the counts add up.
+                        for (peer, stats) in std::mem::take(&mut bus.lock().await.clients) {
+                            eprintln!("simulator: client {peer} gone: {stats}");
+                        }
                         return signal;
                     }
                 };
-                if let Err(error) = result {
-                    // One client's broken connection is not the server's end: serve the next one.
-                    eprintln!("simulator: client {peer}: {error:#}");
-                }
-                eprintln!("simulator: client {peer} gone: {stats}");
+                let (mut stream, peer) = accepted.context("accepting a connection")?;
+                let peer = peer.to_string();
+                eprintln!("simulator: client {peer} connected");
+                let bus = std::sync::Arc::clone(&bus);
+                tasks.spawn(async move {
+                    let result = run_link(&bus, &mut stream, &peer).await;
+                    if let Err(error) = result {
+                        // One client's broken connection is not the server's end: the others go on.
+                        eprintln!("simulator: client {peer}: {error:#}");
+                    }
+                    let stats = bus.lock().await.clients.remove(&peer).unwrap_or_default();
+                    eprintln!("simulator: client {peer} gone: {stats}");
+                });
+                // Reap finished clients so the set does not grow with every reconnect.
+                while tasks.try_join_next().is_some() {}
             }
         }
     }
 }
 
-/// Serve `device` on an already bound `listener` inside a larger program (the exporter's `--demo`): clients one
-/// at a time, silently, until the task is dropped. A client's broken connection just ends that client.
-pub async fn serve_listener(mut device: Box<dyn Responder>, listener: TcpListener, mut options: ServeOptions) {
+/// Serve `device` on an already bound `listener` inside a larger program (the exporter's `--demo`): any number
+/// of clients, one request at a time, silently, until the task is dropped (which ends the clients' tasks too).
+pub async fn serve_listener(device: Box<dyn Responder>, listener: TcpListener, options: ServeOptions) {
+    let bus = Bus::shared(device, options);
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let Ok((mut stream, _peer)) = listener.accept().await else {
+        let Ok((mut stream, peer)) = listener.accept().await else {
             // Out of file descriptors or similar: back off rather than spin.
             sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let mut stats = LineStats::default();
-        let _ = run_link(device.as_mut(), &mut stream, &mut options, &mut stats).await;
+        let bus = std::sync::Arc::clone(&bus);
+        tasks.spawn(async move {
+            let peer = peer.to_string();
+            let _ = run_link(&bus, &mut stream, &peer).await;
+            bus.lock().await.clients.remove(&peer);
+        });
+        while tasks.try_join_next().is_some() {}
     }
 }
 
@@ -158,17 +213,11 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     }
 }
 
-/// Answer requests on one link until the peer goes away or a `close` fault strikes.
-async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
-    device: &mut dyn Responder,
-    link: &mut L,
-    options: &mut ServeOptions,
-    stats: &mut LineStats,
-) -> anyhow::Result<()> {
+/// Answer one client's requests until it goes away or a `close` fault strikes. Each request is handled with
+/// the bus locked, from taking it off the client's bytes to the last byte of its reply.
+async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(bus: &SharedBus, link: &mut L, peer: &str) -> anyhow::Result<()> {
     let mut pending = Vec::new();
     let mut chunk = [0u8; 512];
-    let mut last_step = Instant::now();
-    let mut silent_until: Option<Instant> = None;
     loop {
         let n = match link.read(&mut chunk).await {
             Ok(0) => return Ok(()),
@@ -181,34 +230,40 @@ async fn run_link<L: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => return Err(e).context("reading from the link"),
         };
         let arrived = Instant::now();
-        stats.bytes_in += n as u64;
+        let mut guard = bus.lock().await;
+        let bus = &mut *guard;
+        bus.stats(peer).bytes_in += n as u64;
         pending.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        while let Some(request) = device.next_request(&mut pending) {
-            stats.requests += 1;
+        while let Some(request) = bus.device.next_request(&mut pending) {
+            bus.stats(peer).requests += 1;
             let now = Instant::now();
-            device.step(now.duration_since(last_step).as_secs_f64() * options.time_scale);
-            last_step = now;
-            if silent_until.is_some_and(|until| now < until) {
+            bus.device.step(now.duration_since(bus.last_step).as_secs_f64() * bus.options.time_scale);
+            bus.last_step = now;
+            if bus.silent_until.is_some_and(|until| now < until) {
                 continue;
             }
-            let Some(response) = device.respond(&request) else { continue };
-            let outcome = options.faults.apply(&request, response, &*device);
+            let Some(response) = bus.device.respond(&request) else { continue };
+            let outcome = bus.options.faults.apply(&request, response, &*bus.device);
             if outcome.silence_s > 0.0 {
-                silent_until = Some(now + Duration::from_secs_f64(outcome.silence_s));
-                write_truth(device, &options.faults, options.truth.as_deref())?;
+                bus.silent_until = Some(now + Duration::from_secs_f64(outcome.silence_s));
+                bus.write_truth()?;
                 continue;
             }
             if outcome.close {
-                write_truth(device, &options.faults, options.truth.as_deref())?;
+                bus.write_truth()?;
                 return Ok(());
             }
-            // The board sees the request's last byte only after its wire time, then turns around.
-            let start = arrived + options.timing.wire_time(request.len()) + options.timing.latency;
+            // The request goes on the wire when the line is free (another client's reply may still have been
+            // on it); the board sees its last byte after its wire time, then turns around.
+            let timing = bus.options.timing;
+            let start = arrived.max(bus.free_at) + timing.wire_time(request.len()) + timing.latency;
             sleep_until(start + Duration::from_secs_f64(outcome.delay_s)).await;
-            write_paced(link, &outcome.bytes, options.timing).await?;
+            write_paced(link, &outcome.bytes, timing).await?;
+            bus.free_at = Instant::now();
+            let stats = bus.stats(peer);
             stats.replies += 1;
             stats.bytes_out += outcome.bytes.len() as u64;
-            write_truth(device, &options.faults, options.truth.as_deref())?;
+            bus.write_truth()?;
         }
     }
 }
@@ -249,15 +304,30 @@ fn write_truth(device: &dyn Responder, faults: &FaultPlan, path: Option<&Path>) 
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// Point `link` at `target`, replacing an old symlink but never a regular file.
+/// Point `link` at `target`, replacing a stale symlink but never a regular file nor a link to a live device.
+///
+/// A link whose target exists as a character device belongs to someone: a running simulator's pseudo-terminal
+/// (devpts removes `/dev/pts/N` once its master is closed, so a dead simulator's link dangles) or a real serial
+/// port. Taking it over would cut that simulator off from its clients and delete its link when we stop.
 fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(link) {
         Ok(meta) if meta.file_type().is_symlink() => {
+            let current = std::fs::read_link(link).unwrap_or_default();
+            // metadata() follows the link: it fails for a dangling one.
+            if std::fs::metadata(link).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())) {
+                anyhow::bail!(
+                    "{} points at {}, which is live (a running simulator's pseudo-terminal or a serial port); \
+                     stop the simulator that owns it, remove the link, or choose another --pty path",
+                    link.display(),
+                    current.display()
+                );
+            }
             std::fs::remove_file(link).with_context(|| format!("removing the old link {}", link.display()))?;
         }
         Ok(_) => anyhow::bail!("{} exists and is not a symlink; refusing to replace it", link.display()),
         Err(_) => {}
     }
+    // Created, not overwritten: a simulator starting at the same moment makes one of the two fail here.
     std::os::unix::fs::symlink(target, link).with_context(|| format!("creating {}", link.display()))
 }
 
@@ -280,10 +350,26 @@ mod tests {
         std::fs::write(&file, "keep").unwrap();
         let err = replace_symlink(Path::new("/dev/null"), &file).unwrap_err();
         assert!(err.to_string().contains("not a symlink"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stale_link_is_replaced_but_a_link_to_a_live_device_is_not() {
+        let dir = std::env::temp_dir().join(format!("bms-sim-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("link");
+        // A dead simulator's link dangles: it is taken over.
+        std::os::unix::fs::symlink(dir.join("gone"), &link).unwrap();
+        replace_symlink(&dir.join("plain"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), dir.join("plain"));
+        // A link to something that is no terminal (here a regular file) is stale too.
+        std::fs::write(dir.join("plain"), "x").unwrap();
         replace_symlink(Path::new("/dev/null"), &link).unwrap();
-        replace_symlink(Path::new("/dev/zero"), &link).unwrap();
-        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/zero"));
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        // A link to a character device that exists is someone's: refused, and left as it was.
+        let err = replace_symlink(&dir.join("plain"), &link).unwrap_err();
+        assert!(err.to_string().contains("points at /dev/null, which is live"), "{err}");
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/null"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,12 +1,13 @@
 //! Pace replies applied to the protocol-neutral [`DeviceSnapshot`].
 //!
 //! Pack numbering: an all-packs reply (COMMAND FF) numbers its blocks 1..M; a single-pack reply is pack COMMAND when
-//! that is 1..=15, otherwise pack 1 (COMMAND 0x00 is the usual stand-alone pack). The 0xC1, 0xC2 and 0xA6 readings
+//! that is 1..=16, otherwise pack 1 (COMMAND 0x00 is the usual stand-alone pack). The 0xC1, 0xC2 and 0xA6 readings
 //! describe the answering BMS / the master (`docs/protocols/pace.md#addresses-and-packs`), so they land on pack 1; 0x90
 //! and 0xB1 have no model field.
 
 use super::Reply;
 use super::analog::{AnalogPack, AnalogReply};
+use super::request::MAX_PACK;
 use super::status::{self, StatusPack, StatusReply};
 use crate::model::{
     Alarm, AlarmSeverity, CurrentSign, DeviceSnapshot, Indicator, LevelAlarm, LevelAlarmKind, PackSnapshot, PackState,
@@ -44,7 +45,7 @@ const WARN2_ALARMS: [&str; 8] = [
 pub fn pack_number(all_packs: bool, count_or_command: u8, index: u8) -> u8 {
     match (all_packs, count_or_command) {
         (true, _) => index,
-        (false, command @ 1..=15) => command,
+        (false, command @ 1..=MAX_PACK) => command,
         (false, _) => 1,
     }
 }

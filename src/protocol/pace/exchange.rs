@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use super::apply::apply;
 use super::frame::PaceFraming;
-use super::request::{ALL_PACKS, Command, Request, VER_PYLON};
+use super::request::{ALL_PACKS, Command, MAX_PACK, Request, VER_PYLON};
 use super::{Reply, check_plausible, decode_reply};
 use crate::model::{CurrentSign, DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
@@ -27,7 +27,7 @@ const MIN_REAL_CELL_MV: u16 = 1000;
 pub enum PackSelection {
     /// Every pack the master sees: all-packs reads where the master supports them.
     All,
-    /// Exactly these pack numbers (1–15), each asked on its own.
+    /// Exactly these pack numbers (1–16), each asked on its own.
     List(Vec<u8>),
 }
 
@@ -122,7 +122,8 @@ impl PaceExchange {
                 Step::Ask(command) => return Some(command),
                 Step::EachPack => match self.pack_count {
                     Some(count) => {
-                        let steps: Vec<Step> = (1..=count.clamp(1, 15)).flat_map(|n| self.pack_steps(n)).collect();
+                        let steps: Vec<Step> =
+                            (1..=count.clamp(1, MAX_PACK)).flat_map(|n| self.pack_steps(n)).collect();
                         for step in steps.into_iter().rev() {
                             self.plan.push_front(step);
                         }
@@ -202,7 +203,7 @@ fn check_answers(reply: &Reply, command: Command) -> Result<(), DecodeError> {
         Reply::Status(r) => (!r.all_packs).then_some(r.count_or_command),
         _ => None,
     };
-    if let (Some(found), Some(expected @ 1..=15)) = (echoed, command.pack_command())
+    if let (Some(found), Some(expected @ 1..=MAX_PACK)) = (echoed, command.pack_command())
         && found != expected
     {
         return Err(DecodeError::UnexpectedCommand { expected, found });

@@ -22,7 +22,7 @@ pub use info::{
     CapacityReply, DateTime, DateTimeReply, PackCountReply, ProductInfoReply, VersionReply, encode_capacity,
     encode_date_time, encode_pack_count, encode_product_info, encode_version,
 };
-pub use request::{ALL_PACKS, CID1_BATTERY, Command, Request, VER_PACE, VER_PYLON};
+pub use request::{ALL_PACKS, CID1_BATTERY, Command, MAX_PACK, Request, VER_PACE, VER_PYLON};
 pub use status::{StatusBlock, StatusPack, StatusReply, encode_status};
 
 use super::deframer::{Deframer, Event};

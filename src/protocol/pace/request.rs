@@ -15,8 +15,11 @@ pub const VER_PYLON: u8 = 0x20;
 pub const CID1_BATTERY: u8 = 0x46;
 /// The COMMAND byte asking the master for every pack (`docs/protocols/pace.md#addresses-and-packs`).
 pub const ALL_PACKS: u8 = 0xFF;
+/// The highest pack number: a master relays up to 16 packs (an all-packs reply numbers its blocks 1..=16), and
+/// COMMAND `0x01`–`0x10` asks it for one of them.
+pub const MAX_PACK: u8 = 16;
 
-/// A read command and, for 0x42/0x44, its COMMAND byte (`0xFF` all packs, `0x01`–`0x0F` one pack, or `0x00`).
+/// A read command and, for 0x42/0x44, its COMMAND byte (`0xFF` all packs, `0x01`–`0x10` one pack, or `0x00`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
