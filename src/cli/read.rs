@@ -233,7 +233,8 @@ fn nothing_read(transport: &str, report: &PollReport) -> String {
         // It answered: each cause says what it refused.
         format!("{transport}: {causes}")
     } else {
-        format!("no valid reply from {transport}: {causes}")
+        // Each cause already says "no valid reply: …" with its rejection.
+        format!("nothing read from {transport}: {causes}")
     }
 }
 
