@@ -21,7 +21,7 @@ use crate::protocol::pace::{VER_PACE, VER_PYLON};
 use crate::protocol::sinowealth::CheckPolicy;
 use crate::protocol::sinowealth::exchange::SinowealthExchange;
 use crate::protocol::{Exchange, Protocol};
-use crate::session::{Session, Settings};
+use crate::session::{ReplyTimes, Session, Settings};
 use crate::transport::{self, Advertised, BluetoothSettings, Link, TransportSettings};
 
 /// Arguments of `detect`.
@@ -194,18 +194,33 @@ fn summary(device: &DeviceSnapshot) -> String {
     text.trim_end_matches("; ").to_owned()
 }
 
-/// Runs `probes` over `link` one after the other (one answer per protocol is enough) and returns those that got
-/// an answer, each with a summary of what it read. `Err` is a link failure.
-async fn run_probes(link: &mut Link, probes: Vec<Probe>, settings: Settings) -> anyhow::Result<Vec<(Probe, String)>> {
+/// Runs `probes` over `link` (at `baud`, when known) one after the other (one answer per protocol is enough) and
+/// returns those that got an answer, each with a summary of what it read. `Err` is a link failure.
+///
+/// Until something answers, every probe waits the full timeout. Once a device has answered, the link is known
+/// to work and its reply time is known, so the probes after it wait only the short timeout of optional reads
+/// (`crate::session::ReplyTimes::short_timeout`): a board that found its protocol answers in well under that.
+async fn run_probes(
+    link: &mut Link,
+    probes: Vec<Probe>,
+    settings: Settings,
+    baud: Option<u32>,
+) -> anyhow::Result<Vec<(Probe, String)>> {
     let mut found: Vec<(Probe, String)> = Vec::new();
+    let mut times = ReplyTimes::new(baud);
     for mut probe in probes {
         if found.iter().any(|(p, _)| p.protocol == probe.protocol) {
             continue; // one address per protocol is enough to write a config
         }
         eprintln!("detect: trying {} …", probe.what);
         let mut session =
-            Session::new(probe.exchange.as_mut(), Sections::none().with(Section::Soc), settings, Instant::now());
+            Session::new(probe.exchange.as_mut(), Sections::none().with(Section::Soc), settings, Instant::now())
+                .with_reply_times(times.clone());
+        if !found.is_empty() {
+            session = session.probing();
+        }
         drive(link, &mut session).await.map_err(anyhow::Error::msg)?;
+        session.reply_times().clone_into(&mut times);
         let report = session.finish();
         if report.answered > 0 {
             let text = summary(&report.device);
@@ -255,7 +270,7 @@ pub(super) fn detect(args: &DetectArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let found = runtime.block_on(async {
         let found = match transport::open(&transport).await {
-            Ok(mut link) => run_probes(&mut link, probes(&args.connection), settings).await,
+            Ok(mut link) => run_probes(&mut link, probes(&args.connection), settings, transport.baud()).await,
             Err(error) => Err(error.into()),
         };
         transport::close_bluetooth(CLOSE_WAIT).await;
@@ -308,7 +323,7 @@ fn scan(args: &DetectArgs, duration: Duration) -> anyhow::Result<ExitCode> {
             });
             eprintln!("detect: connecting to {} …", transport.describe());
             let answered = match transport::open(&transport).await {
-                Ok(mut link) => run_probes(&mut link, bluetooth_probes(connection, likely), settings).await,
+                Ok(mut link) => run_probes(&mut link, bluetooth_probes(connection, likely), settings, None).await,
                 Err(error) => Err(error.into()),
             };
             match answered {

@@ -21,8 +21,12 @@ pub struct Outgoing {
     pub label: String,
     /// The device may not know this command at all (Daly identity reads: a board that does not know a code stays
     /// silent, `docs/protocols/daly-a5.md#identity-and-capacity-reads`): send it once, and silence is not a failure but
-    /// [`Exchange::handle_unanswered`].
+    /// [`Exchange::handle_unanswered`]. The session gives it a short timeout learned from the device's
+    /// other replies (`crate::session::ReplyTimes`), so a board that ignores it costs little.
     pub optional: bool,
+    /// The expected reply's length in bytes (its shortest form when it varies; 0 when unknown), whose wire time
+    /// the short timeout of an optional request includes.
+    pub reply_len: usize,
 }
 
 /// What the bytes received so far for the current request amount to.

@@ -287,6 +287,7 @@ impl Exchange for DalyModbusExchange {
             bytes: encode_request(self.map, request).to_vec(),
             label: label(self.map, request, block),
             optional: false,
+            reply_len: 0,
         })
     }
 

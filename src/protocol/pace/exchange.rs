@@ -282,7 +282,7 @@ impl Exchange for PaceExchange {
         self.deframer.set_framing(PaceFraming::with_request(&bytes));
         self.rejections = Rejections::default();
         self.current = Some(Current { request, outcome: None });
-        Some(Outgoing { bytes, label: label(request), optional: false })
+        Some(Outgoing { bytes, label: label(request), optional: false, reply_len: 0 })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
