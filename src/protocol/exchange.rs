@@ -72,8 +72,8 @@ pub trait Exchange: Send + fmt::Debug {
     /// The line has been quiet for the drain time after [`Progress::Settling`]: accept what arrived.
     fn handle_quiet(&mut self) -> Progress;
 
-    /// An optional request got no valid reply: the device does not know it; do not ask again. The default
-    /// does nothing.
+    /// An optional request got no valid reply: the device may not know it. The exchange decides when (or
+    /// whether) to ask again (Daly: after two misses in a row, only rarely). The default does nothing.
     fn handle_unanswered(&mut self) {}
 
     /// Forget any partial reply to the current request (before a retry, or before giving it up) and return the

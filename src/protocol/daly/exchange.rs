@@ -3,9 +3,11 @@
 //!
 //! Poll economy (`ARCHITECTURE.md#scrape-model`, and `docs/protocols/daly-a5.md#poll-plan`): 0x91/0x92 are never sent
 //! (the model derives both ranges from 0x95/0x96); the 0x94 counts are cached and refreshed every
-//! [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50, 0x57, 0x63) are read once. A multi-frame reply is
-//! complete when the frame count that the cached counts and the host address predict has arrived
-//! (`docs/protocols/daly-a5.md#multi-frame-replies`); with no count known, the reply settles when the line goes quiet.
+//! [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50, 0x57, 0x63) are read once, and are optional: one
+//! the board leaves unanswered in [`INFO_GIVE_UP_MISSES`] polls in a row is asked only every
+//! [`INFO_REPROBE_POLLS`]. A multi-frame reply is complete when the frame count that the cached counts and the
+//! host address predict has arrived (`docs/protocols/daly-a5.md#multi-frame-replies`); with no count known, the
+//! reply settles when the line goes quiet.
 
 use std::collections::VecDeque;
 
