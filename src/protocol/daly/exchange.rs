@@ -24,11 +24,11 @@ pub const STATUS_REFRESH_POLLS: u32 = 10;
 
 /// An identity or capacity read left unanswered in this many polls in a row is taken as unknown to the board
 /// and no longer sent (one miss may be a board busy at that moment, as the session waits only a short time).
-pub const INFO_GIVE_UP_MISSES: u32 = 2;
+pub const INFO_GIVE_UP_MISSES: u32 = crate::protocol::exchange::GIVE_UP_MISSES;
 
 /// A read given up is asked once more after this many polls (about 25 minutes at a 15 s scrape interval), in
 /// case the misses were bad luck: it then costs one short timeout per interval.
-pub const INFO_REPROBE_POLLS: u32 = 100;
+pub const INFO_REPROBE_POLLS: u32 = crate::protocol::exchange::REPROBE_POLLS;
 
 /// What one board has told us that later polls reuse.
 #[derive(Debug, Clone, Default)]
