@@ -475,6 +475,8 @@ impl<'e> Session<'e> {
                 self.advance(now);
             }
             Progress::Unsupported => {
+                // A refusal is an answer too, and as quick to come as any.
+                self.learn_turnaround();
                 if let Some(current) = self.current.take() {
                     self.report.unsupported.push(current.outgoing.label);
                 }
@@ -482,6 +484,7 @@ impl<'e> Session<'e> {
                 self.advance(now);
             }
             Progress::Refused(error) => {
+                self.learn_turnaround();
                 self.fail_current(PollError::Refused(error));
                 self.state = State::Gap { send_at: now + self.settings.request_gap };
                 self.advance(now);
@@ -499,7 +502,7 @@ impl<'e> Session<'e> {
         }
     }
 
-    /// The request in flight was answered: its turnaround is the time from sending it to the reply's last byte,
+    /// The request in flight was answered (or refused): its turnaround is the time from sending it to the reply's last byte,
     /// less the wire time of the request and of every byte received (an echo of the request included, which
     /// makes the estimate err short by one request's wire time, covered by the short timeout's margin).
     fn learn_turnaround(&mut self) {

@@ -450,3 +450,27 @@ fn a_probing_session_gives_every_request_the_short_timeout_and_reports_it() {
     let report = session.finish();
     assert_eq!(report.failures[0].error, PollError::Timeout { timeout: short });
 }
+
+#[test]
+fn refusals_teach_the_turnaround_as_answers_do() {
+    let mut x = DalyModbusExchange::new(Map::D2, DecodeOptions::default());
+    let start = Instant::now();
+    let mut session = Session::new(&mut x, [Section::Soc].into_iter().collect(), Settings::default(), start)
+        .with_reply_times(ReplyTimes::new(None));
+    let refusal = |request: &[u8]| {
+        let mut frame = vec![request[0], 0x83, 0x02];
+        let crc = modbus_crc(&frame);
+        frame.extend(crc.to_le_bytes());
+        frame
+    };
+    // The 80-register read is refused (a fallback: unsupported), then the 62-register one (a failure).
+    let request = session.poll_transmit(start).unwrap();
+    session.handle_bytes(start + 42 * MS, &refusal(&request));
+    assert_eq!(session.reply_times().turnaround(), Some(42 * MS), "no baud known: no wire time to take off");
+    let again = start + 200 * MS;
+    let request = session.poll_transmit(again).unwrap();
+    session.handle_bytes(again + 61 * MS, &refusal(&request));
+    assert_eq!(session.reply_times().turnaround(), Some(61 * MS));
+    assert!(session.is_done());
+    assert!(matches!(session.finish().failures[0].error, PollError::Refused(_)));
+}
