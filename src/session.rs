@@ -308,8 +308,9 @@ impl<'e> Session<'e> {
         self
     }
 
-    /// Give every request the short timeout of optional ones, retries included: for `detect`, which tries
-    /// other protocols on a link where one device has already answered, so silence is the expected answer.
+    /// Give every request the short timeout of optional ones (without the reply's wire time: the first byte
+    /// tells whether anything answers), retries included: for `detect`, which tries other protocols on a link
+    /// where one device has already answered, so silence is the expected answer.
     #[must_use]
     pub fn probing(mut self) -> Self {
         self.probing = true;
@@ -336,8 +337,13 @@ impl<'e> Session<'e> {
         }
         let current = self.current.as_mut()?;
         let normal = self.settings.timeout;
-        let timeout = if current.outgoing.optional || self.probing {
-            self.times.short_timeout(current.outgoing.bytes.len(), current.outgoing.reply_len, normal)
+        let request_len = current.outgoing.bytes.len();
+        let timeout = if current.outgoing.optional {
+            self.times.short_timeout(request_len, current.outgoing.reply_len, normal)
+        } else if self.probing {
+            // A probe asks whether anything answers at all: the first byte tells, and a reply that has begun is
+            // waited for whatever its length (the drain time), so the reply's wire time is not added.
+            self.times.short_timeout(request_len, 0, normal)
         } else {
             normal
         };
