@@ -25,7 +25,7 @@ use crate::model::energy::Energy;
 use crate::model::{Retained, Sections};
 use crate::protocol::wire_log::{Piece, WireLog};
 use crate::protocol::{Exchange, Protocol, to_hex};
-use crate::session::{PollReport, RequestFailure, Session, Settings};
+use crate::session::{PollReport, ReplyTimes, RequestFailure, Session, Settings};
 use crate::transport::{self, Link, TransportSettings};
 
 /// The shortest time between two failed attempts to open a bus's link. Polls run only when a caller asks, so a
@@ -428,11 +428,15 @@ struct Worker {
     latest: Latest,
     /// When the poll that last used the bus ended (the quiet gap counts from there).
     bus_quiet_since: Option<Instant>,
+    /// Per device, its reply times learned by every poll so far (optional reads get short timeouts from them).
+    times: Vec<ReplyTimes>,
 }
 
 impl Worker {
     fn new(spec: BusSpec, port: Port, latest: Latest) -> Self {
+        let times = vec![ReplyTimes::new(spec.transport.baud()); spec.devices.len()];
         Self {
+            times,
             port,
             settings: spec.settings,
             devices: spec.devices,
@@ -537,21 +541,23 @@ impl Worker {
         // reported as `bms_poll_duration_seconds`.
         let now = Instant::now();
         let not_before = self.bus_quiet_since.map_or(now, |t| (t + self.settings.request_gap).max(now));
-        let mut session = Session::new(device.exchange.as_mut(), device.sections, self.settings, not_before.into_std());
-        let report = match linked {
+        let times = self.times.get(index).cloned().unwrap_or_default();
+        let mut session = Session::new(device.exchange.as_mut(), device.sections, self.settings, not_before.into_std())
+            .with_reply_times(times);
+        match linked {
             Ok(link) => {
                 drain(link).await;
                 match drive(link, &mut session).await {
                     Ok(()) => {}
                     Err(message) => self.port.lost(&message),
                 }
-                session.finish()
             }
-            Err(message) => {
-                session.handle_link_error(Instant::now().into_std(), &message);
-                session.finish()
-            }
-        };
+            Err(message) => session.handle_link_error(Instant::now().into_std(), &message),
+        }
+        if let Some(times) = self.times.get_mut(index) {
+            session.reply_times().clone_into(times);
+        }
+        let report = session.finish();
         self.bus_quiet_since = Some(Instant::now());
         let previous = read(&self.latest, index);
         let status = Arc::new(record(&device.name, previous.as_deref(), report, self.stale_after));

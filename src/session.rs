@@ -6,7 +6,12 @@
 //! get bytes to write, [`Session::handle_bytes`] with what it read, and [`Session::handle_timeout`] when
 //! [`Session::poll_timeout`] has passed. Nothing here reads a clock or touches a port, so every timing rule is
 //! tested with simulated time.
+//!
+//! Optional requests (reads a device may not know, which it ignores in silence) do not wait out the full reply
+//! timeout: the session learns the device's turnaround from its answers ([`ReplyTimes`], which the caller keeps
+//! for the life of the device's worker) and gives them [`ReplyTimes::short_timeout`] instead.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::model::{DeviceSnapshot, Sections};
@@ -34,6 +39,69 @@ impl Default for Settings {
             request_gap: Duration::from_millis(50),
             drain_quiet: Duration::from_millis(100),
         }
+    }
+}
+
+/// The least an optional request waits for its reply beyond the wire time of the request and of the reply: a
+/// board's turnaround wanders (a busy board answers late), and a reply cut off by a short wait would cost more
+/// than the wait saves.
+pub const SHORT_TIMEOUT_FLOOR: Duration = Duration::from_millis(150);
+
+/// How many recent turnarounds [`ReplyTimes`] keeps; its estimate is the largest of them.
+pub const TURNAROUND_SAMPLES: usize = 8;
+
+/// What one device's replies have shown of its turnaround (the time from the end of a request on the wire to the
+/// first byte of its reply), and the wire time of a byte on its link. The caller keeps one per device for the
+/// life of its worker and lends it to each [`Session`] ([`Session::with_reply_times`]); sessions add what they
+/// measure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyTimes {
+    /// The line's baud rate (a byte is ten bit times, 8N1 or 7E1); `None` when the link does not tell (TCP,
+    /// Bluetooth): wire time then counts as zero, and the turnaround measured includes it.
+    baud: Option<u32>,
+    /// The latest turnarounds, oldest first.
+    recent: VecDeque<Duration>,
+}
+
+impl ReplyTimes {
+    /// Nothing learned yet, on a link running at `baud` (`None`: unknown, wire time counts as zero).
+    #[must_use]
+    pub fn new(baud: Option<u32>) -> Self {
+        Self { baud: baud.filter(|b| *b > 0), recent: VecDeque::with_capacity(TURNAROUND_SAMPLES) }
+    }
+
+    /// How long `bytes` bytes take on the wire.
+    #[must_use]
+    pub fn wire_time(&self, bytes: usize) -> Duration {
+        let Some(baud) = self.baud else { return Duration::ZERO };
+        let nanos = (bytes as u128).saturating_mul(10_000_000_000) / u128::from(baud);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Take in one measured turnaround, forgetting the oldest beyond [`TURNAROUND_SAMPLES`].
+    pub fn learn(&mut self, turnaround: Duration) {
+        if self.recent.len() >= TURNAROUND_SAMPLES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(turnaround);
+    }
+
+    /// The estimated turnaround: the largest of the recent ones (a robust upper estimate, which a single fast
+    /// reply cannot pull down); `None` before any reply.
+    #[must_use]
+    pub fn turnaround(&self) -> Option<Duration> {
+        self.recent.iter().max().copied()
+    }
+
+    /// How long an optional request of `request` bytes, whose reply is about `reply` bytes long, waits for that
+    /// reply: its wire time, plus twice the estimated turnaround but at least [`SHORT_TIMEOUT_FLOOR`], plus the
+    /// reply's wire time; never more than `normal`, and `normal` itself while nothing has been learned. (Once a
+    /// reply starts to arrive, the session waits for it to finish whatever the timeout.)
+    #[must_use]
+    pub fn short_timeout(&self, request: usize, reply: usize, normal: Duration) -> Duration {
+        let Some(turnaround) = self.turnaround() else { return normal };
+        let allowance = SHORT_TIMEOUT_FLOOR.max(turnaround.saturating_mul(2));
+        (self.wire_time(request) + allowance + self.wire_time(reply)).min(normal)
     }
 }
 
@@ -148,6 +216,11 @@ struct Current {
     outgoing: Outgoing,
     attempts: u32,
     heard: bool,
+    /// When the latest attempt went out, and how long it waits for its reply.
+    sent_at: Option<Instant>,
+    timeout: Duration,
+    /// Bytes received since the latest attempt went out.
+    received: usize,
 }
 
 /// One poll of one device. See the module documentation.
@@ -159,6 +232,10 @@ pub struct Session<'e> {
     current: Option<Current>,
     report: PollReport,
     skipped_at_start: u64,
+    /// The device's reply times, learned across polls.
+    times: ReplyTimes,
+    /// Every request gets the short timeout of optional ones (`detect`, once another protocol answered).
+    probing: bool,
 }
 
 impl<'e> Session<'e> {
@@ -186,6 +263,8 @@ impl<'e> Session<'e> {
             current: None,
             report,
             skipped_at_start,
+            times: ReplyTimes::default(),
+            probing: false,
         };
         session.advance(not_before);
         session
@@ -214,6 +293,8 @@ impl<'e> Session<'e> {
             current: None,
             report,
             skipped_at_start,
+            times: ReplyTimes::default(),
+            probing: false,
         };
         session.advance(not_before);
         session
@@ -223,6 +304,29 @@ impl<'e> Session<'e> {
     #[must_use]
     pub fn protocol(&self) -> crate::protocol::Protocol {
         self.exchange.protocol()
+    }
+
+    /// Use (and add to) what earlier polls learned of this device's reply times; without it the session starts
+    /// from nothing, so optional requests wait the full timeout until the device has answered something.
+    #[must_use]
+    pub fn with_reply_times(mut self, times: ReplyTimes) -> Self {
+        self.times = times;
+        self
+    }
+
+    /// Give every request the short timeout of optional ones (without the reply's wire time: the first byte
+    /// tells whether anything answers), retries included: for `detect`, which tries other protocols on a link
+    /// where one device has already answered, so silence is the expected answer.
+    #[must_use]
+    pub fn probing(mut self) -> Self {
+        self.probing = true;
+        self
+    }
+
+    /// The reply times as learned so far (the caller keeps them for the next poll of the same device).
+    #[must_use]
+    pub fn reply_times(&self) -> &ReplyTimes {
+        &self.times
     }
 
     /// The label of the request in flight or due next, for logs.
@@ -238,10 +342,24 @@ impl<'e> Session<'e> {
             return None;
         }
         let current = self.current.as_mut()?;
+        let normal = self.settings.timeout;
+        let request_len = current.outgoing.bytes.len();
+        let timeout = if current.outgoing.optional {
+            self.times.short_timeout(request_len, current.outgoing.reply_len, normal)
+        } else if self.probing {
+            // A probe asks whether anything answers at all: the first byte tells, and a reply that has begun is
+            // waited for whatever its length (the drain time), so the reply's wire time is not added.
+            self.times.short_timeout(request_len, 0, normal)
+        } else {
+            normal
+        };
         current.attempts += 1;
+        current.sent_at = Some(now);
+        current.timeout = timeout;
+        current.received = 0;
         self.report.requests_sent += 1;
         self.report.bytes_sent += current.outgoing.bytes.len() as u64;
-        self.state = State::Waiting { deadline: now + self.settings.timeout, last_byte: None, settling: false };
+        self.state = State::Waiting { deadline: now + timeout, last_byte: None, settling: false };
         Some(current.outgoing.bytes.clone())
     }
 
@@ -251,6 +369,7 @@ impl<'e> Session<'e> {
         let State::Waiting { deadline, .. } = self.state else { return };
         if let Some(current) = self.current.as_mut() {
             current.heard |= !bytes.is_empty();
+            current.received += bytes.len();
         }
         let progress = self.exchange.handle_bytes(bytes);
         self.state = State::Waiting { deadline, last_byte: Some(now), settling: false };
@@ -308,7 +427,7 @@ impl<'e> Session<'e> {
             self.state = State::Gap { send_at: now + self.settings.request_gap };
             return;
         }
-        let error = rejection.map_or(PollError::Timeout { timeout: self.settings.timeout }, PollError::Invalid);
+        let error = rejection.map_or(PollError::Timeout { timeout: current.timeout }, PollError::Invalid);
         let heard = current.heard;
         self.fail_current(error);
         if !heard {
@@ -361,12 +480,15 @@ impl<'e> Session<'e> {
                 }
             }
             Progress::Complete => {
+                self.learn_turnaround();
                 self.report.answered += 1;
                 self.current = None;
                 self.state = State::Gap { send_at: now + self.settings.request_gap };
                 self.advance(now);
             }
             Progress::Unsupported => {
+                // A refusal is an answer too, and as quick to come as any.
+                self.learn_turnaround();
                 if let Some(current) = self.current.take() {
                     self.report.unsupported.push(current.outgoing.label);
                 }
@@ -374,6 +496,7 @@ impl<'e> Session<'e> {
                 self.advance(now);
             }
             Progress::Refused(error) => {
+                self.learn_turnaround();
                 self.fail_current(PollError::Refused(error));
                 self.state = State::Gap { send_at: now + self.settings.request_gap };
                 self.advance(now);
@@ -389,6 +512,19 @@ impl<'e> Session<'e> {
                 }
             }
         }
+    }
+
+    /// The request in flight was answered (or refused): its turnaround is the time from sending it to the reply's last byte,
+    /// less the wire time of the request and of every byte received (an echo of the request included, which
+    /// makes the estimate err short by one request's wire time, covered by the short timeout's margin).
+    fn learn_turnaround(&mut self) {
+        let (Some(current), State::Waiting { last_byte: Some(last), .. }) = (self.current.as_ref(), &self.state) else {
+            return;
+        };
+        let Some(sent_at) = current.sent_at else { return };
+        let wire = self.times.wire_time(current.outgoing.bytes.len().saturating_add(current.received));
+        let turnaround = last.saturating_duration_since(sent_at).saturating_sub(wire);
+        self.times.learn(turnaround);
     }
 
     fn fail_current(&mut self, error: PollError) {
@@ -407,10 +543,49 @@ impl<'e> Session<'e> {
             return;
         }
         if let Some(outgoing) = self.exchange.next_request() {
-            self.current = Some(Current { outgoing, attempts: 0, heard: false });
+            let timeout = self.settings.timeout;
+            self.current = Some(Current { outgoing, attempts: 0, heard: false, sent_at: None, timeout, received: 0 });
         } else {
             self.state = State::Done;
             self.report.finished = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_short_timeout_is_the_full_one_until_a_reply_and_stays_between_its_bounds() {
+        let normal = Duration::from_secs(1);
+        let mut times = ReplyTimes::new(Some(9600));
+        assert_eq!(times.wire_time(96), Duration::from_millis(100), "ten bit times a byte");
+        assert_eq!(times.short_timeout(13, 65, normal), normal, "nothing learned yet");
+        // A fast board: the floor, plus the wire time of request and reply.
+        times.learn(20 * MS);
+        assert_eq!(
+            times.short_timeout(13, 65, normal),
+            times.wire_time(13) + SHORT_TIMEOUT_FLOOR + times.wire_time(65)
+        );
+        // A slower board: twice its slowest recent turnaround.
+        times.learn(120 * MS);
+        times.learn(30 * MS);
+        assert_eq!(times.turnaround(), Some(120 * MS));
+        assert_eq!(times.short_timeout(13, 13, normal), times.wire_time(13) + 240 * MS + times.wire_time(13));
+        // Never more than the normal timeout.
+        times.learn(Duration::from_secs(2));
+        assert_eq!(times.short_timeout(13, 13, normal), normal);
+        // Old samples are forgotten: the slow one leaves after TURNAROUND_SAMPLES faster ones.
+        for _ in 0..TURNAROUND_SAMPLES {
+            times.learn(10 * MS);
+        }
+        assert_eq!(times.turnaround(), Some(10 * MS));
+        // A link without a known baud rate counts no wire time.
+        let mut tcp = ReplyTimes::new(None);
+        tcp.learn(10 * MS);
+        assert_eq!(tcp.short_timeout(13, 65, normal), SHORT_TIMEOUT_FLOOR);
     }
 }

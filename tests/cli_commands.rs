@@ -20,14 +20,14 @@ use bms_exporter::protocol::to_hex;
 use serde_json::{Map, Value};
 
 /// What one run of the binary left behind.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
         })
@@ -36,7 +36,7 @@ impl Run {
 
 /// Run `bms_exporter ARGS…`, killed if it outlives a generous deadline (a hung command must fail, not stall the
 /// suite); a panic in the product fails every test that meets it.
-fn bms<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
+pub(crate) fn bms<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
         .args(&args)

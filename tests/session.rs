@@ -12,7 +12,7 @@ use bms_exporter::protocol::daly_modbus::exchange::DalyModbusExchange;
 use bms_exporter::protocol::sinowealth::CheckPolicy;
 use bms_exporter::protocol::sinowealth::exchange::SinowealthExchange;
 use bms_exporter::protocol::{DecodeOptions, Exchange};
-use bms_exporter::session::{PollError, PollReport, Session, Settings};
+use bms_exporter::session::{PollError, PollReport, ReplyTimes, SHORT_TIMEOUT_FLOOR, Session, Settings};
 use bms_exporter::simulator::Responder;
 use bms_exporter::simulator::daly::DalyBus;
 use bms_exporter::simulator::daly_modbus::DalyModbusBus;
@@ -242,9 +242,13 @@ fn a_board_that_does_not_know_an_identity_read_is_asked_once_and_still_succeeds(
     assert_eq!(report.unsupported, vec!["0x63 board 1".to_owned()]);
     assert_eq!(report.requests_sent, 10, "sent once, no retries");
     assert!(elapsed < 2 * settings.timeout, "one timeout, not four: {elapsed:?}");
+    // One miss may be bad luck: the next poll asks once more (the board answers now); the cached reads are not
+    // asked again, and once the identity is known neither is it.
     let (again, _) = run(&mut x, Sections::all(), settings, Duration::ZERO, |r| bus.respond(r).unwrap().reply);
     assert!(again.unsupported.is_empty());
-    assert_eq!(again.requests_sent, 6, "neither the identity nor the cached reads are asked again");
+    assert_eq!(again.requests_sent, 7, "0x90 0x93 0x95 0x96 0x97 0x98 and 0x63 again");
+    let (third, _) = run(&mut x, Sections::all(), settings, Duration::ZERO, |r| bus.respond(r).unwrap().reply);
+    assert_eq!(third.requests_sent, 6, "neither the identity nor the cached reads are asked again");
 }
 
 #[test]
@@ -332,4 +336,143 @@ fn a_reply_timeout_shorter_than_the_drain_time_settles_without_spinning() {
     }
     let report = session.finish();
     assert!(report.succeeded(), "{:?}", report.failures);
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A simulated 9600-baud line: each reply starts `turnaround` after the request's last byte and arrives
+/// whole once its own wire time has passed. Drives `session` to its end in simulated time; returns the time
+/// it took and, per request sent, how long the session was prepared to wait for it.
+fn run_line(
+    session: &mut Session<'_>,
+    bus: &mut DalyBus,
+    turnaround: Duration,
+    start: Instant,
+) -> (Duration, Vec<Duration>) {
+    let line = ReplyTimes::new(Some(9600));
+    let mut now = start;
+    let mut inbox: Option<(Instant, Vec<u8>)> = None;
+    let mut waits = Vec::new();
+    for _ in 0..10_000 {
+        if let Some(bytes) = session.poll_transmit(now) {
+            waits.push(session.poll_timeout().unwrap() - now);
+            inbox = bus
+                .respond(&bytes)
+                .map(|r| (now + line.wire_time(bytes.len()) + turnaround + line.wire_time(r.reply.len()), r.reply));
+        }
+        if session.is_done() {
+            break;
+        }
+        let timer = session.poll_timeout().unwrap();
+        match inbox.take() {
+            Some((at, bytes)) if at <= timer => {
+                now = now.max(at);
+                session.handle_bytes(now, &bytes);
+            }
+            other => {
+                inbox = other;
+                now = now.max(timer);
+                session.handle_timeout(now);
+            }
+        }
+    }
+    assert!(session.is_done(), "the session must end");
+    (now - start, waits)
+}
+
+#[test]
+fn answers_teach_the_turnaround_net_of_wire_time() {
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let mut x = daly(&[Address::Rs485]);
+    let start = Instant::now();
+    let mut session = Session::new(&mut x, Sections::none().with(Section::Soc), Settings::default(), start)
+        .with_reply_times(ReplyTimes::new(Some(9600)));
+    run_line(&mut session, &mut bus, 37 * MS, start);
+    // Wire times round to whole nanoseconds: a few of them either way.
+    let learned = session.reply_times().turnaround().unwrap();
+    assert!(learned.abs_diff(37 * MS) < Duration::from_micros(1), "{learned:?}");
+    assert!(session.finish().succeeded());
+}
+
+#[test]
+fn unanswered_optional_reads_wait_the_short_timeout_and_mandatory_ones_the_full_one() {
+    let settings = Settings::default();
+    let mut bus = DalyBus::new(1, 16, 4, 1).without_identity();
+    let mut x = daly(&[Address::Rs485]);
+    let start = Instant::now();
+    let mut session =
+        Session::new(&mut x, Sections::all(), settings, start).with_reply_times(ReplyTimes::new(Some(9600)));
+    let (_, waits) = run_line(&mut session, &mut bus, 20 * MS, start);
+    let times = session.reply_times().clone();
+    let report = session.finish();
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(report.unsupported, ["0x57 board 1", "0x63 board 1"]);
+    // 0x94 0x90 0x93 0x95 0x96 0x97 0x98 wait the full timeout; the optional 0x50 (one frame, answered),
+    // 0x57 (five frames) and 0x63 (at least one) the short one, from the 20 ms learned: the floor.
+    let line = ReplyTimes::new(Some(9600));
+    let short = |frames: usize| line.wire_time(13) + SHORT_TIMEOUT_FLOOR + line.wire_time(13 * frames);
+    let mut expected = vec![settings.timeout; 7];
+    expected.extend([short(1), short(5), short(1)]);
+    assert_eq!(waits, expected);
+    assert!(times.turnaround().unwrap().abs_diff(20 * MS) < Duration::from_micros(1));
+
+    // A mandatory read keeps the full timeout, learned times or not: a board that stops answering gets its
+    // retries at the normal timeout.
+    let mut x = daly(&[Address::Rs485]);
+    let mut silent = DalyBus::new(1, 16, 4, 1);
+    let start = Instant::now();
+    let mut session =
+        Session::new(&mut x, Sections::none().with(Section::Soc), settings, start).with_reply_times(times);
+    let (elapsed, waits) = run_line(&mut session, &mut silent, Duration::from_secs(5), start);
+    assert_eq!(waits, vec![settings.timeout; 4]);
+    assert_eq!(elapsed, 4 * settings.timeout + 3 * settings.request_gap);
+    let report = session.finish();
+    assert_eq!(report.failures[0].error, PollError::Timeout { timeout: settings.timeout });
+}
+
+#[test]
+fn a_probing_session_gives_every_request_the_short_timeout_and_reports_it() {
+    let settings = Settings { retries: 1, ..Settings::default() };
+    let mut times = ReplyTimes::new(Some(9600));
+    times.learn(20 * MS);
+    // Nothing answers: the board is not there (the bus has none at board 5).
+    let mut bus = DalyBus::new(1, 16, 4, 1);
+    let options = DecodeOptions { current_sign: CurrentSign::Auto, ..DecodeOptions::default() };
+    let mut x = DalyExchange::new(vec![Address::Board(5)], Filler::Zero, options);
+    let start = Instant::now();
+    let mut session = Session::new(&mut x, Sections::none().with(Section::Soc), settings, start)
+        .with_reply_times(times.clone())
+        .probing();
+    let (_, waits) = run_line(&mut session, &mut bus, 20 * MS, start);
+    // The request's wire time and the allowance: a probe waits for a first byte, not for the reply's length.
+    let short = times.short_timeout(13, 0, settings.timeout);
+    assert_eq!(short, times.wire_time(13) + SHORT_TIMEOUT_FLOOR);
+    assert!(short < settings.timeout / 4, "{short:?}");
+    assert_eq!(waits, vec![short; 2], "two attempts of 0x90, then the silent board's other requests are dropped");
+    let report = session.finish();
+    assert_eq!(report.failures[0].error, PollError::Timeout { timeout: short });
+}
+
+#[test]
+fn refusals_teach_the_turnaround_as_answers_do() {
+    let mut x = DalyModbusExchange::new(Map::D2, DecodeOptions::default());
+    let start = Instant::now();
+    let mut session = Session::new(&mut x, [Section::Soc].into_iter().collect(), Settings::default(), start)
+        .with_reply_times(ReplyTimes::new(None));
+    let refusal = |request: &[u8]| {
+        let mut frame = vec![request[0], 0x83, 0x02];
+        let crc = modbus_crc(&frame);
+        frame.extend(crc.to_le_bytes());
+        frame
+    };
+    // The 80-register read is refused (a fallback: unsupported), then the 62-register one (a failure).
+    let request = session.poll_transmit(start).unwrap();
+    session.handle_bytes(start + 42 * MS, &refusal(&request));
+    assert_eq!(session.reply_times().turnaround(), Some(42 * MS), "no baud known: no wire time to take off");
+    let again = start + 200 * MS;
+    let request = session.poll_transmit(again).unwrap();
+    session.handle_bytes(again + 61 * MS, &refusal(&request));
+    assert_eq!(session.reply_times().turnaround(), Some(61 * MS));
+    assert!(session.is_done());
+    assert!(matches!(session.finish().failures[0].error, PollError::Refused(_)));
 }

@@ -7,6 +7,7 @@ mod ble_util;
 mod bus;
 mod cli_commands;
 mod cli_decode;
+mod cold_read;
 mod config;
 mod connections;
 mod daly_modbus_vectors;

@@ -21,7 +21,7 @@ use crate::protocol::pace::{VER_PACE, VER_PYLON};
 use crate::protocol::sinowealth::CheckPolicy;
 use crate::protocol::sinowealth::exchange::SinowealthExchange;
 use crate::protocol::{Exchange, Protocol};
-use crate::session::{Session, Settings};
+use crate::session::{ReplyTimes, Session, Settings};
 use crate::transport::{self, Advertised, BluetoothSettings, Link, TransportSettings};
 
 /// Arguments of `detect`.
@@ -194,18 +194,25 @@ fn summary(device: &DeviceSnapshot) -> String {
     text.trim_end_matches("; ").to_owned()
 }
 
-/// Runs `probes` over `link` one after the other (one answer per protocol is enough; with `one_device`, the first
-/// answer is) and returns those that got an answer, each with a summary of what it read. `Err` is a link failure.
+/// Runs `probes` over `link` (at `baud`, when known) one after the other (one answer per protocol is enough; with
+/// `one_device`, the first answer is) and returns those that got an answer, each with a summary of what it read.
+/// `Err` is a link failure.
 ///
 /// A Bluetooth module carries one BMS (`one_device`): once it has answered, every further probe could only wait out
-/// its timeouts, two 5 s Bluetooth timeouts each. A wired bus may hold boards of several protocols.
+/// its timeouts. A wired bus may hold boards of several protocols.
+///
+/// Until something answers, every probe waits the full timeout. Once a device has answered, the link is known
+/// to work and its reply time is known, so the probes after it wait only the short timeout of optional reads
+/// (`crate::session::ReplyTimes::short_timeout`): a board that found its protocol answers in well under that.
 async fn run_probes(
     link: &mut Link,
     probes: Vec<Probe>,
     settings: Settings,
     one_device: bool,
+    baud: Option<u32>,
 ) -> anyhow::Result<Vec<(Probe, String)>> {
     let mut found: Vec<(Probe, String)> = Vec::new();
+    let mut times = ReplyTimes::new(baud);
     for mut probe in probes {
         if one_device && !found.is_empty() {
             break;
@@ -215,8 +222,13 @@ async fn run_probes(
         }
         eprintln!("detect: trying {} …", probe.what);
         let mut session =
-            Session::new(probe.exchange.as_mut(), Sections::none().with(Section::Soc), settings, Instant::now());
+            Session::new(probe.exchange.as_mut(), Sections::none().with(Section::Soc), settings, Instant::now())
+                .with_reply_times(times.clone());
+        if !found.is_empty() {
+            session = session.probing();
+        }
         drive(link, &mut session).await.map_err(anyhow::Error::msg)?;
+        session.reply_times().clone_into(&mut times);
         let report = session.finish();
         if report.answered > 0 {
             let text = summary(&report.device);
@@ -268,7 +280,7 @@ pub(super) fn detect(args: &DetectArgs) -> anyhow::Result<ExitCode> {
         let found = match transport::open(&transport).await {
             Ok(mut link) => {
                 let one_device = matches!(transport, TransportSettings::Bluetooth(_));
-                run_probes(&mut link, probes(&args.connection), settings, one_device).await
+                run_probes(&mut link, probes(&args.connection), settings, one_device, transport.baud()).await
             }
             Err(error) => Err(error.into()),
         };
@@ -322,7 +334,7 @@ fn scan(args: &DetectArgs, duration: Duration) -> anyhow::Result<ExitCode> {
             });
             eprintln!("detect: connecting to {} …", transport.describe());
             let answered = match transport::open(&transport).await {
-                Ok(mut link) => run_probes(&mut link, bluetooth_probes(connection, likely), settings, true).await,
+                Ok(mut link) => run_probes(&mut link, bluetooth_probes(connection, likely), settings, true, None).await,
                 Err(error) => Err(error.into()),
             };
             match answered {
@@ -460,7 +472,7 @@ mod tests {
         let settings = Settings { timeout: Duration::from_millis(50), retries: 0, ..Settings::default() };
         // A module that answered Daly A5 is not asked in the Modbus-style protocol as well.
         let (mut link, board) = daly_board();
-        let found = run_probes(&mut link, bluetooth_probes(&args.connection, Likely::Daly), settings, true).await;
+        let found = run_probes(&mut link, bluetooth_probes(&args.connection, Likely::Daly), settings, true, None).await;
         let found: Vec<&str> = found.unwrap().iter().map(|(p, _)| p.config).collect();
         assert_eq!(found, ["daly: { address: uart }"]);
         drop(link);
@@ -473,7 +485,7 @@ mod tests {
         // A wired bus may hold boards of other protocols too: each is still asked.
         let (mut link, board) = daly_board();
         let wired = detect_args(&["--tcp", "127.0.0.1:8899"]);
-        let found = run_probes(&mut link, probes(&wired.connection), settings, false).await.unwrap();
+        let found = run_probes(&mut link, probes(&wired.connection), settings, false, None).await.unwrap();
         assert_eq!(found.iter().map(|(p, _)| p.protocol).collect::<Vec<_>>(), [Protocol::Daly]);
         drop(link);
         let received = board.await.unwrap();

@@ -168,6 +168,10 @@ pub struct SimulateArgs {
     /// characters; default DL-BMS-SIM-01). Sent as given, markup and quotes included, to see how readers show it.
     #[arg(long, value_name = "TEXT", value_parser = parse_model)]
     pub model: Option<String>,
+    /// Daly only: leave the identity reads 0x57 (battery code) and 0x63 (model) unanswered, as many real boards
+    /// do (readers then report the identity as absent, after a short wait).
+    #[arg(long, conflicts_with = "model")]
+    pub no_identity: bool,
 }
 
 /// `simulate --model`: printable ASCII that fits the identity reply's frames.
@@ -453,11 +457,15 @@ fn simulated_bus(args: &SimulateArgs) -> anyhow::Result<Box<dyn Responder>> {
     if args.model.is_some() && args.protocol != Protocol::Daly {
         bail!("--model is reported by Daly boards only (their 0x63 identity reply), not by {}", args.protocol);
     }
+    if args.no_identity && args.protocol != Protocol::Daly {
+        bail!("--no-identity silences the Daly identity reads 0x57 and 0x63, which {} does not have", args.protocol);
+    }
     match args.protocol {
         Protocol::Daly => {
             check("cells", args.cells, 1..=48)?;
             check("boards", args.boards, 1..=16)?;
             let bus = DalyBus::new(args.boards, args.cells, args.temperatures, args.seed);
+            let bus = if args.no_identity { bus.without_identity() } else { bus };
             Ok(Box::new(match &args.model {
                 Some(model) => bus.with_model(model),
                 None => bus,

@@ -21,8 +21,12 @@ pub struct Outgoing {
     pub label: String,
     /// The device may not know this command at all (Daly identity reads: a board that does not know a code stays
     /// silent, `docs/protocols/daly-a5.md#identity-and-capacity-reads`): send it once, and silence is not a failure but
-    /// [`Exchange::handle_unanswered`].
+    /// [`Exchange::handle_unanswered`]. The session gives it a short timeout learned from the device's
+    /// other replies (`crate::session::ReplyTimes`), so a board that ignores it costs little.
     pub optional: bool,
+    /// The expected reply's length in bytes (its shortest form when it varies; 0 when unknown), whose wire time
+    /// the short timeout of an optional request includes.
+    pub reply_len: usize,
 }
 
 /// What the bytes received so far for the current request amount to.
@@ -68,8 +72,8 @@ pub trait Exchange: Send + fmt::Debug {
     /// The line has been quiet for the drain time after [`Progress::Settling`]: accept what arrived.
     fn handle_quiet(&mut self) -> Progress;
 
-    /// An optional request got no valid reply: the device does not know it; do not ask again. The default
-    /// does nothing.
+    /// An optional request got no valid reply: the device may not know it. The exchange decides when (or
+    /// whether) to ask again (Daly: after two misses in a row, only rarely). The default does nothing.
     fn handle_unanswered(&mut self) {}
 
     /// Forget any partial reply to the current request (before a retry, or before giving it up) and return the
@@ -92,6 +96,47 @@ pub trait Exchange: Send + fmt::Debug {
     /// write's exchange from it (same addresses and decode options). The default: not a Daly A5 device.
     fn daly(&self) -> Option<&super::daly::exchange::DalyExchange> {
         None
+    }
+}
+
+/// An optional read left unanswered in this many polls in a row is taken as unknown to the device and no longer
+/// sent (one miss may be a device busy at that moment: the session waits only a short time for optional reads).
+pub const GIVE_UP_MISSES: u32 = 2;
+
+/// An optional read given up is sent once more after this many polls (about 25 minutes at a 15 s scrape
+/// interval), in case the misses were bad luck: it then costs one short timeout per interval.
+pub const REPROBE_POLLS: u32 = 100;
+
+/// One optional read's record on one device, kept by its exchange for the life of the worker: whether the
+/// read is still worth sending ([`GIVE_UP_MISSES`], [`REPROBE_POLLS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptionalRead {
+    misses: u32,
+    polls_since_reprobe: u32,
+}
+
+impl OptionalRead {
+    /// Whether to send the read in the poll being planned; call once per poll that would send it.
+    pub fn due(&mut self) -> bool {
+        if self.misses < GIVE_UP_MISSES {
+            return true;
+        }
+        self.polls_since_reprobe = self.polls_since_reprobe.saturating_add(1);
+        let due = self.polls_since_reprobe >= REPROBE_POLLS;
+        if due {
+            self.polls_since_reprobe = 0;
+        }
+        due
+    }
+
+    /// The read went unanswered in this poll.
+    pub fn missed(&mut self) {
+        self.misses = self.misses.saturating_add(1);
+    }
+
+    /// The read was answered: any misses before were bad luck.
+    pub fn answered(&mut self) {
+        *self = Self::default();
     }
 }
 
@@ -137,7 +182,8 @@ pub(crate) mod test_support {
 
     /// Run one poll the way the session does, feeding each reply through `feed`; a request the bus does not
     /// answer, or whose reply stays pending or is rejected ([`Progress::Retry`]), is given up after
-    /// `clear_reply` (the stand-in does not retry). Returns the requests sent and the progress each ended with
+    /// `clear_reply` (the stand-in does not retry), and an optional one left unanswered is reported to the
+    /// exchange with `handle_unanswered`, as the session does. Returns the requests sent and the progress each ended with
     /// (`None` when given up unanswered).
     pub(crate) fn poll_with(
         exchange: &mut dyn Exchange,
@@ -158,6 +204,9 @@ pub(crate) mod test_support {
             };
             if matches!(progress, None | Some(Progress::Retry(_))) {
                 exchange.clear_reply();
+            }
+            if progress.is_none() && outgoing.optional {
+                exchange.handle_unanswered();
             }
             sent.push((outgoing, progress));
             assert!(sent.len() < 1000, "the poll does not end");
@@ -204,6 +253,28 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_optional_read_is_given_up_after_two_misses_in_a_row_and_asked_again_every_reprobe_interval() {
+        let mut read = OptionalRead::default();
+        for _ in 0..GIVE_UP_MISSES {
+            assert!(read.due());
+            read.missed();
+        }
+        let sent: Vec<bool> = (0..2 * REPROBE_POLLS).map(|_| read.due()).collect();
+        let asked: Vec<usize> = sent.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i + 1).collect();
+        assert_eq!(asked, [REPROBE_POLLS as usize, 2 * REPROBE_POLLS as usize], "only every {REPROBE_POLLS} polls");
+        // An answer (a re-probe that got one) restores it for good; one later miss alone does not give it up.
+        read.answered();
+        read.missed();
+        assert!(read.due() && read.due());
+        // A miss, an answer, a miss: never two in a row.
+        let mut read = OptionalRead::default();
+        read.missed();
+        read.answered();
+        read.missed();
+        assert!(read.due());
+    }
 
     #[test]
     fn an_implausible_reply_is_the_most_telling_rejection_whatever_the_order() {

@@ -38,6 +38,8 @@ pub const MAX_MODEL_LEN: usize = 112;
 #[derive(Debug, Clone)]
 pub struct DalyBus {
     boards: Vec<Board>,
+    /// Whether the boards answer the identity reads 0x57 and 0x63 (many real ones ignore them).
+    identity: bool,
 }
 
 impl DalyBus {
@@ -54,7 +56,15 @@ impl DalyBus {
                 model: DEFAULT_MODEL.to_owned(),
             })
             .collect();
-        Self { boards }
+        Self { boards, identity: true }
+    }
+
+    /// The boards leave the identity reads (0x57 battery code, 0x63 model) unanswered, as many real boards
+    /// do: a reader must not wait out its full timeout on them.
+    #[must_use]
+    pub fn without_identity(mut self) -> Self {
+        self.identity = false;
+        self
     }
 
     /// Every board reports `model` as its 0x63 identity string (cut to [`MAX_MODEL_LEN`] bytes on the wire).
@@ -273,6 +283,9 @@ impl Responder for DalyBus {
 
     fn respond(&mut self, request: &[u8]) -> Option<Response> {
         let request = Request::decode(request).ok()?;
+        if !self.identity && matches!(request.command, Command::BatteryCode | Command::Identity) {
+            return None;
+        }
         let (board, uart) = self.board_for(request.address)?;
         let reply = board.answer(&request, uart);
         let other_command = if request.command == Command::Soc { Command::CellRange } else { Command::Soc };
@@ -330,6 +343,19 @@ impl Responder for DalyBus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn without_identity_the_identity_reads_go_unanswered_and_the_rest_still_answer() {
+        let mut bus = DalyBus::new(1, 16, 4, 7).without_identity();
+        for command in [Command::BatteryCode, Command::Identity] {
+            let request = Request::read(command, Address::Rs485, crate::protocol::daly::Filler::Zero);
+            assert_eq!(bus.respond(&request.encode()), None, "{command:?}");
+        }
+        for command in [Command::Rated, Command::Soc, Command::Status] {
+            let request = Request::read(command, Address::Rs485, crate::protocol::daly::Filler::Zero);
+            assert!(bus.respond(&request.encode()).is_some(), "{command:?}");
+        }
+    }
+
     use super::*;
     use crate::protocol::DecodeOptions;
     use crate::protocol::daly::{Filler, decode_capture};

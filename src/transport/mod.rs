@@ -151,6 +151,16 @@ pub enum TransportSettings {
 }
 
 impl TransportSettings {
+    /// The line's baud rate, when this program sets it (serial ports); a TCP serial server or a Bluetooth
+    /// module runs its line at a rate it does not tell.
+    #[must_use]
+    pub fn baud(&self) -> Option<u32> {
+        match self {
+            Self::Serial(serial) => Some(serial.baud),
+            Self::Tcp(_) | Self::Bluetooth(_) => None,
+        }
+    }
+
     /// One line for logs and errors, e.g. `serial /dev/ttyUSB0 9600 8N1`, `tcp 192.168.1.50:8899` or
     /// `bluetooth AA:BB:CC:DD:EE:FF (hci0)`.
     #[must_use]

@@ -3,9 +3,11 @@
 //!
 //! Poll economy (`ARCHITECTURE.md#scrape-model`, and `docs/protocols/daly-a5.md#poll-plan`): 0x91/0x92 are never sent
 //! (the model derives both ranges from 0x95/0x96); the 0x94 counts are cached and refreshed every
-//! [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50, 0x57, 0x63) are read once. A multi-frame reply is
-//! complete when the frame count that the cached counts and the host address predict has arrived
-//! (`docs/protocols/daly-a5.md#multi-frame-replies`); with no count known, the reply settles when the line goes quiet.
+//! [`STATUS_REFRESH_POLLS`] polls; identity and capacity (0x50, 0x57, 0x63) are read once, and are optional: one
+//! the board leaves unanswered in [`INFO_GIVE_UP_MISSES`] polls in a row is asked only every
+//! [`INFO_REPROBE_POLLS`]. A multi-frame reply is complete when the frame count that the cached counts and the
+//! host address predict has arrived (`docs/protocols/daly-a5.md#multi-frame-replies`); with no count known, the
+//! reply settles when the line goes quiet.
 
 use std::collections::VecDeque;
 
@@ -21,6 +23,14 @@ use crate::protocol::{DecodeError, DecodeOptions, Exchange, Outgoing, Progress, 
 /// 0x94 is asked again after this many polls, to follow cycles, charger and load state.
 pub const STATUS_REFRESH_POLLS: u32 = 10;
 
+/// An identity or capacity read left unanswered in this many polls in a row is taken as unknown to the board
+/// and no longer sent (one miss may be a board busy at that moment, as the session waits only a short time).
+pub const INFO_GIVE_UP_MISSES: u32 = crate::protocol::exchange::GIVE_UP_MISSES;
+
+/// A read given up is asked once more after this many polls (about 25 minutes at a 15 s scrape interval), in
+/// case the misses were bad luck: it then costs one short timeout per interval.
+pub const INFO_REPROBE_POLLS: u32 = crate::protocol::exchange::REPROBE_POLLS;
+
 /// What one board has told us that later polls reuse.
 #[derive(Debug, Clone, Default)]
 struct Memory {
@@ -30,20 +40,33 @@ struct Memory {
     polls_since_status: u32,
     /// Identity and capacity replies (0x50, 0x57, 0x63), read once.
     info: Vec<Reply>,
-    /// Info commands the board did not answer: it does not know them
-    /// (`docs/protocols/daly-a5.md#identity-and-capacity-reads`); never asked again.
-    info_unsupported: Vec<Command>,
+    /// Info commands the board left unanswered, with the number of polls in a row it did so; from
+    /// [`INFO_GIVE_UP_MISSES`] on, the board does not know them (`docs/protocols/daly-a5.md#identity-and-capacity-reads`)
+    /// and they are asked only every [`INFO_REPROBE_POLLS`] polls.
+    info_misses: Vec<(Command, u32)>,
+    /// Polls since the commands given up were last asked again.
+    polls_since_reprobe: u32,
 }
 
 /// The identity and capacity reads, asked once.
 const INFO_COMMANDS: [Command; 3] = [Command::Rated, Command::BatteryCode, Command::Identity];
 
 impl Memory {
-    /// Info commands neither answered nor known to be unsupported.
-    fn info_missing(&self) -> impl Iterator<Item = Command> + '_ {
-        INFO_COMMANDS
-            .into_iter()
-            .filter(|c| !self.info_unsupported.contains(c) && !self.info.iter().any(|r| r.message.command() == *c))
+    /// Info commands not answered yet and not given up (all of those not answered when `reprobe`).
+    fn info_missing(&self, reprobe: bool) -> impl Iterator<Item = Command> + '_ {
+        INFO_COMMANDS.into_iter().filter(move |c| {
+            (reprobe || self.misses(*c) < INFO_GIVE_UP_MISSES) && !self.info.iter().any(|r| r.message.command() == *c)
+        })
+    }
+
+    /// Polls in a row in which `command` went unanswered.
+    fn misses(&self, command: Command) -> u32 {
+        self.info_misses.iter().find(|(c, _)| *c == command).map_or(0, |(_, n)| *n)
+    }
+
+    /// Whether some info command has been given up.
+    fn gave_up(&self) -> bool {
+        self.info_misses.iter().any(|(_, n)| *n >= INFO_GIVE_UP_MISSES)
     }
 
     fn counts(&self) -> (Option<u16>, Option<u16>) {
@@ -168,7 +191,7 @@ impl DalyExchange {
         self.deframer.clear();
     }
 
-    fn commands(&self, board: usize, sections: Sections) -> Vec<Command> {
+    fn commands(&self, board: usize, sections: Sections, reprobe: bool) -> Vec<Command> {
         let memory = self.memory.get(board).cloned().unwrap_or_default();
         let (cells, sensors) = memory.counts();
         let needs_counts =
@@ -200,7 +223,7 @@ impl DalyExchange {
             commands.push(Command::Alarms);
         }
         if sections.contains(Section::Info) {
-            commands.extend(memory.info_missing());
+            commands.extend(memory.info_missing(reprobe));
         }
         commands
     }
@@ -268,6 +291,7 @@ impl DalyExchange {
                     memory.polls_since_status = 0;
                 }
                 Message::Rated(_) | Message::BatteryCode(_) | Message::Identity(_) => {
+                    memory.info_misses.retain(|(c, _)| *c != reply.message.command());
                     memory.info.retain(|r| r.message.command() != reply.message.command());
                     memory.info.push(reply.clone());
                 }
@@ -324,11 +348,19 @@ impl Exchange for DalyExchange {
     fn begin_poll(&mut self, sections: Sections) {
         self.start();
         for board in 0..self.addresses.len() {
+            let mut reprobe = false;
             if let Some(memory) = self.memory.get_mut(board) {
                 memory.polls_since_status = memory.polls_since_status.saturating_add(1);
+                if sections.contains(Section::Info) && memory.gave_up() {
+                    memory.polls_since_reprobe = memory.polls_since_reprobe.saturating_add(1);
+                    reprobe = memory.polls_since_reprobe >= INFO_REPROBE_POLLS;
+                    if reprobe {
+                        memory.polls_since_reprobe = 0;
+                    }
+                }
             }
             let address = self.addresses.get(board).copied().unwrap_or(Address::Rs485);
-            for command in self.commands(board, sections) {
+            for command in self.commands(board, sections, reprobe) {
                 self.plan.push_back((board, Request::read(command, address, self.filler)));
             }
         }
@@ -345,7 +377,9 @@ impl Exchange for DalyExchange {
         self.deframer.clear();
         let label = format!("0x{:02x} board {}", request.command.code(), request.address.reply_board());
         let optional = INFO_COMMANDS.contains(&request.command);
-        Some(Outgoing { bytes: request.encode().to_vec(), label, optional })
+        // A reply of unknown length (identity strings) is at least one frame.
+        let reply_len = expected.unwrap_or(1).saturating_mul(super::FRAME_LEN);
+        Some(Outgoing { bytes: request.encode().to_vec(), label, optional, reply_len })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
@@ -404,10 +438,15 @@ impl Exchange for DalyExchange {
 
     fn handle_unanswered(&mut self) {
         let Some(current) = self.current.as_ref() else { return };
-        if let Some(memory) = self.memory.get_mut(current.board)
-            && !memory.info_unsupported.contains(&current.request.command)
-        {
-            memory.info_unsupported.push(current.request.command);
+        let command = current.request.command;
+        let Some(memory) = self.memory.get_mut(current.board) else { return };
+        match memory.info_misses.iter_mut().find(|(c, _)| *c == command) {
+            Some((_, misses)) => *misses = misses.saturating_add(1),
+            None => memory.info_misses.push((command, 1)),
+        }
+        if memory.misses(command) == INFO_GIVE_UP_MISSES {
+            // Given up now: the next re-probe is a full interval away.
+            memory.polls_since_reprobe = 0;
         }
     }
 
@@ -787,6 +826,84 @@ mod tests {
         reply[2 * super::super::FRAME_LEN + 6] ^= 0x01;
         assert_eq!(x.handle_bytes(&reply), Progress::Pending);
         assert!(matches!(x.clear_reply(), Some(DecodeError::Checksum { .. })));
+    }
+
+    /// Run one poll against `bus` the way the session does with optional reads: an unanswered one is given up
+    /// through `handle_unanswered`. Returns the codes of the requests sent.
+    fn poll_unanswered(x: &mut DalyExchange, bus: &mut DalyBus) -> Vec<u8> {
+        x.begin_poll(Sections::all());
+        let mut sent = Vec::new();
+        while let Some(request) = x.next_request() {
+            sent.push(request.bytes[2]);
+            if let Some(response) = bus.respond(&request.bytes) {
+                let progress = x.handle_bytes(&response.reply);
+                let progress = if progress == Progress::Settling { x.handle_quiet() } else { progress };
+                assert_eq!(progress, Progress::Complete, "{}", request.label);
+            } else {
+                assert!(request.optional, "{} is not optional", request.label);
+                x.clear_reply();
+                x.handle_unanswered();
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn identity_reads_are_optional_with_their_reply_length_and_the_rest_are_not() {
+        let mut x = exchange(&[Address::Rs485]);
+        x.begin_poll(Sections::none().with(Section::Info).with(Section::Soc));
+        let mut seen = Vec::new();
+        while let Some(request) = x.next_request() {
+            seen.push((request.bytes[2], request.optional, request.reply_len));
+        }
+        // 0x57's battery code is five frames, the identity string at least one.
+        assert_eq!(seen, [(0x90, false, 13), (0x93, false, 13), (0x50, true, 13), (0x57, true, 65), (0x63, true, 13)]);
+    }
+
+    #[test]
+    fn identity_reads_unanswered_twice_in_a_row_are_dropped_and_asked_again_rarely() {
+        let mut bus = DalyBus::new(1, 16, 4, 7).without_identity();
+        let mut x = exchange(&[Address::Rs485]);
+        let has = |sent: &[u8], code: u8| sent.contains(&code);
+        // Two misses in a row: asked in both polls (one miss may be bad luck).
+        for poll in 1..=INFO_GIVE_UP_MISSES {
+            let sent = poll_unanswered(&mut x, &mut bus);
+            assert!(has(&sent, 0x57) && has(&sent, 0x63), "poll {poll}: {sent:02x?}");
+        }
+        assert!(x.snapshot().packs[0].info.model.is_none());
+        // Then not again until the re-probe interval has passed, while 0x50 (answered) is cached.
+        for poll in 1..INFO_REPROBE_POLLS {
+            let sent = poll_unanswered(&mut x, &mut bus);
+            assert!(!has(&sent, 0x57) && !has(&sent, 0x63) && !has(&sent, 0x50), "poll {poll}: {sent:02x?}");
+        }
+        let sent = poll_unanswered(&mut x, &mut bus);
+        assert!(has(&sent, 0x57) && has(&sent, 0x63) && !has(&sent, 0x50), "the re-probe: {sent:02x?}");
+        // Still unanswered: given up for another interval at once.
+        let sent = poll_unanswered(&mut x, &mut bus);
+        assert!(!has(&sent, 0x57) && !has(&sent, 0x63), "{sent:02x?}");
+        // A board that answers a re-probe (its identity was only late) keeps its identity from then on.
+        let mut answering = DalyBus::new(1, 16, 4, 7);
+        for _ in 2..INFO_REPROBE_POLLS {
+            poll_unanswered(&mut x, &mut answering);
+        }
+        let sent = poll_unanswered(&mut x, &mut answering);
+        assert!(has(&sent, 0x57) && has(&sent, 0x63), "{sent:02x?}");
+        assert_eq!(x.snapshot().packs[0].info.model.as_deref(), Some(crate::simulator::daly::DEFAULT_MODEL));
+        let sent = poll_unanswered(&mut x, &mut answering);
+        assert!(!has(&sent, 0x57) && !has(&sent, 0x63), "answered identity is read once: {sent:02x?}");
+    }
+
+    #[test]
+    fn one_miss_then_an_answer_keeps_the_identity_read() {
+        let mut silent = DalyBus::new(1, 16, 4, 7).without_identity();
+        let mut answering = DalyBus::new(1, 16, 4, 7);
+        let mut x = exchange(&[Address::Rs485]);
+        poll_unanswered(&mut x, &mut silent);
+        let sent = poll_unanswered(&mut x, &mut answering);
+        assert!(sent.contains(&0x63));
+        assert!(x.snapshot().packs[0].info.model.is_some());
+        // The miss count was reset by the answer: a later miss alone does not give the read up.
+        assert!(x.memory[0].info_misses.is_empty());
     }
 
     #[test]

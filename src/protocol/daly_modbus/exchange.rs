@@ -17,7 +17,7 @@ use super::{Map, Pdu, Registers, Reply, Request, WriteAck, check_plausible, d2, 
 use super::{ModbusFraming, READ, WRITE, encode_request, write_register_name};
 use crate::model::{DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
-use crate::protocol::exchange::Rejections;
+use crate::protocol::exchange::{OptionalRead, Rejections};
 use crate::protocol::{DecodeError, DecodeOptions, Exchange, Outgoing, Progress, Protocol};
 
 /// A register block a poll may ask for.
@@ -63,6 +63,8 @@ pub struct DalyModbusExchange {
     version: Option<d2::Version>,
     /// The board answered the version read with an exception: it has no such registers.
     version_unsupported: bool,
+    /// The version read's record of silence (a board may ignore it rather than refuse it).
+    version_read: OptionalRead,
     /// The board answered the 80-register real-time read with an exception: ask 62.
     extended_unsupported: bool,
     /// How the board answered the write of the current plan, once it has.
@@ -83,6 +85,7 @@ impl DalyModbusExchange {
             device: DeviceSnapshot::default(),
             version: None,
             version_unsupported: false,
+            version_read: OptionalRead::default(),
             extended_unsupported: false,
             write_reply: None,
         }
@@ -170,7 +173,10 @@ impl DalyModbusExchange {
                 self.options.cell_count = Some(r.cell_count);
                 self.options.temperature_sensor_count = Some(r.temperature_sensor_count);
             }
-            (Reply::D2Version(v), Block::D2Version) => self.version = Some(v.clone()),
+            (Reply::D2Version(v), Block::D2Version) => {
+                self.version = Some(v.clone());
+                self.version_read.answered();
+            }
             (Reply::P81Realtime(r), Block::P81Low | Block::P81High) => {
                 self.options.cell_count = r.cell_count.or(self.options.cell_count);
                 self.options.temperature_sensor_count =
@@ -252,7 +258,11 @@ impl Exchange for DalyModbusExchange {
                 if wants(&[Soc, Mosfet, Status, Cells, Temperatures, Balancing, Alarms]) {
                     self.plan.push_back(Block::D2Realtime);
                 }
-                if sections.contains(Info) && self.version.is_none() && !self.version_unsupported {
+                if sections.contains(Info)
+                    && self.version.is_none()
+                    && !self.version_unsupported
+                    && self.version_read.due()
+                {
                     self.plan.push_back(Block::D2Version);
                 }
             }
@@ -283,10 +293,17 @@ impl Exchange for DalyModbusExchange {
             Request::Write { register, .. } => register,
         };
         self.current = Some(Current { block, start, outcome: None });
+        // A read's reply: address, function, byte count, two bytes a register, CRC.
+        let reply_len = match request {
+            Request::Read { count, .. } => 5 + 2 * usize::from(count),
+            Request::Write { .. } => 8,
+        };
         Some(Outgoing {
             bytes: encode_request(self.map, request).to_vec(),
             label: label(self.map, request, block),
-            optional: false,
+            // The version read only: a board without those registers may stay silent instead of refusing.
+            optional: block == Block::D2Version,
+            reply_len,
         })
     }
 
@@ -320,6 +337,12 @@ impl Exchange for DalyModbusExchange {
             }
         }
         Progress::Pending
+    }
+
+    fn handle_unanswered(&mut self) {
+        if self.current.as_ref().is_some_and(|c| c.block == Block::D2Version) {
+            self.version_read.missed();
+        }
     }
 
     fn handle_quiet(&mut self) -> Progress {
@@ -593,6 +616,50 @@ mod tests {
         let pack = &exchange.snapshot().packs[0];
         assert_eq!(pack.info.firmware_version.as_deref(), Some("T00K_321042_11"));
         assert_matches_truth(pack, &bus.truth().packs[0]);
+    }
+
+    /// The simulated board, silent to the version read (as a board without those registers may be).
+    struct SilentVersion(DalyModbusBus);
+
+    impl Responder for SilentVersion {
+        fn next_request(&mut self, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+            self.0.next_request(pending)
+        }
+
+        fn respond(&mut self, request: &[u8]) -> Option<Response> {
+            if request == bytes(d2::VERSION) { None } else { self.0.respond(request) }
+        }
+
+        fn step(&mut self, dt_s: f64) {
+            self.0.step(dt_s);
+        }
+
+        fn truth(&self) -> DeviceSnapshot {
+            self.0.truth()
+        }
+    }
+
+    #[test]
+    fn a_version_read_left_unanswered_is_optional_and_given_up_after_two_polls() {
+        let mut bus = SilentVersion(bus());
+        let mut exchange = exchange();
+        let is_version = |(o, _): &(Outgoing, Option<Progress>)| o.bytes == bytes(d2::VERSION);
+        for poll_number in 1..=crate::protocol::exchange::GIVE_UP_MISSES {
+            let sent = poll(&mut exchange, &mut bus, Sections::all());
+            let version = sent.iter().find(|s| is_version(s)).unwrap_or_else(|| panic!("poll {poll_number}"));
+            // 32 registers: address, function, count, 64 bytes, CRC.
+            assert_eq!((version.0.optional, version.0.reply_len, version.1), (true, 69, None));
+            assert!(!sent[0].0.optional, "the real-time read is not optional");
+            assert_eq!(sent[0].1, Some(Progress::Complete));
+        }
+        let pack = &exchange.snapshot().packs[0];
+        assert_eq!(pack.info.firmware_version, None);
+        assert_matches_truth(pack, &bus.truth().packs[0]);
+        let asked = (0..crate::protocol::exchange::REPROBE_POLLS)
+            .map(|_| poll(&mut exchange, &mut bus, Sections::all()).iter().any(is_version))
+            .collect::<Vec<_>>();
+        assert_eq!(asked.iter().filter(|a| **a).count(), 1, "asked again once in the re-probe interval");
+        assert_eq!(asked.last(), Some(&true), "at its end");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::request::{ALL_PACKS, Command, MAX_PACK, Request, VER_PYLON};
 use super::{Reply, check_plausible, decode_reply};
 use crate::model::{CurrentSign, DeviceSnapshot, Section, Sections};
 use crate::protocol::deframer::{Deframer, Event};
-use crate::protocol::exchange::Rejections;
+use crate::protocol::exchange::{OptionalRead, Rejections};
 use crate::protocol::{DecodeError, Exchange, Outgoing, Progress, Protocol};
 
 /// Below this, a "cell voltage" is not one (see [`check_answers`]).
@@ -79,6 +79,8 @@ pub struct PaceExchange {
     info: Vec<Reply>,
     /// Identity commands the BMS refused: never asked again.
     info_refused: Vec<Command>,
+    /// The identity reads' record of silence (0xC1, 0xC2: a BMS may ignore them rather than refuse them).
+    info_reads: [OptionalRead; 2],
 }
 
 impl PaceExchange {
@@ -101,6 +103,7 @@ impl PaceExchange {
             pack_count_tried: false,
             info: Vec::new(),
             info_refused: Vec::new(),
+            info_reads: [OptionalRead::default(); 2],
         }
     }
 
@@ -165,11 +168,25 @@ impl PaceExchange {
         }
         match &reply {
             Reply::PackCount(r) => self.pack_count = Some(r.pack_count),
-            Reply::SoftwareVersion(_) | Reply::ProductInfo(_) => self.info.push(reply.clone()),
+            Reply::SoftwareVersion(_) | Reply::ProductInfo(_) => {
+                if let Some(read) = self.info_read(request.command) {
+                    read.answered();
+                }
+                self.info.push(reply.clone());
+            }
             _ => {}
         }
         apply(&reply, CurrentSign::ChargePositive, &mut self.device);
         Ok(Progress::Complete)
+    }
+
+    /// The silence record of identity read `command` (`None` for any other command).
+    fn info_read(&mut self, command: Command) -> Option<&mut OptionalRead> {
+        match command {
+            Command::SoftwareVersion => self.info_reads.get_mut(0),
+            Command::ProductInfo => self.info_reads.get_mut(1),
+            _ => None,
+        }
     }
 
     /// Remember what a refusal says about the BMS; whether that settles the request (a fallback is planned, or
@@ -262,7 +279,10 @@ impl Exchange for PaceExchange {
         if sections.contains(Info) && !self.pylon() {
             for command in [Command::SoftwareVersion, Command::ProductInfo] {
                 let cached = self.info.iter().any(|r| identity_command(r) == Some(command));
-                if !cached && !self.info_refused.contains(&command) {
+                if !cached
+                    && !self.info_refused.contains(&command)
+                    && self.info_read(command).is_some_and(OptionalRead::due)
+                {
                     self.plan.push_back(Step::Ask(command));
                 }
             }
@@ -283,7 +303,10 @@ impl Exchange for PaceExchange {
         self.deframer.set_framing(PaceFraming::with_request(&bytes));
         self.rejections = Rejections::default();
         self.current = Some(Current { request, outcome: None });
-        Some(Outgoing { bytes, label: label(request), optional: false })
+        // The identity reads are optional: a BMS without them may stay silent rather than refuse. Their reply is
+        // at least an empty envelope: SOI, twelve header characters, four of checksum, EOI.
+        let optional = matches!(command, Command::SoftwareVersion | Command::ProductInfo);
+        Some(Outgoing { bytes, label: label(request), optional, reply_len: 18 })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
@@ -314,6 +337,14 @@ impl Exchange for PaceExchange {
             }
         }
         Progress::Pending
+    }
+
+    fn handle_unanswered(&mut self) {
+        if let Some(command) = self.current.as_ref().map(|c| c.request.command)
+            && let Some(read) = self.info_read(command)
+        {
+            read.missed();
+        }
     }
 
     fn handle_quiet(&mut self) -> Progress {
@@ -481,6 +512,49 @@ mod tests {
             assert_all_match(&exchange, &bus.truth(), &[1, 2, 3, 4]);
             assert_eq!(exchange.snapshot().packs[0].info.firmware_version.as_deref(), Some("P16S100A-SIM-1.00"));
         }
+    }
+
+    /// The simulated master, silent to the identity reads (as a BMS without them may be).
+    struct SilentInfo(PaceBus);
+
+    impl Responder for SilentInfo {
+        fn next_request(&mut self, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+            self.0.next_request(pending)
+        }
+
+        fn respond(&mut self, request: &[u8]) -> Option<Response> {
+            match Request::decode(request).map(|r| r.command) {
+                Ok(Command::SoftwareVersion | Command::ProductInfo) => None,
+                _ => self.0.respond(request),
+            }
+        }
+
+        fn step(&mut self, dt_s: f64) {
+            self.0.step(dt_s);
+        }
+
+        fn truth(&self) -> DeviceSnapshot {
+            self.0.truth()
+        }
+    }
+
+    #[test]
+    fn identity_reads_left_unanswered_are_optional_and_given_up_after_two_polls() {
+        let mut bus = SilentInfo(bus());
+        let mut exchange = all();
+        let identity = [Command::SoftwareVersion, Command::ProductInfo];
+        for poll_number in 1..=crate::protocol::exchange::GIVE_UP_MISSES {
+            let sent = poll(&mut exchange, &mut bus, Sections::all());
+            assert_eq!(commands(&sent)[2..], identity, "poll {poll_number}");
+            for (outgoing, progress) in &sent[2..] {
+                assert_eq!((outgoing.optional, *progress), (true, None), "{}", outgoing.label);
+            }
+            assert!(sent[..2].iter().all(|(o, p)| !o.optional && *p == Some(Progress::Complete)));
+        }
+        assert_all_match(&exchange, &bus.truth(), &[1, 2, 3, 4]);
+        assert_eq!(exchange.snapshot().packs[0].info.firmware_version, None);
+        let sent = poll(&mut exchange, &mut bus, Sections::all());
+        assert_eq!(commands(&sent), [Command::Analog(ALL_PACKS), Command::Status(ALL_PACKS)], "given up");
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl Exchange for SinowealthExchange {
             Register::Cell(n) => format!("register 0x{:02x} cell {n} voltage", register.address()),
             _ => format!("register 0x{:02x} {}", register.address(), register.name()),
         };
-        Some(Outgoing { bytes: encode_request(register).to_vec(), label, optional: false })
+        Some(Outgoing { bytes: encode_request(register).to_vec(), label, optional: false, reply_len: 0 })
     }
 
     fn handle_bytes(&mut self, bytes: &[u8]) -> Progress {
