@@ -78,8 +78,8 @@ pub struct ReadArgs {
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
     /// Publish the read to this MQTT broker the way `daly-bms-cli --all --mqtt` does (its topics and payloads)
-    /// instead of printing it, then exit once the broker has every message: mqtt://HOST[:PORT] or
-    /// mqtts://HOST[:PORT]. Reads every section.
+    /// instead of printing it, then exit once the broker has every message: mqtt://HOST or mqtt://HOST:PORT
+    /// (mqtts:// for TLS). Reads every section.
     #[arg(long, value_name = "URL", value_parser = crate::config::mqtt::parse_broker, conflicts_with = "watch")]
     pub mqtt: Option<Broker>,
     /// With --mqtt: also publish daly-bms-cli's Home Assistant discovery configs (its `--mqtt-hass`).

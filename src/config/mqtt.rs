@@ -1,4 +1,4 @@
-//! The `mqtt:` block: the raw keys as written ([`RawMqtt`]), their validation, and the resolved [`MqttConfig`]
+//! The `mqtt:` block: the raw keys as written (`RawMqtt`), their validation, and the resolved [`MqttConfig`]
 //! (broker address and credentials, topic layout, Home Assistant discovery, the opt-in control switches). Like
 //! the rest of the configuration, every mistake is one located [`ConfigError`]. Nothing is opened or connected
 //! here, not even the password file: `config check` must be safe to run anywhere, so the publisher reads that

@@ -1,6 +1,6 @@
 //! The `/metrics` body: every family of the metric table ([`names`]) rendered as OpenMetrics text from the bus
-//! workers' device statuses, through prometheus-client's `Collector` API ([`collector`]), and rewritten into the
-//! Prometheus text format for clients that do not ask for OpenMetrics ([`format`]).
+//! workers' device statuses, through prometheus-client's `Collector` API (`collector.rs`), and rewritten into the
+//! Prometheus text format for clients that do not ask for OpenMetrics ([`format`](mod@format)).
 //!
 //! Pure: the caller gathers the statuses (and decides freshness from its clock) and reads the process figures;
 //! rendering only formats them. Health series (`bms_up`, poll timing and counters, `bms_device_info`) are present

@@ -1,5 +1,5 @@
 //! The exporter's HTTP surface: `/metrics` (or the configured telemetry path), `/probe?target=NAME`, the live
-//! landing page ([`landing`](super::landing)) and the orchestrator endpoints `/-/healthy` and `/-/ready`.
+//! landing page (`landing.rs`) and the orchestrator endpoints `/-/healthy` and `/-/ready`.
 //! Read-only by construction: nothing here can reach a write command (those live in `control`, which this module
 //! does not import). The metric bodies are OpenMetrics when the request's `Accept` header asks for it (Prometheus
 //! does), else the Prometheus text format.
