@@ -114,6 +114,19 @@ pub(super) fn init_logging(args: &ServeArgs) {
 pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // First, before any descriptor is opened; it logs what it did.
     let open_files = server::raise_open_file_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // Before anything slow (reading the config included): from here on SIGHUP reloads instead of ending the
+    // process, its default action, so a `systemctl reload` sent while the exporter starts does not stop it.
+    let hangup = {
+        let _runtime = runtime.enter();
+        match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler; reload with POST /-/reload only");
+                None
+            }
+        }
+    };
     let config = match (&args.config, args.demo) {
         (Some(path), false) => Some((path.clone(), config::load(path)?)),
         (None, true) => None,
@@ -121,16 +134,7 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let telemetry_path = telemetry_path(&args.telemetry_path)?;
     let web = args.web_config.as_deref().map(server::WebConfig::load).transpose()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
-        // Before anything slow: from here on SIGHUP reloads instead of ending the process (its default action).
-        let hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => Some(hangup),
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler; reload with POST /-/reload only");
-                None
-            }
-        };
         // The web port first: a port in use fails the start before any device is opened, and the demo's
         // devices (on ports the kernel picks) can never take the port asked for.
         let listener = bind(&args.listen_address).await?;
