@@ -9,6 +9,7 @@ Needs the Debian packages wrk and time. The /metrics render time is a criterion 
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,12 +84,22 @@ def wrk(addr, seconds):
 
 
 def main():
+    for tool in ("wrk", "/usr/bin/time"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: install the Debian packages wrk and time")
     try:
         run()
     finally:
-        # Leave no simulator or exporter behind, whatever failed.
+        # Leave no simulator or exporter behind, whatever failed. time(1) does not pass a kill on, so its child,
+        # the exporter, is killed first; killing only time would leave the exporter running.
         for p in Timed.started + SIMULATORS:
             if p.poll() is None:
+                children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+                for pid in children:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 p.kill()
                 p.wait()
 
