@@ -7,7 +7,6 @@
 //! command is what the command saw, and the wire's timing is the mock's (notifications, connects), not a UART's.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -15,75 +14,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::ble_util::{MockBluez, Mode, Split};
-use crate::cli_commands::{assert_pack_matches, close, f, truth_pack};
+use crate::cli_commands::{Run, assert_pack_matches, close, f, run_bounded, truth_pack};
 use crate::exporter::{assert_device_matches_truth, exporter_log, query, scrape_body, series_value, wait_ready};
 use crate::util::{Killed, Scratch, Simulator, free_port, http_get, prometheus, wait_for};
 use bms_exporter::protocol::daly::{Address, Request};
 use bms_exporter::protocol::daly_modbus::{Map as ModbusMap, d2, encode_request};
 use bms_exporter::protocol::to_hex;
 
-/// What one run of the binary left behind, and how long it took.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
-        })
-    }
-
-    /// One document per line (`read --watch`).
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\nstderr:\n{}", self.stderr)))
-            .collect()
-    }
-}
-
 /// Run `bms_exporter ARGS…` against the mock's bus, killed (and the test failed) if it outlives `limit`: a command
 /// that hangs on a module must fail, not stall the suite.
 fn bms(bluez: &MockBluez, args: &[&str], limit: Duration) -> Run {
-    let started = Instant::now();
-    let mut child = bluez
-        .env(Process::new(env!("CARGO_BIN_EXE_bms_exporter")).args(args))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-            panic!("bms_exporter {args:?} did not finish within {limit:?}:\n{stderr}\n{}", bluez.log());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let took = started.elapsed();
-    let stdout = String::from_utf8(out.join().unwrap()).expect("stdout is UTF-8");
-    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-    let code = status.code().unwrap_or_else(|| panic!("bms_exporter {args:?} was killed by a signal: {stderr}"));
-    assert!(!stderr.contains("panicked"), "bms_exporter {args:?} panicked:\n{stderr}");
-    Run { code, stdout, stderr, took }
+    run_bounded(bluez.env(Process::new(env!("CARGO_BIN_EXE_bms_exporter")).args(args)), limit, || bluez.log())
 }
 
 /// A frozen, unpaced simulator of `protocol` on TCP, the far end of a mock dongle.

@@ -24,6 +24,8 @@ pub(crate) struct Run {
     pub(crate) code: i32,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
+    /// From spawn to exit.
+    pub(crate) took: Duration,
 }
 
 impl Run {
@@ -32,19 +34,30 @@ impl Run {
             panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
         })
     }
+
+    /// One document per line (`read --watch`).
+    pub(crate) fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\nstderr:\n{}", self.stderr)))
+            .collect()
+    }
 }
 
 /// Run `bms_exporter ARGS…`, killed if it outlives a generous deadline (a hung command must fail, not stall the
 /// suite); a panic in the product fails every test that meets it.
 pub(crate) fn bms<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
-    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let mut child = Process::new(env!("CARGO_BIN_EXE_bms_exporter"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = Process::new(env!("CARGO_BIN_EXE_bms_exporter"));
+    command.args(args);
+    run_bounded(&mut command, Duration::from_secs(20), String::new)
+}
+
+/// Run `command` (the binary with its arguments and environment set), killed and the test failed if it outlives
+/// `limit`, with `context()` added to the failure; a panic in the product fails the test too.
+pub(crate) fn run_bounded(command: &mut Process, limit: Duration, context: impl FnOnce() -> String) -> Run {
+    let args: Vec<std::ffi::OsString> = command.get_args().map(OsStr::to_owned).collect();
+    let started = Instant::now();
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -54,23 +67,24 @@ pub(crate) fn bms<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if Instant::now() > deadline {
+        if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("bms_exporter {args:?} did not finish within 20 s");
+            let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+            panic!("bms_exporter {args:?} did not finish within {limit:?}:\n{stderr}\n{}", context());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let took = started.elapsed();
     let stdout = String::from_utf8(out.join().unwrap()).expect("stdout is UTF-8");
     let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
     let code = status.code().unwrap_or_else(|| panic!("bms_exporter {args:?} was killed by a signal: {stderr}"));
     assert!(!stderr.contains("panicked"), "bms_exporter {args:?} panicked:\n{stderr}");
-    Run { code, stdout, stderr }
+    Run { code, stdout, stderr, took }
 }
 
 /// A frozen, unpaced simulator on TCP, so values are exact and runs fast.

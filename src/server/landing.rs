@@ -73,20 +73,7 @@ pub(super) struct Header<'a> {
 pub(super) async fn page(scraper: &Scraper, about: &About, telemetry_path: &str, deadline: Instant) -> Response {
     let deadline = deadline.min(Instant::now() + PAGE_WAIT);
     let seen = scraper.collect(None, deadline).await;
-    let views: Vec<DeviceView<'_>> = seen
-        .iter()
-        .filter_map(|(index, seen)| {
-            let target = scraper.targets().get(*index)?;
-            Some(DeviceView {
-                name: &target.name,
-                protocol: target.protocol,
-                transport: target.transport,
-                status: seen.status.as_deref(),
-                fresh: seen.fresh,
-                values: Some(&seen.values),
-            })
-        })
-        .collect();
+    let views = super::routes::device_views(scraper, &seen);
     let head = Header {
         version: env!("CARGO_PKG_VERSION"),
         revision: REVISION,

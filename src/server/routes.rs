@@ -97,11 +97,10 @@ fn deadline(headers: &HeaderMap) -> Instant {
     Instant::now() + scrape_budget(announced)
 }
 
-/// Render the devices `seen` (indices into the scraper's targets) and the `exporter`'s own families as one body
-/// in `format`.
-fn render(scraper: &Scraper, seen: &[(usize, Seen)], exporter: &ExporterView, format: Format) -> Response {
-    let views: Vec<DeviceView<'_>> = seen
-        .iter()
+/// The devices `seen` (indices into the scraper's targets) as the renderers take them: `/metrics`, `/probe` and
+/// the status page.
+pub(super) fn device_views<'a>(scraper: &'a Scraper, seen: &'a [(usize, Seen)]) -> Vec<DeviceView<'a>> {
+    seen.iter()
         .filter_map(|(index, seen)| {
             let target = scraper.targets().get(*index)?;
             Some(DeviceView {
@@ -113,7 +112,13 @@ fn render(scraper: &Scraper, seen: &[(usize, Seen)], exporter: &ExporterView, fo
                 values: Some(&seen.values),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Render the devices `seen` (indices into the scraper's targets) and the `exporter`'s own families as one body
+/// in `format`.
+fn render(scraper: &Scraper, seen: &[(usize, Seen)], exporter: &ExporterView, format: Format) -> Response {
+    let views = device_views(scraper, seen);
     let mut body = String::with_capacity(16 * 1024);
     match metrics::render_as(format, &views, exporter, &mut body) {
         // `Vary`: a cache between scraper and exporter must not answer one format's request with the other's.
