@@ -16,61 +16,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::config::mqtt::MqttConfig;
 use crate::config::{self, Config, DeviceConfig, same_bus};
-use crate::metrics::ReloadView;
 use crate::mqtt::{MqttStats, publisher};
 use crate::poller::{self, BusHandle, BusSpec};
-use crate::scrape::{Freshness, Scraper, Target, unix_now};
+use crate::scrape::{Freshness, ReloadStats, Scraper, Target};
 
 /// How long a reload waits for the workers it retires (all at once) to finish the job in progress; past it, a
 /// bus's new worker starts without the old one's link and statuses, and the old worker closes its link when that
 /// job ends (a new worker on a serial port then opens it at its next attempt, 2 s later). Well inside systemd's
 /// stop timeout, so a shutdown that arrives during a reload is not held up for long.
 const RETIRE_WAIT: Duration = Duration::from_secs(10);
-
-/// The outcome of the configuration loads, for `bms_exporter_config_last_reload_*`.
-#[derive(Debug)]
-pub struct ReloadStats {
-    successful: AtomicBool,
-    /// Unix time of the last successful load in milliseconds.
-    last_success_ms: AtomicU64,
-}
-
-impl ReloadStats {
-    /// The state right after the configuration was loaded at start-up.
-    #[must_use]
-    pub fn loaded_now() -> Self {
-        let stats = Self { successful: AtomicBool::new(true), last_success_ms: AtomicU64::new(0) };
-        stats.succeeded();
-        stats
-    }
-
-    /// A load succeeded now.
-    pub fn succeeded(&self) {
-        self.last_success_ms.store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
-        self.successful.store(true, Ordering::Relaxed);
-    }
-
-    /// A load failed; the previous configuration stays in force.
-    pub fn failed(&self) {
-        self.successful.store(false, Ordering::Relaxed);
-    }
-
-    /// The values `/metrics` renders.
-    #[must_use]
-    pub fn view(&self) -> ReloadView {
-        ReloadView {
-            successful: self.successful.load(Ordering::Relaxed),
-            last_success_unix: self.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        }
-    }
-}
 
 /// What becomes of one bus of the new configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,15 +461,5 @@ mod tests {
             summary(&plan(&old, &new)),
             "added: none; removed: shed, rack; changed: none; unchanged: house; mqtt: off"
         );
-    }
-
-    #[test]
-    fn the_stats_start_successful_and_a_failure_keeps_the_last_success_time() {
-        let stats = ReloadStats::loaded_now();
-        let first = stats.view();
-        assert!(first.successful);
-        assert!((first.last_success_unix - unix_now()).abs() < 60.0);
-        stats.failed();
-        assert_eq!(stats.view(), ReloadView { successful: false, ..first });
     }
 }

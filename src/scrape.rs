@@ -5,6 +5,7 @@
 //! bounds how long an HTTP request waits and decides freshness (`stale_after`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
@@ -14,7 +15,6 @@ use crate::metrics::ReloadView;
 use crate::model::DeviceSnapshot;
 use crate::poller::{self, BusHandle, BusSpec, DeviceStatus};
 use crate::protocol::Protocol;
-use crate::reload::ReloadStats;
 
 /// One configured device and the bus worker that reaches it.
 #[derive(Debug, Clone)]
@@ -49,6 +49,44 @@ pub struct Seen {
     pub fresh: bool,
     /// Its last good values that are younger than `stale_after`, field by field (a failed poll removes none).
     pub values: DeviceSnapshot,
+}
+
+/// The outcome of the configuration loads, for `bms_exporter_config_last_reload_*`.
+#[derive(Debug)]
+pub struct ReloadStats {
+    successful: AtomicBool,
+    /// Unix time of the last successful load in milliseconds.
+    last_success_ms: AtomicU64,
+}
+
+impl ReloadStats {
+    /// The state right after the configuration was loaded at start-up.
+    #[must_use]
+    pub fn loaded_now() -> Self {
+        let stats = Self { successful: AtomicBool::new(true), last_success_ms: AtomicU64::new(0) };
+        stats.succeeded();
+        stats
+    }
+
+    /// A load succeeded now.
+    pub fn succeeded(&self) {
+        self.last_success_ms.store((unix_now() * 1000.0) as u64, Ordering::Relaxed);
+        self.successful.store(true, Ordering::Relaxed);
+    }
+
+    /// A load failed; the previous configuration stays in force.
+    pub fn failed(&self) {
+        self.successful.store(false, Ordering::Relaxed);
+    }
+
+    /// The values `/metrics` renders.
+    #[must_use]
+    pub fn view(&self) -> ReloadView {
+        ReloadView {
+            successful: self.successful.load(Ordering::Relaxed),
+            last_success_unix: self.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        }
+    }
 }
 
 /// Every target and the timing rules. Shared by the HTTP handlers.
@@ -192,6 +230,16 @@ pub fn scrape_budget(header: Option<&str>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stats_start_successful_and_a_failure_keeps_the_last_success_time() {
+        let stats = ReloadStats::loaded_now();
+        let first = stats.view();
+        assert!(first.successful);
+        assert!((first.last_success_unix - unix_now()).abs() < 60.0);
+        stats.failed();
+        assert_eq!(stats.view(), ReloadView { successful: false, ..first });
+    }
 
     #[test]
     fn the_budget_stays_below_the_announced_scrape_timeout() {
