@@ -29,9 +29,7 @@ fn bms(bluez: &MockBluez, args: &[&str], limit: Duration) -> Run {
 
 /// A frozen, unpaced simulator of `protocol` on TCP, the far end of a mock dongle.
 fn simulator(name: &str, protocol: &str, extra: &[&str]) -> Simulator {
-    let mut args = vec!["--protocol", protocol, "--time-scale", "0", "--baud", "0", "--latency-ms", "0"];
-    args.extend_from_slice(extra);
-    Simulator::tcp(&format!("ble-e2e-{name}"), &args)
+    Simulator::frozen_tcp(&format!("ble-e2e-{name}"), protocol, extra)
 }
 
 /// A mock BlueZ with adapter hci0.

@@ -89,9 +89,7 @@ pub(crate) fn run_bounded(command: &mut Process, limit: Duration, context: impl 
 
 /// A frozen, unpaced simulator on TCP, so values are exact and runs fast.
 fn simulator(name: &str, protocol: &str, extra: &[&str]) -> Simulator {
-    let mut args = vec!["--protocol", protocol, "--time-scale", "0", "--baud", "0", "--latency-ms", "0"];
-    args.extend_from_slice(extra);
-    Simulator::tcp(&format!("cli-{name}"), &args)
+    Simulator::frozen_tcp(&format!("cli-{name}"), protocol, extra)
 }
 
 /// The CONNECTION flags that reach `sim` over TCP with short timeouts (loopback answers in microseconds).

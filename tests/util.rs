@@ -62,6 +62,14 @@ impl Simulator {
         Self::tcp_at(&scratch(name), &format!("127.0.0.1:{}", free_port()), args)
     }
 
+    /// A frozen, unpaced simulator of `protocol` on TCP (`--time-scale 0 --baud 0 --latency-ms 0`), so the truth
+    /// it writes stays the value every read gets and a run takes milliseconds.
+    pub fn frozen_tcp(name: &str, protocol: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--protocol", protocol, "--time-scale", "0", "--baud", "0", "--latency-ms", "0"];
+        args.extend_from_slice(extra);
+        Self::tcp(name, &args)
+    }
+
     /// Start on TCP at `addr` (a restart after [`Simulator::stop`] reuses the port), keeping its truth in `dir`.
     ///
     /// A port held by something else for a moment (seen about once in 2,000 starts under load, the holder gone
