@@ -6,7 +6,7 @@
 //! | topic | retained | payload |
 //! |---|---|---|
 //! | `<prefix>/status` | yes | `online` / `offline`: the exporter's birth message and its last will |
-//! | `<prefix>/<device>/availability` | yes | `online` / `offline`: follows `bms_up` of the device |
+//! | `<prefix>/<device>/availability` | yes | `online` / `offline`: follows `bms_up` of the device (the publisher sends it when it changes) |
 //! | `<prefix>/<device>/<NN>/state` | no | one JSON object per pack (`NN` = pack number, two digits) |
 //!
 //! One message per pack per interval keeps the broker's load at (devices × packs) messages, not one per value;

@@ -353,8 +353,9 @@ struct Run {
     config: Arc<MqttConfig>,
     scraper: Scrapers,
     outbox: Outbox,
-    /// Every discovery message sent on this connection's broker, by topic: what changed is sent again.
-    discovery_sent: HashMap<String, String>,
+    /// Every retained message (discovery, availability) sent on this connection, by topic: the broker keeps it,
+    /// so it is sent again only when its payload changed (or discovery is due).
+    retained_sent: HashMap<String, String>,
     /// Send every discovery message at the next round (a new connection, Home Assistant restarted).
     discovery_due: bool,
     /// The first connection's birth and subscriptions are done. The client marks itself connected before this
@@ -382,7 +383,7 @@ async fn run(
         config: Arc::clone(&config),
         scraper,
         outbox,
-        discovery_sent: HashMap::new(),
+        retained_sent: HashMap::new(),
         discovery_due: true,
         greeted: false,
         published: Vec::new(),
@@ -399,6 +400,9 @@ async fn run(
                     for filter in ha_status.iter().chain(&command_filter) {
                         state.outbox.subscribe(filter).await;
                     }
+                    // A new connection may reach a broker that lost what it retained (restarted without
+                    // persistence), and the birth may have overwritten an availability topic (bmspace).
+                    state.retained_sent.clear();
                     state.discovery_due = true;
                     state.greeted = true;
                     ticks.reset_immediately();
@@ -454,13 +458,13 @@ impl Run {
         for (name, protocol) in &gone {
             let nothing = DeviceSnapshot::default();
             let view = DeviceView { name, protocol: *protocol, up: false, values: &nothing, energy: &[] };
-            if !self.outbox.publish_all(&super::state(&self.config, &view)).await {
+            if !self.send(&super::state(&self.config, &view), false).await {
                 return;
             }
         }
         self.published = scraper.targets().iter().map(|t| (t.name.clone(), t.protocol)).collect();
         let seen = scraper.collect(None, deadline).await;
-        if self.discovery_due && !self.outbox.publish_all(&super::exporter_discovery(&self.config)).await {
+        if self.discovery_due && !self.send(&super::exporter_discovery(&self.config), true).await {
             return;
         }
         for (index, seen) in &seen {
@@ -474,25 +478,32 @@ impl Run {
                 // The layouts show a pack's totals only next to its (fresh) values.
                 energy: seen.status.as_deref().map_or(&[], |s| s.energy.packs()),
             };
-            let discovery = super::discovery(&self.config, &view);
-            let due = self.discovery_due;
-            let changed: Vec<&Message> =
-                discovery.iter().filter(|m| due || self.discovery_sent.get(&m.topic) != Some(&m.payload)).collect();
-            for message in changed {
-                match self.outbox.publish(message).await {
-                    Ok(()) => {
-                        self.discovery_sent.insert(message.topic.clone(), message.payload.clone());
-                    }
-                    Err(Skipped::Invalid) => {}
-                    Err(Skipped::NotNow) => return,
-                }
-            }
-            if !self.outbox.publish_all(&super::state(&self.config, &view)).await {
+            if !self.send(&super::discovery(&self.config, &view), self.discovery_due).await
+                || !self.send(&super::state(&self.config, &view), false).await
+            {
                 return;
             }
         }
         // Only a round that sent everything settles a due re-send of discovery.
         self.discovery_due = false;
+    }
+
+    /// Publish `messages` in order, leaving out each retained one this connection already sent with the same
+    /// payload unless `all`; `false` when the batch was cut short (the rest waits for the next round).
+    async fn send(&mut self, messages: &[Message], all: bool) -> bool {
+        for message in messages {
+            if message.retain && !all && self.retained_sent.get(&message.topic) == Some(&message.payload) {
+                continue;
+            }
+            match self.outbox.publish(message).await {
+                Ok(()) if message.retain => {
+                    self.retained_sent.insert(message.topic.clone(), message.payload.clone());
+                }
+                Ok(()) | Err(Skipped::Invalid) => {}
+                Err(Skipped::NotNow) => return false,
+            }
+        }
+        true
     }
 }
 
@@ -505,7 +516,10 @@ fn spawn_commands(config: &Arc<MqttConfig>, scraper: &Scrapers, outbox: &Outbox)
             let scraper = Arc::clone(&scrapers.borrow());
             let handled = control::run(&config, &scraper, &topic, &payload).await;
             outbox.stats.command_handled(handled.outcome);
-            outbox.publish_all(&handled.messages).await;
+            // Only the values: availability is the rounds' (a retained message sent from here would not be in
+            // their record of what the broker holds, so a later change back could be left out).
+            let values: Vec<&Message> = handled.messages.iter().filter(|m| !m.retain).collect();
+            outbox.publish_all(values).await;
         }
     });
     tx
