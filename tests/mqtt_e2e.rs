@@ -274,18 +274,23 @@ fn mqtt_native_states_are_the_simulators_truth_with_discovery_and_availability_f
     }
     assert_native_discovery(&broker, &recorder, &[("daly", &daly), ("pace", &pace)]);
 
-    // While both answer, availability said online once, over several rounds: it is retained, so it is sent
-    // again only when it changes.
+    // Availability is retained, so it is sent again only when it changes: over several rounds it never repeats,
+    // and it ends online. While both answer, the Pace rack's only ever said online.
     let availability = |device: &str| {
         let topic = format!("bms/{device}/availability");
         recorder.messages().into_iter().filter(|m| m.topic == topic).map(|m| m.payload).collect::<Vec<_>>()
     };
+    let assert_sent_on_change = |device: &str| {
+        let said = availability(device);
+        assert_eq!(said.last().map(String::as_str), Some("online"), "{device}: {said:?}");
+        assert!(said.windows(2).all(|w| w[0] != w[1]), "{device}: sent only when it changed: {said:?}");
+    };
     for _ in 0..2 {
         recorder.next_after(recorder.len(), "bms/daly/01/state", SOON);
     }
-    for device in ["daly", "pace"] {
-        assert_eq!(availability(device), ["online"], "{device}");
-    }
+    assert_sent_on_change("daly");
+    assert_sent_on_change("pace");
+    assert_eq!(availability("pace"), ["online"]);
 
     // The Pace rack vanishes: once bms_up is 0 its availability turns offline; the Daly board stays online.
     pace.stop();
@@ -300,10 +305,8 @@ fn mqtt_native_states_are_the_simulators_truth_with_discovery_and_availability_f
     exporter.wait_up("pace", true, Duration::from_secs(40));
     broker.wait_retained("bms/pace/availability", "online", Duration::from_secs(5));
     assert_device_matches_truth(&recorder, "pace", "pace", &pace);
-    let said = availability("pace");
-    assert_eq!(said.last().map(String::as_str), Some("online"));
-    assert!(said.windows(2).all(|w| w[0] != w[1]), "sent only when it changed: {said:?}");
-    assert_eq!(availability("daly"), ["online"]);
+    assert_sent_on_change("pace");
+    assert_sent_on_change("daly");
 }
 
 /// The bmspace values of one Pace pack `p` against its truth: cells in mV, current, voltage, capacities in mAh,
