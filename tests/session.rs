@@ -32,13 +32,27 @@ fn run(
     mut answer: impl FnMut(&[u8]) -> Vec<u8>,
 ) -> (PollReport, Duration) {
     let start = Instant::now();
+    let mut session = Session::new(exchange, sections, settings, start);
+    let end = drive(&mut session, start, |_, now, request| {
+        let reply = answer(request);
+        (!reply.is_empty()).then(|| (now + latency, reply))
+    });
+    (session.finish(), end - start)
+}
+
+/// Drive `session` to its end in simulated time from `start`: each request it sends goes to `respond`, which
+/// gives the reply and the time it arrives (or nothing); timeouts fire when nothing arrives first. Returns the
+/// time the session ended.
+fn drive(
+    session: &mut Session<'_>,
+    start: Instant,
+    mut respond: impl FnMut(&Session<'_>, Instant, &[u8]) -> Option<(Instant, Vec<u8>)>,
+) -> Instant {
     let mut now = start;
-    let mut session = Session::new(exchange, sections, settings, now);
     let mut inbox: Option<(Instant, Vec<u8>)> = None;
     for _ in 0..10_000 {
-        if let Some(bytes) = session.poll_transmit(now) {
-            let reply = answer(&bytes);
-            inbox = (!reply.is_empty()).then(|| (now + latency, reply));
+        if let Some(request) = session.poll_transmit(now) {
+            inbox = respond(session, now, &request);
         }
         if session.is_done() {
             break;
@@ -57,7 +71,7 @@ fn run(
         }
     }
     assert!(session.is_done(), "the session must end");
-    (session.finish(), now - start)
+    now
 }
 
 #[test]
@@ -350,34 +364,13 @@ fn run_line(
     start: Instant,
 ) -> (Duration, Vec<Duration>) {
     let line = ReplyTimes::new(Some(9600));
-    let mut now = start;
-    let mut inbox: Option<(Instant, Vec<u8>)> = None;
     let mut waits = Vec::new();
-    for _ in 0..10_000 {
-        if let Some(bytes) = session.poll_transmit(now) {
-            waits.push(session.poll_timeout().unwrap() - now);
-            inbox = bus
-                .respond(&bytes)
-                .map(|r| (now + line.wire_time(bytes.len()) + turnaround + line.wire_time(r.reply.len()), r.reply));
-        }
-        if session.is_done() {
-            break;
-        }
-        let timer = session.poll_timeout().unwrap();
-        match inbox.take() {
-            Some((at, bytes)) if at <= timer => {
-                now = now.max(at);
-                session.handle_bytes(now, &bytes);
-            }
-            other => {
-                inbox = other;
-                now = now.max(timer);
-                session.handle_timeout(now);
-            }
-        }
-    }
-    assert!(session.is_done(), "the session must end");
-    (now - start, waits)
+    let end = drive(session, start, |session, now, request| {
+        waits.push(session.poll_timeout().unwrap() - now);
+        bus.respond(request)
+            .map(|r| (now + line.wire_time(request.len()) + turnaround + line.wire_time(r.reply.len()), r.reply))
+    });
+    (end - start, waits)
 }
 
 #[test]
