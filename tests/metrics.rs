@@ -152,16 +152,15 @@ pub(crate) fn parse_text_with_python(body: &str) -> Vec<Value> {
     parse_with(body, "parser")
 }
 
+/// Run `command` with `input` on its standard input; its output once it exits.
+fn with_stdin(command: &mut Command, input: &str) -> std::process::Output {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn parse_with(body: &str, parser: &str) -> Vec<Value> {
-    let mut child = Command::new(python())
-        .args(["-c", &PARSE.replace("{parser}", parser)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(Command::new(python()).args(["-c", &PARSE.replace("{parser}", parser)]), body);
     assert!(
         out.status.success(),
         "the Python parser rejected the body:\n{}\n{body}",
@@ -265,15 +264,10 @@ pub(crate) const PROMTOOL_NAME_FINDINGS: [&str; 8] = [
 /// Run `promtool check metrics` on `body`; fail unless it parses the body and finds exactly `expected` (sorted):
 /// exit 0 and no output when that is empty, else exit 3, promtool's code for lint findings.
 pub(crate) fn assert_promtool_finds(body: &str, expected: &[&str]) {
-    let mut child = Command::new(crate::util::required_program("promtool", "prometheus"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(
+        Command::new(crate::util::required_program("promtool", "prometheus")).args(["check", "metrics"]),
+        body,
+    );
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let mut findings: Vec<&str> = said.lines().collect();
     findings.sort_unstable();
